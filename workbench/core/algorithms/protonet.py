@@ -1,0 +1,97 @@
+"""Prototypical Networks (Snell et al., 2017): classify queries by distance to class-mean embeddings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.core.algorithms import register
+from workbench.core.algorithms.base import Algorithm, Family, accuracy
+from workbench.core.hparams import hparam
+from workbench.core.models.conv4 import Conv4
+
+
+@dataclass
+class ProtoNetHParams:
+    hidden: int = hparam(64, "Filters per Conv-4 block.", low=8, high=256)
+    distance: str = hparam("euclidean", "Distance between query embeddings and prototypes.",
+                           choices=("euclidean", "cosine"))
+    temperature: float = hparam(1.0, "Logits are divided by this; cosine distance wants about 0.1.",
+                                low=1e-3, high=100.0, log_scale=True)
+
+
+def pairwise_logits(queries: torch.Tensor, prototypes: torch.Tensor, distance: str, temperature: float) -> torch.Tensor:
+    if distance == "cosine":
+        logits = F.normalize(queries, dim=-1) @ F.normalize(prototypes, dim=-1).T
+    else:
+        logits = -torch.cdist(queries, prototypes).pow(2)
+    return logits / temperature
+
+
+def class_means(embeddings: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    sums = torch.zeros(ways, embeddings.shape[1], dtype=embeddings.dtype, device=embeddings.device)
+    sums.index_add_(0, labels, embeddings)
+    counts = torch.bincount(labels, minlength=ways).clamp_min(1).to(embeddings.dtype)
+    return sums / counts[:, None]
+
+
+@register
+class ProtoNet(Algorithm):
+    name = "protonet"
+    title = "Prototypical Networks"
+    family = Family.METRIC
+    summary = "Nearest class mean in a learned embedding space."
+    description = ("Prototypical Networks (Snell, Swersky & Zemel, 2017) learn an embedding in which each class is "
+                   "represented by the mean of its support embeddings, its prototype. A query is classified by a "
+                   "softmax over negative squared distances to the prototypes. Training is episodic and needs no "
+                   "inner loop, so it is fast and a strong baseline; training with more ways than testing helps.")
+    HParams = ProtoNetHParams
+
+    def __init__(self, hparams, model_spec, device="cpu"):
+        super().__init__(hparams, model_spec, device)
+        self.encoder = Conv4(model_spec.in_channels, hparams.hidden, model_spec.image_size).to(self.device)
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"encoder": self.encoder}
+
+    def _logits(self, support_x, support_y, query_x, ways):
+        embeddings = self.encoder(torch.cat([support_x, query_x]))
+        support, queries = embeddings[: len(support_x)], embeddings[len(support_x):]
+        prototypes = class_means(support, support_y, ways)
+        return pairwise_logits(queries, prototypes, self.hparams.distance, self.hparams.temperature)
+
+    def meta_train_step(self, episodes) -> dict[str, float]:
+        self.encoder.train()
+        optimizer = self.optimizers[0]
+        optimizer.zero_grad(set_to_none=True)
+        total_loss, total_acc = 0.0, 0.0
+        for episode in episodes:
+            logits = self._logits(episode.support_x, episode.support_y, episode.query_x, episode.ways)
+            loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
+            loss.backward()
+            total_loss += loss.item()
+            total_acc += accuracy(logits, episode.query_y) / len(episodes)
+        optimizer.step()
+        self.step_schedulers()
+        return {"loss": total_loss, "accuracy": total_acc}
+
+    @torch.no_grad()
+    def adapt(self, support_x, support_y, ways):
+        self.encoder.eval()
+        support = self.encoder(support_x)
+        return {"prototypes": class_means(support, support_y, ways), "support_embeddings": support}
+
+    @torch.no_grad()
+    def predict(self, adapted, query_x):
+        self.encoder.eval()
+        logits = pairwise_logits(self.encoder(query_x), adapted["prototypes"], self.hparams.distance,
+                                 self.hparams.temperature)
+        return logits.softmax(dim=-1)
+
+    @torch.no_grad()
+    def embed(self, x, adapted=None):
+        self.encoder.eval()
+        return self.encoder(x)

@@ -1,0 +1,215 @@
+"""The experiment config: one TOML file that the GUI exports and `workbench train --config` runs.
+
+Every field is declared with its range and help (see :mod:`workbench.core.hparams`), so a bad
+value is reported as ``section.field: what is wrong; what is allowed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from workbench.core.device import DEVICE_CHOICES
+from workbench.core.errors import ConfigError
+from workbench.core.hparams import build, hparam, to_dict
+
+DATASET_NAMES = ("glyphs", "omniglot", "folder", "mini-imagenet", "cifar-fs", "fc100")
+
+
+@dataclass
+class DatasetConfig:
+    name: str = hparam("glyphs", "Which dataset to sample episodes from.", choices=DATASET_NAMES)
+    root: str = hparam("", "Folder (or zip) holding the data; not needed for the built-in glyphs.")
+    split: str = hparam("default", "Class split protocol. Omniglot: 'lake' (background/evaluation) or 'vinyals' "
+                        "(1,200 training characters); 'default' picks the dataset's usual one.",
+                        choices=("default", "lake", "vinyals", "ratio"))
+    image_size: int = hparam(0, "Side of the square images fed to the model; 0 uses the dataset's default "
+                             "(28 for glyphs and Omniglot, 84 for mini-ImageNet, 32 for CIFAR).", low=0, high=512)
+    rotations: bool = hparam(False, "Rotation class augmentation: each training class also appears rotated by "
+                             "90, 180 and 270 degrees as three new classes (x4).")
+    download: bool = hparam(False, "Download the dataset through torchvision when it is not found under root.")
+    split_seed: int = hparam(0, "Seed for splitting classes by ratio when a folder has no train/val/test subfolders.",
+                             low=0, high=2**31 - 1)
+    ways: int = hparam(5, "N-way: classes per episode.", low=2, high=100)
+    shots: int = hparam(1, "K-shot: labelled support images per class.", low=1, high=100)
+    queries: int = hparam(15, "Q-query: query images per class in each episode.", low=1, high=100)
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "protonet"
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingConfig:
+    steps: int = hparam(2000, "Meta-training steps (each step is one batch of episodes).", low=1, high=10_000_000)
+    max_minutes: float = hparam(0.0, "Wall-clock budget in minutes; 0 means no limit. When spent, training "
+                                "validates, saves and stops.", low=0.0, high=100_000.0)
+    meta_batch: int = hparam(1, "Episodes per meta-step (tasks averaged in one outer update).", low=1, high=256)
+    lr: float = hparam(1e-3, "Outer (meta) learning rate of the Adam optimizer.", low=1e-7, high=10.0, log_scale=True)
+    lr_schedule: str = hparam("cosine", "Outer learning-rate schedule over the planned steps.",
+                              choices=("constant", "cosine", "step"))
+    train_ways: int = hparam(0, "Ways used for training episodes; 0 uses the evaluation ways. ProtoNets train "
+                             "better with more ways than they are tested on.", low=0, high=200)
+    train_shots: int = hparam(0, "Shots used for training episodes; 0 uses the evaluation shots.", low=0, high=100)
+    train_queries: int = hparam(0, "Queries per class for training episodes; 0 uses the evaluation queries.",
+                                low=0, high=100)
+    val_interval: int = hparam(200, "Validate every this many steps; 0 only validates at the end.", low=0,
+                               high=10_000_000)
+    val_episodes: int = hparam(100, "Fixed meta-validation episodes per validation.", low=1, high=10_000)
+    checkpoint_interval: int = hparam(500, "Write the latest checkpoint every this many steps (a crash loses at "
+                                      "most these).", low=1, high=10_000_000)
+    device: str = hparam("auto", "Where to train: auto picks CUDA, then MPS, then CPU.", choices=DEVICE_CHOICES)
+    threads: int = hparam(0, "CPU threads for torch; 0 picks all cores (one fewer when the GUI is open).",
+                          low=0, high=512)
+    seed: int = hparam(0, "Seed for weights and episode sampling; the same seed reproduces a run.",
+                       low=0, high=2**31 - 1)
+
+
+@dataclass
+class EvaluationConfig:
+    episodes: int = hparam(0, "Fixed test episodes; 0 uses the dataset's standard count (1,000 for Omniglot "
+                           "and glyphs, 600 otherwise).", low=0, high=100_000)
+    seed: int = hparam(12345, "Seed of the fixed test episodes; every algorithm evaluated with it sees the same "
+                       "episodes.", low=0, high=2**31 - 1)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = ""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    # --- conversion -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        from workbench.core.algorithms import get_algorithm
+
+        hparams = get_algorithm(self.algorithm.name).full_hparams(self.algorithm.hparams)
+        return {
+            "name": self.name,
+            "dataset": to_dict(self.dataset),
+            "algorithm": {"name": self.algorithm.name, "hparams": hparams},
+            "training": to_dict(self.training),
+            "evaluation": to_dict(self.evaluation),
+        }
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    def save(self, path: str | Path) -> Path:
+        from workbench.core.fileio import atomic_write_text
+
+        return atomic_write_text(Path(path), self.to_toml())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        from workbench.core.algorithms import get_algorithm, algorithm_names
+
+        data = dict(data)
+        known = {"name", "dataset", "algorithm", "training", "evaluation"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown section; known sections are {', '.join(sorted(known))}")
+        for section in ("dataset", "algorithm", "training", "evaluation"):
+            if section in data and not isinstance(data[section], dict):
+                raise ConfigError(section, "must be a table of settings")
+        algo = dict(data.get("algorithm", {}))
+        algo_name = str(algo.pop("name", "protonet"))
+        if algo_name not in algorithm_names():
+            raise ConfigError("algorithm.name", f"unknown algorithm '{algo_name}'; choose one of "
+                              f"{', '.join(algorithm_names())}")
+        hparams = algo.pop("hparams", {}) or {}
+        if algo:
+            raise ConfigError(f"algorithm.{sorted(algo)[0]}", "unknown setting; put algorithm settings under "
+                              "[algorithm.hparams]")
+        get_algorithm(algo_name).build_hparams(hparams)  # validates, naming the field
+        config = cls(
+            name=str(data.get("name", "")),
+            dataset=build(DatasetConfig, data.get("dataset"), "dataset"),
+            algorithm=AlgorithmConfig(algo_name, dict(hparams)),
+            training=build(TrainingConfig, data.get("training"), "training"),
+            evaluation=build(EvaluationConfig, data.get("evaluation"), "evaluation"),
+        )
+        config.check()
+        return config
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "config") -> "ExperimentConfig":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(source, f"not valid TOML: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read the config file: {exc.strerror or exc}") from None
+        return cls.from_toml(text, source=str(path))
+
+    def replace(self, **sections: dict[str, Any]) -> "ExperimentConfig":
+        """A copy with some fields changed, e.g. ``replace(training={"steps": 10})``; validated."""
+        data = self.to_dict()
+        for section, values in sections.items():
+            if section == "name":
+                data["name"] = values
+            elif section == "algorithm":
+                values = dict(values)
+                if "name" in values and values["name"] != data["algorithm"]["name"]:
+                    data["algorithm"] = {"name": values["name"], "hparams": {}}
+                data["algorithm"]["hparams"].update(values.get("hparams", {}))
+            else:
+                data[section].update(values)
+        return ExperimentConfig.from_dict(data)
+
+    def check(self) -> None:
+        """Cross-field checks that single-field ranges cannot express."""
+        if self.dataset.name != "glyphs" and not self.dataset.root and not self.dataset.download:
+            raise ConfigError("dataset.root", f"the '{self.dataset.name}' dataset needs a folder; set dataset.root "
+                              "(--data-root) or allow downloading")
+
+    # --- effective values -------------------------------------------------------------------
+    @property
+    def train_ways(self) -> int:
+        return self.training.train_ways or self.dataset.ways
+
+    @property
+    def train_shots(self) -> int:
+        return self.training.train_shots or self.dataset.shots
+
+    @property
+    def train_queries(self) -> int:
+        return self.training.train_queries or self.dataset.queries
+
+    def eval_episodes(self) -> int:
+        if self.evaluation.episodes:
+            return self.evaluation.episodes
+        return 1000 if self.dataset.name in ("omniglot", "glyphs") else 600
+
+
+def config_fields() -> dict[str, list]:
+    """Section name -> field specs, for forms and flag parsers."""
+    from workbench.core.hparams import specs
+
+    return {"dataset": specs(DatasetConfig), "training": specs(TrainingConfig), "evaluation": specs(EvaluationConfig)}
+
+
+def copy_config(config: ExperimentConfig) -> ExperimentConfig:
+    return dataclasses.replace(
+        config,
+        dataset=dataclasses.replace(config.dataset),
+        algorithm=AlgorithmConfig(config.algorithm.name, dict(config.algorithm.hparams)),
+        training=dataclasses.replace(config.training),
+        evaluation=dataclasses.replace(config.evaluation),
+    )

@@ -1,0 +1,152 @@
+"""What every dataset provides: class splits held in memory as uint8 tensors, and one preprocessing spec."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workbench.core.errors import WorkbenchError
+
+SPLITS = ("train", "val", "test")
+SPLIT_TITLES = {"train": "meta-train", "val": "meta-validation", "test": "meta-test"}
+
+# progress(done, total, message); a callback may raise Cancelled to stop long work.
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class Cancelled(WorkbenchError):
+    """Long work (loading, downloading, evaluating) was cancelled by the user."""
+
+
+def no_progress(done: int, total: int, message: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How raw images become model input; shared by training, evaluation and "try a task"."""
+
+    image_size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # "dark": dark strokes on a light background (Omniglot, glyphs); "light": the reverse; "natural": photos.
+    foreground: str = "dark"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        return cls(int(data["image_size"]), int(data["channels"]), tuple(float(v) for v in data["mean"]),
+                   tuple(float(v) for v in data["std"]), str(data.get("foreground", "dark")))
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, C, H, W] at any size -> float32 normalized at image_size."""
+        x = images.float().div_(255.0)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        mean = torch.tensor(self.mean, dtype=x.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> np.ndarray:
+        """Model input back to uint8 [N, H, W, C] for thumbnails."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        images = ((x * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+        return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@dataclass
+class ClassSplit:
+    """One split's images: uint8 [N, C, H, W] and labels indexing ``class_names``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    # Optional grouping of classes (Omniglot alphabets, glyph alphabets): group name per class.
+    class_groups: list[str] | None = None
+    _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError("ClassSplit.images must be a uint8 tensor [N, C, H, W]")
+        self.labels = self.labels.to(torch.long)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def indices_by_class(self) -> list[torch.Tensor]:
+        if self._by_class is None:
+            order = torch.argsort(self.labels, stable=True)
+            counts = torch.bincount(self.labels, minlength=self.num_classes).tolist()
+            self._by_class = list(torch.split(order, counts))
+        return self._by_class
+
+    def class_counts(self) -> list[int]:
+        return [int(ix.numel()) for ix in self.indices_by_class()]
+
+
+@dataclass
+class FewShotDataset:
+    """A dataset ready for episodes: disjoint class splits plus the spec to preprocess them."""
+
+    name: str
+    spec: PreprocessSpec
+    splits: dict[str, ClassSplit]
+    description: str = ""
+    # Files that could not be read, as (path, reason); they were skipped.
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self):
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"dataset {self.name} lacks splits {missing}")
+
+    def split(self, name: str) -> ClassSplit:
+        return self.splits[name]
+
+    def summary(self) -> dict:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "image_size": self.spec.image_size,
+            "channels": self.spec.channels,
+            "splits": {name: {"classes": s.num_classes, "images": len(s)} for name, s in self.splits.items()},
+            "skipped_files": len(self.skipped_files),
+        }
+
+    def check_disjoint(self) -> None:
+        """Raise if one class name appears in two splits (a leak between meta-train and meta-test)."""
+        seen: dict[str, str] = {}
+        for split_name, split in self.splits.items():
+            for cname in split.class_names:
+                if cname in seen and seen[cname] != split_name:
+                    raise ValueError(f"class {cname!r} is in both {seen[cname]} and {split_name}")
+                seen[cname] = split_name
+
+
+def rotate_classes(split: ClassSplit) -> ClassSplit:
+    """Rotation class augmentation: each class also appears rotated by 90, 180 and 270 degrees as new classes."""
+    images = [split.images]
+    labels = [split.labels]
+    names = list(split.class_names)
+    groups = list(split.class_groups) if split.class_groups else None
+    n = split.num_classes
+    for k in (1, 2, 3):
+        images.append(torch.rot90(split.images, k, dims=(2, 3)))
+        labels.append(split.labels + k * n)
+        names.extend(f"{c} (rot{90 * k})" for c in split.class_names)
+        if groups is not None:
+            groups.extend(split.class_groups)
+    return ClassSplit(torch.cat(images), torch.cat(labels), names, groups)

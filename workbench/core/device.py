@@ -1,0 +1,78 @@
+"""Device selection and CPU thread policy, shared by the CLI and the GUI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cuda", "mps" or "cpu"
+    name: str
+    detail: str  # memory for CUDA, thread count for CPU
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.detail})" if self.detail else self.name
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def detect_devices() -> list[DeviceInfo]:
+    """Every device torch can use here, best first."""
+    found: list[DeviceInfo] = []
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            found.append(DeviceInfo(f"cuda:{index}", props.name, f"{props.total_memory / 2**30:.1f} GiB"))
+    if _mps_available():
+        found.append(DeviceInfo("mps", "Apple Metal (MPS)", ""))
+    found.append(DeviceInfo("cpu", "CPU", f"{os.cpu_count() or 1} cores, {torch.get_num_threads()} torch threads"))
+    return found
+
+
+def resolve_device(choice: str = "auto") -> torch.device:
+    """Turn a user's device choice into a torch.device; 'auto' prefers CUDA, then MPS, then CPU."""
+    choice = (choice or "auto").strip().lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from workbench.core.errors import ConfigError
+
+            raise ConfigError("training.device", f"'{choice}' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+        return torch.device(choice)
+    if choice == "mps":
+        if not _mps_available():
+            from workbench.core.errors import ConfigError
+
+            raise ConfigError("training.device", "'mps' was asked for but Apple MPS is not available; use 'auto' or 'cpu'")
+        return torch.device("mps")
+    if choice == "cpu":
+        return torch.device("cpu")
+    from workbench.core.errors import ConfigError
+
+    raise ConfigError("training.device", f"unknown device '{choice}'; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+def configure_cpu_threads(requested: int = 0, reserve_for_gui: bool = False) -> int:
+    """Set torch's intra-op threads. 0 means automatic: all cores, less one when a GUI shares the machine."""
+    cores = os.cpu_count() or 1
+    if requested > 0:
+        threads = requested
+    else:
+        threads = max(1, cores - 1) if reserve_for_gui else cores
+    torch.set_num_threads(threads)
+    return threads
