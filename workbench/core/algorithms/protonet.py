@@ -69,6 +69,7 @@ class ProtoNet(Algorithm):
         optimizer.zero_grad(set_to_none=True)
         total_loss, total_acc = 0.0, 0.0
         for episode in episodes:
+            episode = episode.to(self.device)
             logits = self._logits(episode.support_x, episode.support_y, episode.query_x, episode.ways)
             loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
             loss.backward()
@@ -81,17 +82,18 @@ class ProtoNet(Algorithm):
     @torch.no_grad()
     def adapt(self, support_x, support_y, ways):
         self.encoder.eval()
+        support_x, support_y = support_x.to(self.device), support_y.to(self.device)
         support = self.encoder(support_x)
         return {"prototypes": class_means(support, support_y, ways), "support_embeddings": support}
 
     @torch.no_grad()
     def predict(self, adapted, query_x):
         self.encoder.eval()
-        logits = pairwise_logits(self.encoder(query_x), adapted["prototypes"], self.hparams.distance,
+        logits = pairwise_logits(self.encoder(query_x.to(self.device)), adapted["prototypes"], self.hparams.distance,
                                  self.hparams.temperature)
         return logits.softmax(dim=-1)
 
     @torch.no_grad()
     def embed(self, x, adapted=None):
         self.encoder.eval()
-        return self.encoder(x)
+        return self.encoder(x.to(self.device))

@@ -56,10 +56,18 @@ def check_episode_setting(split: ClassSplit, ways: int, shots: int, queries: int
         named = ", ".join(f"'{n}'" for n in short[:5]) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
         ranked = sorted(counts, reverse=True)
         fit = ranked[ways - 1] if len(ranked) >= ways else 0
+        # Suggest only settings that would work: q-query alone may not be enough, n-way below 2 never is.
+        if fit - shots >= 1:
+            example = f" (for example q-query = {fit - shots})"
+        elif fit >= 2:
+            example = f" (for example k-shot = {fit // 2} and q-query = {fit - fit // 2})"
+        else:
+            example = ""
+        lower_ways = f" or lower n-way to {len(eligible)}" if len(eligible) >= 2 else ""
         raise EpisodeError(
             f"k-shot + q-query = {shots} + {queries} = {need} images per class, but only {len(eligible)} classes of "
             f"{where} have that many ({named} have fewer; the largest class has {most}). Lower k-shot + q-query "
-            f"to at most {fit} (for example q-query = {max(1, fit - shots)}) or lower n-way to {max(len(eligible), 0)}")
+            f"to at most {fit}{example}{lower_ways}")
     return eligible
 
 

@@ -1,0 +1,310 @@
+"""The main window end to end (offscreen): train, stop, pause, close while training, validation of the
+episode setting, image-folder problems, config parity with the CLI, and settings that survive a restart."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.core.config import ExperimentConfig
+from workbench.core.runs import RunStore
+
+
+def finished_signal(qtbot, window, timeout):
+    return qtbot.waitSignal(window.training_finished, timeout=timeout)
+
+
+def test_glyphs_and_protonet_are_preselected_so_run_works_at_once(qtbot, make_window, gui):
+    window = make_window()
+    assert window.dataset_panel.dataset_name() == "glyphs"
+    assert window.algorithm_panel.algorithm_name() == "protonet"
+    gui.wait_until_ready(qtbot, window)
+    assert window.run_action.isEnabled(), window.run_blocked_reason
+    # Split summary and an episode preview with support and query rows are shown.
+    assert "meta-train" in window.dataset_panel.status_label.text()
+    grid = window.dataset_panel.grid
+    assert len(grid.rows) == 5 and all(len(support) == 1 for _, support, _ in grid.rows)
+    before = [name for name, _, _ in grid.rows]
+    for _ in range(5):  # a resample draws other classes (5 tries: a repeat of all five is negligible)
+        window.dataset_panel.resample_button.click()
+        if [name for name, _, _ in grid.rows] != before:
+            break
+    assert [name for name, _, _ in grid.rows] != before
+
+
+def test_train_30_steps_fills_curves_and_saves_the_run(qtbot, make_window, gui, workbench_home):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    panel = window.dataset_panel
+    panel.episode_form.set_values({"ways": 5, "shots": 1, "queries": 5})
+    window.algorithm_panel.algorithm_combo.set_name("protonet")
+    gui.tiny_training(window, steps=30, val_interval=15, val_episodes=4)
+    qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
+    records = []
+    window.training_records.connect(lambda job_id, payload: records.append(payload))
+    config = window.current_config()
+
+    with finished_signal(qtbot, window, gui.TRAIN_TIMEOUT_MS) as blocker:
+        window.run_action.trigger()
+        assert not window.run_action.isEnabled() and window.stop_action.isEnabled()
+    job_id, final = blocker.args
+    assert final["event"] == "finished"
+
+    view = window.training_view
+    assert np.array_equal(view.loss.x.data, np.arange(1, 31, dtype=np.float64))
+    assert np.isfinite(view.loss.y.data).all() and np.isfinite(view.accuracy.y.data).all()
+    assert list(view.val_steps.data) == [15.0, 30.0]
+    assert np.all((view.val_accuracy.data >= 0) & (view.val_accuracy.data <= 1))
+    # Throttled: fewer emissions than steps, yet every step arrived.
+    assert 0 < len(records) and sum(len(p["steps"]) for p in records) == 30
+    assert window.run_action.isEnabled()
+
+    store = RunStore(workbench_home)
+    record = store.get(final["run_id"]).record()
+    assert record.status == "finished" and record.steps_done == 30
+    saved = store.get(final["run_id"]).config
+    assert saved.to_dict() == config.to_dict()
+    assert ExperimentConfig.from_toml(saved.to_toml()).to_dict() == config.to_dict()
+
+
+def test_stop_midway_saves_the_run_as_stopped(qtbot, make_window, gui, workbench_home):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    gui.tiny_training(window, steps=100_000, val_interval=0)
+    window.start_training()
+    qtbot.waitUntil(lambda: len(window.training_view.loss) >= 3, timeout=gui.TRAIN_TIMEOUT_MS)
+    with finished_signal(qtbot, window, gui.TRAIN_TIMEOUT_MS) as blocker:
+        window.stop_action.trigger()
+    final = blocker.args[1]
+    assert final["event"] == "stopped"
+    record = RunStore(workbench_home).get(final["run_id"]).record()
+    assert record.status == "stopped" and 3 <= record.steps_done < 100_000
+    assert len(window.training_view.loss) == record.steps_done
+    assert window.run_action.isEnabled() and not window.stop_action.isEnabled()
+
+
+def test_pause_blocks_training_and_resume_continues(qtbot, make_window, gui, workbench_home):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    gui.tiny_training(window, steps=40, val_interval=0)
+    window.start_training()
+    qtbot.waitUntil(lambda: len(window.training_view.loss) >= 2, timeout=gui.TRAIN_TIMEOUT_MS)
+    window.pause_action.trigger()
+    assert window.pause_action.text().replace("&", "") == "Resume"
+    store = RunStore(workbench_home)
+    run_id = window.controller.last_run_id
+    # The trainer marks the run paused once it is blocked between two meta-steps.
+    qtbot.waitUntil(lambda: store.get(run_id).record().status == "paused", timeout=gui.TRAIN_TIMEOUT_MS)
+    paused_at = store.get(run_id).record().steps_done
+    assert paused_at < 40
+    qtbot.waitUntil(lambda: len(window.training_view.loss) == paused_at, timeout=5_000)
+    with finished_signal(qtbot, window, gui.TRAIN_TIMEOUT_MS) as blocker:
+        window.pause_action.trigger()  # resume
+    assert blocker.args[1]["event"] == "finished"
+    assert len(window.training_view.loss) == 40
+    assert store.get(run_id).record().status == "finished"
+
+
+def test_a_stopped_run_resumes_from_the_runs_tab_and_continues_its_curves(qtbot, make_window, gui,
+                                                                         workbench_home):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    gui.tiny_training(window, steps=40, val_interval=0)
+    window.algorithm_panel.training_form.set_value("checkpoint_interval", 2)
+    window.start_training()
+    qtbot.waitUntil(lambda: len(window.training_view.loss) >= 4, timeout=gui.TRAIN_TIMEOUT_MS)
+    with finished_signal(qtbot, window, gui.TRAIN_TIMEOUT_MS) as blocker:
+        window.stop_training()
+    run_id = blocker.args[1]["run_id"]
+    stopped_at = RunStore(workbench_home).get(run_id).record().steps_done
+    assert stopped_at < 40
+    with finished_signal(qtbot, window, gui.TRAIN_TIMEOUT_MS) as blocker:
+        window.runs_view.resume_run.emit(run_id)  # what the Runs tab's Resume action sends
+    assert blocker.args[1]["event"] == "finished" and blocker.args[1]["run_id"] == run_id
+    assert RunStore(workbench_home).get(run_id).record().status == "finished"
+    # The earlier steps are drawn too: the curve runs from step 1 to 40 without a gap or a repeat.
+    assert np.array_equal(window.training_view.loss.x.data, np.arange(1, 41))
+
+
+def test_closing_while_training_asks_then_stops_and_saves(qtbot, make_window, gui, workbench_home):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    gui.tiny_training(window, steps=100_000, val_interval=0)
+    window.start_training()
+    qtbot.waitUntil(lambda: len(window.training_view.loss) >= 2, timeout=gui.TRAIN_TIMEOUT_MS)
+    run_id = window.controller.last_run_id
+
+    questions = []
+    window.confirm_stop_on_close = lambda: questions.append("asked") or False
+    window.close()  # answered "no": keeps training
+    assert questions and window.isVisible() and window.controller.is_running
+
+    window.confirm_stop_on_close = lambda: True
+    window.close()
+    assert not window.isVisible()
+    assert not window.controller.has_threads and not window.controller.is_running
+    record = RunStore(workbench_home).get(run_id).record()
+    assert record.status == "stopped" and record.steps_done >= 2
+
+
+def test_impossible_episode_setting_disables_run_with_a_message(qtbot, make_window, gui):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    panel = window.dataset_panel
+    panel.episode_form.set_value("shots", 25)  # glyph classes have 20 images
+    qtbot.waitUntil(lambda: not window.run_action.isEnabled(), timeout=5_000)
+    assert panel.episode_problem.isVisible()
+    assert "k-shot + q-query" in panel.episode_problem.text() and "Lower" in panel.episode_problem.text()
+    assert window.start_training() is None
+    panel.episode_form.set_value("shots", 1)
+    qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
+    assert not panel.episode_problem.isVisible()
+
+    # Training overrides are checked too, against meta-train.
+    window.algorithm_panel.training_form.set_value("train_shots", 25)
+    qtbot.waitUntil(lambda: not window.run_action.isEnabled(), timeout=5_000)
+    assert panel.episode_problem_text.startswith("Training episodes") and "meta-train" in panel.episode_problem_text
+
+
+def test_a_corrupt_image_in_a_folder_dataset_is_reported_not_fatal(qtbot, make_window, gui, tmp_path):
+    root = tmp_path / "my-images"
+    for c in range(15):
+        for i in range(4):
+            gui.write_png(root / f"class{c:02d}" / f"{i}.png", value=(17 * c + 3 * i) % 256)
+    (root / "class00" / "broken.png").write_bytes(b"this is not a png")
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    panel = window.dataset_panel
+    panel.episode_form.set_values({"ways": 3, "shots": 1, "queries": 2})
+    panel.name_combo.setCurrentIndex(panel.name_combo.findData("folder"))
+    panel.options.set_value("image_size", 16)
+    panel.root_edit.setText(str(root))
+    qtbot.waitUntil(lambda: panel.is_ready() and not panel.is_loading, timeout=gui.LOAD_TIMEOUT_MS)
+    assert panel.dataset.skipped_files and "broken.png" in panel.dataset.skipped_files[0][0]
+    assert panel.skipped_label.isVisible() and "could not be read" in panel.skipped_label.text()
+    assert "broken.png" in panel.skipped_label.toolTip()
+    qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
+
+
+def test_a_missing_folder_is_explained_and_run_stays_disabled(qtbot, make_window, gui, tmp_path):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    panel = window.dataset_panel
+    panel.name_combo.setCurrentIndex(panel.name_combo.findData("folder"))
+    qtbot.waitUntil(lambda: not window.run_action.isEnabled(), timeout=5_000)
+    assert "dataset.root" in window.run_blocked_reason
+    panel.root_edit.setText(str(tmp_path / "does-not-exist"))
+    qtbot.waitUntil(lambda: panel.load_error is not None, timeout=gui.LOAD_TIMEOUT_MS)
+    assert "does-not-exist" in panel.load_error
+    assert not window.run_action.isEnabled()
+
+
+def test_gui_and_cli_build_the_same_config_and_toml_round_trips(qtbot, make_window, gui, tmp_path):
+    from workbench.cli import build_parser, config_from_args
+
+    window = make_window(auto_load=False)
+    window.dataset_panel.episode_form.set_values({"ways": 5, "shots": 1, "queries": 10})
+    window.dataset_panel.options.set_value("rotations", True)
+    panel = window.algorithm_panel
+    panel.algorithm_combo.set_name("protonet")
+    panel.hparam_form.set_values({"hidden": 32, "distance": "cosine", "temperature": 0.1})
+    panel.training_form.set_values({"steps": 500, "lr": 0.002, "val_interval": 100, "seed": 3, "train_ways": 20,
+                                    "lr_schedule": "constant"})
+    panel.device_combo.setCurrentIndex(panel.device_combo.findData("cpu"))
+    panel.evaluation_form.set_values({"episodes": 200, "seed": 9})
+    panel.name_edit.setText("parity")
+    gui_config = window.current_config()
+
+    argv = ["train", "--dataset", "glyphs", "--ways", "5", "--shots", "1", "--queries", "10", "--rotations",
+            "--algorithm", "protonet", "--hparam", "hidden=32", "--hparam", "distance=cosine",
+            "--hparam", "temperature=0.1", "--steps", "500", "--lr", "0.002", "--val-interval", "100",
+            "--seed", "3", "--train-ways", "20", "--lr-schedule", "constant", "--device", "cpu",
+            "--eval-episodes", "200", "--eval-seed", "9", "--name", "parity"]
+    cli_config = config_from_args(build_parser().parse_args(argv))
+    assert gui_config.to_dict() == cli_config.to_dict()
+
+    # File > Export writes the TOML that `workbench train --config` reads to the same config ...
+    path = window.export_experiment(tmp_path / "experiment.toml")
+    from_file = config_from_args(build_parser().parse_args(["train", "--config", str(path)]))
+    assert from_file.to_dict() == gui_config.to_dict()
+    # ... and File > Import fills a fresh window's panels with it.
+    other = make_window(auto_load=False)
+    other.import_experiment(path)
+    assert other.current_config().to_dict() == gui_config.to_dict()
+
+
+def test_settings_survive_a_restart(qtbot, make_window, gui):
+    window = make_window(restore=True, auto_load=False)
+    window.set_theme("dark")
+    window.dataset_panel.episode_form.set_values({"ways": 10, "shots": 5})
+    window.algorithm_panel.training_form.set_value("steps", 1234)
+    window.algorithm_dock.hide()  # the dock layout is part of the saved state
+    window.resize(1200, 560)
+    window.close()
+
+    again = make_window(restore=True, auto_load=False)
+    assert again.theme_preference == "dark" and again.theme.is_dark
+    config = again.current_config()
+    assert (config.dataset.ways, config.dataset.shots, config.training.steps) == (10, 5, 1234)
+    assert again.algorithm_dock.isHidden() and not again.dataset_dock.isHidden()
+    # The offscreen screen clamps the width; the height shows the geometry came back (the default is 860).
+    assert again.height() == 560
+    again.set_theme("light")
+
+
+def test_help_dialogs_open_without_blocking(qtbot, make_window):
+    window = make_window(auto_load=False)
+    window.shortcuts_action.trigger()
+    names = [name for name, _ in window._last_dialog.rows]
+    assert {"Run", "Pause", "Stop", "Quit"} <= set(names)
+    window._last_dialog.close()
+    window.about_action.trigger()
+    assert "PyTorch" in window._last_dialog.text()
+    window._last_dialog.close()
+
+
+def test_extra_views_plug_in_and_receive_records(qtbot, make_window):
+    from PySide6.QtWidgets import QLabel
+
+    window = make_window(auto_load=False)
+
+    class ProbeView(QLabel):
+        def __init__(self):
+            super().__init__("probe")
+            self.themes = []
+
+        def apply_theme(self, theme):
+            self.themes.append(theme.name)
+
+    probe = ProbeView()
+    index = window.add_view("Probe", probe)
+    assert window.tabs.widget(index) is probe and window.view("Probe") is probe
+    assert probe.themes  # themed on arrival
+    window.set_theme("dark")
+    assert probe.themes[-1] == "dark"
+    window.set_theme("light")
+
+
+def test_a_diverged_run_is_reported_and_the_app_stays_usable(qtbot, make_window, fake_trainer_factory):
+    factory = fake_trainer_factory(total=10, final_event="diverged",
+                                   message="training diverged at step 10: the loss became nan")
+    window = make_window(auto_load=False, trainer_factory=factory)
+    with qtbot.waitSignal(window.training_finished, timeout=30_000) as blocker:
+        window.start_training(ExperimentConfig())
+    assert blocker.args[1]["event"] == "diverged"
+    title, message, _ = window.last_error
+    assert title == "Training diverged" and "diverged at step 10" in message
+    assert "diverged" in window.statusBar().currentMessage()
+    assert window.controller.state == "idle" and not window.stop_action.isEnabled()
+    assert len(window.training_view.loss) == 10
+
+
+def test_out_of_memory_is_reported_with_details_and_the_app_stays_usable(qtbot, make_window, fake_trainer_factory):
+    factory = fake_trainer_factory(total=50, fail_at=5, error=RuntimeError("CUDA out of memory. Tried to allocate"))
+    window = make_window(auto_load=False, trainer_factory=factory)
+    with qtbot.waitSignal(window.training_finished, timeout=30_000) as blocker:
+        window.start_training(ExperimentConfig())
+    assert blocker.args[1]["event"] == "failed"
+    title, message, details = window.last_error
+    assert title == "Out of memory" and "meta-batch" in message
+    assert "Traceback" in details and "CUDA out of memory" in details
+    assert window.controller.state == "idle" and not window.controller.is_running

@@ -1,0 +1,838 @@
+"""The `workbench` command.
+
+    workbench                      open the GUI (or run a short demo when Qt is not installed)
+    workbench train ...            meta-train; flags and a TOML config (--config) are interchangeable
+    workbench eval RUN ...         evaluate a run on fixed test episodes
+    workbench runs [show|rename|delete|resume|compare] ...
+    workbench algorithms | datasets
+    workbench demo | tour | try
+
+Every user error prints one line "error: ..." and exits with code 2; --json prints exactly one
+JSON object on stdout while progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import math
+import signal
+import sys
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, TextIO
+
+from workbench import __version__
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# Config fields whose flag is not simply --field-name.
+FLAG_NAMES = {
+    ("dataset", "name"): "--dataset",
+    ("dataset", "root"): "--data-root",
+    ("evaluation", "episodes"): "--eval-episodes",
+    ("evaluation", "seed"): "--eval-seed",
+}
+SUBCOMMANDS = ("train", "eval", "runs", "algorithms", "datasets", "demo", "tour", "try")
+# Commands implemented elsewhere, imported only when used: module and what to call it in messages.
+DELEGATED = {"tour": ("workbench.gui.tour", "the guided tour"), "try": ("workbench.tryatask.cli", "'try a task'")}
+
+
+# --- output helpers -----------------------------------------------------------------------------
+def _say(text: str) -> None:
+    """A message for the user: stderr, so stdout stays clean for --json."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(_json_safe(obj), allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _pct(value: float | None, ci: float | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{100 * value:.2f}%"
+    if ci is not None:
+        text += f" ± {100 * ci:.2f}%"
+    return text
+
+
+class ProgressPrinter:
+    """Progress on stderr: a redrawn bar with ETA on a terminal, plain lines every 10% (or 30 s)
+    when stderr is a file or pipe."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        try:
+            self.tty = bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
+        self._open_line = False
+        self._last_length = 0
+        self._last_draw = 0.0
+        self._last_decile: dict[str, int] = {}
+        self._last_line_time = time.monotonic()
+        self._started: dict[str, float] = {}
+
+    def update(self, done: int, total: int, text: str = "", *, key: str = "", eta_s: float | None = None,
+               force: bool = False) -> None:
+        if not self.enabled or total <= 0:
+            return
+        now = time.monotonic()
+        started = self._started.setdefault(key, now)
+        if eta_s is None and done > 0:
+            eta_s = (now - started) / done * (total - done)
+        fraction = min(1.0, done / total)
+        if self.tty:
+            if not force and done < total and now - self._last_draw < 0.1:
+                return
+            filled = int(round(self.WIDTH * fraction))
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            line = f"[{bar}] {100 * fraction:3.0f}% {done}/{total} {text} ETA {format_duration(eta_s)}"[:160]
+            # Pad over the previous, possibly longer, line.
+            self.stream.write("\r" + line.ljust(self._last_length))
+            self._last_length = len(line)
+            self.stream.flush()
+            self._open_line = True
+            self._last_draw = now
+        else:
+            decile = int(10 * fraction)
+            if (force or decile > self._last_decile.get(key, -1) or now - self._last_line_time >= 30.0
+                    or done == total):
+                if done == total and self._last_decile.get(key) == 10:
+                    return
+                self._last_decile[key] = decile
+                self._last_line_time = now
+                self.stream.write(f"{done}/{total} ({100 * fraction:.0f}%) {text} ETA {format_duration(eta_s)}\n")
+                self.stream.flush()
+
+    def line(self, text: str) -> None:
+        """A full message line (ends an open progress bar first)."""
+        if not self.enabled:
+            return
+        self.end()
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open_line = False
+            self._last_length = 0
+
+    def callback(self, key: str) -> Callable[[int, int, str], None]:
+        """A ProgressCallback for loading or evaluating."""
+        def report(done: int, total: int, message: str) -> None:
+            self.update(done, total, message, key=key)
+        return report
+
+
+# --- config from flags ----------------------------------------------------------------------------
+def _field_flags() -> list[tuple[str, Any, str, str]]:
+    """(section, spec, flag, dest) for every config field, from the one place that describes them."""
+    from workbench.core.config import config_fields
+
+    out = []
+    for section, specs in config_fields().items():
+        for spec in specs:
+            flag = FLAG_NAMES.get((section, spec.name), "--" + spec.name.replace("_", "-"))
+            out.append((section, spec, flag, f"cfg_{section}_{spec.name}"))
+    return out
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="TOML", help="Experiment config file (as written by --export-config or "
+                        "the GUI); flags override its values.")
+    parser.add_argument("--name", help="A name for the run (shown in `workbench runs`).")
+    parser.add_argument("--algorithm", help="Algorithm to train (see `workbench algorithms`).")
+    parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
+                        help="An algorithm hyperparameter, e.g. --hparam hidden=32 (repeatable).")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="set_values",
+                        help="Any config field, e.g. --set training.lr_schedule=constant (repeatable).")
+    groups = {"dataset": parser.add_argument_group("dataset and episodes"),
+              "training": parser.add_argument_group("training"),
+              "evaluation": parser.add_argument_group("evaluation")}
+    for section, spec, flag, dest in _field_flags():
+        extra = spec.range_text()
+        default = f"default {spec.default!r}"
+        help_text = f"{spec.help} ({extra + '; ' if extra else ''}{default}; {section}.{spec.name})"
+        help_text = help_text.replace("%", "%%")
+        if spec.type is bool:
+            groups[section].add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None,
+                                         help=help_text)
+        else:
+            metavar = spec.type.__name__.upper() if not spec.choices else "{" + ",".join(map(str, spec.choices)) + "}"
+            # Values stay text here: the config validates them and names the field when one is wrong.
+            groups[section].add_argument(flag, dest=dest, metavar=metavar, default=None, help=help_text)
+
+
+def _split_assignment(text: str, option: str) -> tuple[str, str]:
+    from workbench.core.errors import ConfigError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(option, f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _read_config_file(path: str) -> tuple[dict, Path]:
+    import tomllib
+
+    from workbench.core.errors import ConfigError
+
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(file), f"cannot read the config file: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text), file.resolve().parent
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), f"not valid TOML: {exc}") from None
+
+
+def _absolute_root(root: str, relative_to: list[Path]) -> str:
+    if not root or "://" in root:
+        return root
+    path = Path(root).expanduser()
+    if path.is_absolute():
+        return str(path)
+    for base in relative_to:
+        if (base / path).exists():
+            return str((base / path).resolve())
+    return str((relative_to[0] / path).resolve())
+
+
+def config_from_args(args: argparse.Namespace, base: dict | None = None):
+    """The effective ExperimentConfig: defaults < --config file (or ``base``) < flags."""
+    from workbench.core.config import ExperimentConfig
+    from workbench.core.errors import ConfigError
+
+    data: dict[str, Any] = dict(base or {})
+    file_dir = None
+    if getattr(args, "config", None):
+        data, file_dir = _read_config_file(args.config)
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    if isinstance(data.get("algorithm"), dict):
+        data["algorithm"]["hparams"] = dict(data["algorithm"].get("hparams") or {})
+    if isinstance(data.get("dataset"), dict) and data["dataset"].get("root") and file_dir is not None:
+        # A relative root in a config file means: next to the file (else the working folder).
+        data["dataset"]["root"] = _absolute_root(str(data["dataset"]["root"]), [file_dir, Path.cwd()])
+    for section, spec, flag, dest in _field_flags():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if (section, spec.name) == ("dataset", "root"):
+            value = _absolute_root(value, [Path.cwd()])
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise ConfigError(section, "must be a table of settings")
+        data[section][spec.name] = value
+    if getattr(args, "name", None) is not None:
+        data["name"] = args.name
+    algorithm = data.setdefault("algorithm", {})
+    if not isinstance(algorithm, dict):
+        raise ConfigError("algorithm", "must be a table of settings")
+    if getattr(args, "algorithm", None):
+        if algorithm.get("name", "protonet") != args.algorithm:
+            # Hyperparameters of another algorithm do not carry over.
+            algorithm.clear()
+        algorithm["name"] = args.algorithm
+    for item in getattr(args, "hparam", None) or []:
+        key, value = _split_assignment(item, "--hparam")
+        algorithm.setdefault("hparams", {})[key] = value
+    for item in getattr(args, "set_values", None) or []:
+        key, value = _split_assignment(item, "--set")
+        parts = key.split(".")
+        if parts == ["name"]:
+            data["name"] = value
+        elif len(parts) == 3 and parts[:2] == ["algorithm", "hparams"]:
+            algorithm.setdefault("hparams", {})[parts[2]] = value
+        elif parts == ["algorithm", "name"]:
+            if algorithm.get("name", "protonet") != value:
+                algorithm.clear()
+            algorithm["name"] = value
+        elif len(parts) == 2 and parts[0] in ("dataset", "training", "evaluation"):
+            if parts == ["dataset", "root"]:
+                value = _absolute_root(value, [Path.cwd()])
+            data.setdefault(parts[0], {})[parts[1]] = value
+        else:
+            raise ConfigError(key, "use section.field with a section of dataset, training, evaluation or "
+                              "algorithm.hparams (e.g. --set training.lr=0.001)")
+    config = ExperimentConfig.from_dict(data)
+    # Round-trip once so every value is typed and every hyperparameter is explicit.
+    return ExperimentConfig.from_dict(config.to_dict())
+
+
+# --- parser --------------------------------------------------------------------------------------
+def _add_output_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="Print one JSON object on stdout (progress stays on "
+                        "stderr).")
+    parser.add_argument("--quiet", "-q", action="store_true", help="No progress output.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workbench", description="Meta-Learning Workbench: few-shot image classification. Without a command "
+        "it opens the GUI.", formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example: workbench train --dataset omniglot --data-root ../shared/data/omniglot --algorithm "
+               "protonet --ways 5 --shots 1 --steps 2000")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="Meta-train an algorithm and evaluate it.",
+                                description="Meta-train an algorithm. Every config field has a flag; --config "
+                                "reads a TOML file that the flags override.")
+    _add_config_flags(train)
+    train.add_argument("--export-config", metavar="PATH", help="Write the effective config as TOML (- for stdout) "
+                       "and exit without training.")
+    train.add_argument("--no-eval", action="store_true", help="Skip the final evaluation on the test episodes.")
+    _add_output_flags(train)
+
+    evaluate = commands.add_parser("eval", help="Evaluate a run on fixed test episodes.",
+                                   description="Evaluate a run's checkpoint on fixed test episodes: mean accuracy "
+                                   "with a 95% confidence interval and per-class accuracy.".replace("%", "%%"))
+    evaluate.add_argument("run", help="Run id (or unique prefix), run name, run folder or .pt checkpoint.")
+    _add_eval_flags(evaluate)
+    _add_output_flags(evaluate)
+
+    runs = commands.add_parser("runs", help="List and manage runs.", description="List runs (default), or show, "
+                               "rename, delete, resume or compare them.")
+    _add_output_flags(runs)
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="ACTION")
+    runs_list = runs_commands.add_parser("list", help="List runs (the default).")
+    _add_output_flags(runs_list)
+    show = runs_commands.add_parser("show", help="Details of one run.")
+    show.add_argument("run")
+    _add_output_flags(show)
+    rename = runs_commands.add_parser("rename", help="Give a run a name.")
+    rename.add_argument("run")
+    rename.add_argument("new_name", metavar="NAME")
+    _add_output_flags(rename)
+    delete = runs_commands.add_parser("delete", help="Delete a run folder and its index entry.")
+    delete.add_argument("run")
+    delete.add_argument("--yes", "-y", action="store_true", help="Do not ask for confirmation.")
+    _add_output_flags(delete)
+    resume = runs_commands.add_parser("resume", help="Continue training a stopped, paused or crashed run.")
+    resume.add_argument("run")
+    resume.add_argument("--steps", help="Raise the planned steps to train a finished run longer.")
+    resume.add_argument("--max-minutes", help="Wall-clock budget for this session in minutes.")
+    resume.add_argument("--device", help="Device to continue on (auto, cpu, cuda, mps).")
+    resume.add_argument("--threads", help="CPU threads for torch; 0 picks automatically.")
+    resume.add_argument("--data-root", help="Where the dataset lives now, if it moved.")
+    resume.add_argument("--no-eval", action="store_true", help="Skip the final evaluation on the test episodes.")
+    _add_output_flags(resume)
+    compare = runs_commands.add_parser("compare", help="Compare runs side by side.")
+    compare.add_argument("runs", nargs="+")
+    _add_output_flags(compare)
+
+    algorithms = commands.add_parser("algorithms", help="List the algorithms.")
+    _add_output_flags(algorithms)
+    datasets = commands.add_parser("datasets", help="List the datasets.")
+    _add_output_flags(datasets)
+
+    demo = commands.add_parser("demo", help="Train ProtoNet on the built-in glyphs for a few seconds and evaluate it.")
+    demo.add_argument("--steps", type=int, default=300, help="Meta-training steps (default 300).")
+    demo.add_argument("--episodes", type=int, default=300, help="Test episodes (default 300).")
+    demo.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
+    _add_output_flags(demo)
+
+    commands.add_parser("tour", help="A guided tour of meta-learning in the GUI.", add_help=False).add_argument(
+        "rest", nargs=argparse.REMAINDER)
+    commands.add_parser("try", help="Try a trained model on your own images.", add_help=False).add_argument(
+        "rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--episodes", type=int, help="Fixed test episodes (default: the run's evaluation.episodes, "
+                        "1,000 for Omniglot and glyphs, 600 otherwise).")
+    parser.add_argument("--ways", type=int, help="N-way of the test episodes (default: the run's ways).")
+    parser.add_argument("--shots", type=int, help="K-shot of the test episodes (default: the run's shots).")
+    parser.add_argument("--queries", type=int, help="Queries per class (default: the run's queries).")
+    parser.add_argument("--seed", type=int, help="Seed of the fixed test episodes (default: the run's "
+                        "evaluation.seed).")
+    parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                        help="Which checkpoint to evaluate (default best).")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
+    parser.add_argument("--no-save", action="store_true", help="Do not store the result in the run.")
+
+
+# --- commands ------------------------------------------------------------------------------------
+@contextmanager
+def _ctrl_c_stops(trainer, printer: ProgressPrinter):
+    """First Ctrl+C: stop after the current step and save; a second one aborts at once."""
+    state = {"count": 0}
+
+    def handler(signum, frame):
+        state["count"] += 1
+        if state["count"] == 1:
+            trainer.stop()
+            printer.line("stopping after the current step and saving (press Ctrl+C again to abort)")
+        else:
+            raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield state
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _train_and_report(args, config, resume: str | None = None) -> int:
+    from workbench.core.evaluation import evaluate_run
+    from workbench.core.runs import RunStore
+    from workbench.core.training import Trainer
+
+    printer = ProgressPrinter(enabled=not args.quiet)
+    store = RunStore()
+    trainer = Trainer(config, store, resume=resume, progress=printer.callback("loading"))
+    printer.end()
+    run = trainer.run
+    printer.line(f"run {run.id} ({run.path})")
+    if trainer.resume_message:
+        printer.line(trainer.resume_message)
+    if trainer.validation_note:
+        printer.line(f"note: {trainer.validation_note}")
+    config = trainer.config
+    printer.line(f"training {config.algorithm.name} on {config.dataset.name}, {config.train_ways}-way "
+                 f"{config.train_shots}-shot episodes, {config.training.steps} steps on {trainer.device}")
+
+    def on_record(record) -> None:
+        if record.event == "step":
+            printer.update(record.step, record.total_steps, f"loss {record.loss:.3f} acc {100 * record.accuracy:.1f}% "
+                           f"{record.steps_per_s:.1f} steps/s", key="train", eta_s=record.eta_s)
+        else:
+            printer.line(record.message)
+
+    interrupted = False
+    with _ctrl_c_stops(trainer, printer) as ctrl_c:
+        try:
+            final = trainer.run_all(on_record)
+        except KeyboardInterrupt:
+            printer.end()
+            _say(f"interrupted; run {run.id} was saved as stopped at step {trainer.step}")
+            return EXIT_INTERRUPTED
+        interrupted = ctrl_c["count"] > 0
+    printer.end()
+    test = None
+    if final.event in ("finished", "budget") and not args.no_eval and not interrupted:
+        try:
+            result = evaluate_run(run, store, device=config.training.device, progress=printer.callback("test"))
+        except KeyboardInterrupt:
+            printer.end()
+            _say(f"test evaluation interrupted; run {run.id} is saved")
+            return EXIT_INTERRUPTED
+        printer.end()
+        test = {"accuracy": result.accuracy, "ci95": result.ci95, "episodes": result.episodes, "ways": result.ways,
+                "shots": result.shots, "queries": result.queries, "seed": result.seed,
+                "checkpoint": result.checkpoint}
+    record = run.record()
+    if args.json:
+        _emit_json({"run": run.id, "name": record.name, "path": str(run.path), "status": record.status,
+                    "event": final.event, "message": final.message, "steps": trainer.step,
+                    "steps_total": config.training.steps, "best_val_accuracy": trainer.best_val_accuracy,
+                    "best_val_ci95": trainer.best_val_ci95, "best_step": trainer.best_step,
+                    "elapsed_s": final.elapsed_s, "algorithm": config.algorithm.name,
+                    "dataset": config.dataset.name, "device": str(trainer.device), "test": test})
+    else:
+        print(f"run {run.id}: {record.status} after {trainer.step}/{config.training.steps} steps "
+              f"({format_duration(final.elapsed_s)})")
+        if final.message and final.event != "finished":
+            print(f"  {final.message}")
+        if trainer.best_val_accuracy is not None:
+            print(f"  best validation: {_pct(trainer.best_val_accuracy, trainer.best_val_ci95)} (step {trainer.best_step})")
+        if test is not None:
+            print(f"  test: {_pct(test['accuracy'], test['ci95'])} ({test['ways']}-way {test['shots']}-shot, "
+                  f"{test['episodes']} episodes)")
+        print(f"  folder: {run.path}")
+    if final.event == "diverged":
+        _say(f"error: {final.message}")
+        return EXIT_USER_ERROR
+    if interrupted:
+        _say(f"stopped; resume with: workbench runs resume {run.id}")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    config = config_from_args(args)
+    if args.export_config:
+        if args.export_config == "-":
+            sys.stdout.write(config.to_toml())
+        else:
+            path = config.save(Path(args.export_config).expanduser())
+            if args.json:
+                _emit_json({"config": str(path)})
+            else:
+                _say(f"wrote {path}")
+        return EXIT_OK
+    return _train_and_report(args, config)
+
+
+def cmd_resume(args) -> int:
+    from workbench.core.runs import RunStore
+
+    run = RunStore().get(args.run)
+    training = {}
+    for name in ("steps", "max_minutes", "device", "threads"):
+        value = getattr(args, name)
+        if value is not None:
+            training[name] = value
+    dataset = {"root": _absolute_root(args.data_root, [Path.cwd()])} if args.data_root else {}
+    config = run.config.replace(training=training, dataset=dataset) if (training or dataset) else None
+    return _train_and_report(args, config, resume=run.id)
+
+
+def _eval_json(result) -> dict:
+    data = result.to_dict()
+    for key in ("confusion", "confusion_classes", "extras"):
+        data.pop(key, None)
+    data.update(result.extras)  # algorithm additions (e.g. "weights") sit at the top level
+    return data
+
+
+def cmd_eval(args) -> int:
+    from workbench.core.device import configure_cpu_threads, resolve_device
+    from workbench.core.evaluation import evaluate_run
+    from workbench.core.runs import RunStore
+
+    if resolve_device(args.device).type == "cpu":
+        configure_cpu_threads(args.threads)
+    printer = ProgressPrinter(enabled=not args.quiet)
+    store = RunStore()
+    is_file = args.run.endswith(".pt") and Path(args.run).expanduser().is_file()
+    run = args.run if is_file else store.get(args.run)
+    result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
+                          seed=args.seed, device=args.device, checkpoint=args.checkpoint,
+                          progress=printer.callback("eval"), save=not args.no_save)
+    printer.end()
+    if args.json:
+        _emit_json(_eval_json(result))
+        return EXIT_OK
+    print(f"{'' if is_file else 'run '}{result.run} ({result.checkpoint} checkpoint): {result.summary()}")
+    best, worst = result.per_class_extremes(3)
+    if worst:
+        print("  hardest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in worst))
+        print("  easiest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in best))
+    for key, value in result.extras.items():
+        print(f"  {key}: {value}")
+    return EXIT_OK
+
+
+def _runs_table(records) -> str:
+    headers = ("ID", "NAME", "STATUS", "ALGORITHM", "DATASET", "SETTING", "STEPS", "BEST VAL", "TEST")
+    rows = []
+    for r in records:
+        test = "-"
+        if r.test_accuracy is not None:
+            test = f"{100 * r.test_accuracy:.1f}±{100 * (r.test_ci95 or 0):.1f}"
+            if (r.test_ways, r.test_shots) != (r.ways, r.shots):
+                test += f" ({r.test_ways}w{r.test_shots}s)"
+        best = "-" if r.best_val_accuracy is None else f"{100 * r.best_val_accuracy:.1f}"
+        rows.append((r.id, r.name or "-", r.status, r.algorithm, r.dataset, f"{r.ways}w{r.shots}s",
+                     f"{r.steps_done}/{r.steps_total}", best, test))
+    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (headers, *rows)]
+    return "\n".join(lines)
+
+
+def cmd_runs(args) -> int:
+    from workbench.core.runs import RunStore
+
+    store = RunStore()
+    action = args.runs_command or "list"
+    if action == "list":
+        records = store.list()
+        if args.json:
+            _emit_json([r.to_dict() for r in records])
+        elif records:
+            print(_runs_table(records))
+        else:
+            _say(f"no runs yet in {store.runs_dir}; start one with `workbench train`")
+        return EXIT_OK
+    if action == "show":
+        run = store.get(args.run)
+        record = run.record()
+        metrics = run.read_metrics()
+        validations = [m for m in metrics if m.get("event") == "validation"]
+        info = {**record.to_dict(), "config": run.config.to_dict(), "evaluations": run.evaluations(),
+                "checkpoints": {kind: str(run.checkpoint_path(kind)) for kind in ("best", "last")
+                                if run.has_checkpoint(kind)},
+                "validations": [{"step": m["step"], "accuracy": m.get("val_accuracy"), "ci95": m.get("val_ci95")}
+                                for m in validations],
+                "metrics_records": len(metrics)}
+        if args.json:
+            _emit_json(info)
+            return EXIT_OK
+        print(_runs_table([record]))
+        print(f"folder: {run.path}")
+        if record.message:
+            print(f"message: {record.message}")
+        for v in info["validations"][-5:]:
+            print(f"validation at step {v['step']}: {_pct(v['accuracy'], v['ci95'])}")
+        for e in info["evaluations"]:
+            print(f"evaluation {e['ways']}-way {e['shots']}-shot, {e['episodes']} episodes (seed {e['seed']}, "
+                  f"{e.get('checkpoint') or 'best'}): {_pct(e['accuracy'], e['ci95'])}")
+        return EXIT_OK
+    if action == "rename":
+        record = store.rename(args.run, args.new_name)
+        if args.json:
+            _emit_json(record.to_dict())
+        else:
+            _say(f"run {record.id} is now called '{record.name}'")
+        return EXIT_OK
+    if action == "delete":
+        run = store.get(args.run)
+        if not args.yes:
+            if not sys.stdin.isatty():
+                from workbench.core.errors import WorkbenchError
+
+                raise WorkbenchError(f"deleting run {run.id} needs confirmation; add --yes")
+            answer = input(f"delete run {run.id} and its folder {run.path}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                _say("nothing deleted")
+                return EXIT_OK
+        store.delete(run.id)
+        if args.json:
+            _emit_json({"deleted": run.id})
+        else:
+            _say(f"deleted run {run.id}")
+        return EXIT_OK
+    if action == "resume":
+        return cmd_resume(args)
+    if action == "compare":
+        records = store.compare(args.runs)
+        if args.json:
+            _emit_json([r.to_dict() for r in records])
+        else:
+            print(_runs_table(records))
+        return EXIT_OK
+    raise AssertionError(action)
+
+
+def cmd_algorithms(args) -> int:
+    from workbench.core.algorithms import algorithms_by_family
+
+    grouped = algorithms_by_family()
+    infos = [{**cls.info(), "family_title": family.title} for family, classes in grouped.items() for cls in classes]
+    if args.json:
+        _emit_json(infos)
+        return EXIT_OK
+    for family, classes in grouped.items():
+        if not classes:
+            continue
+        print(f"{family.title}:")
+        for cls in classes:
+            print(f"  {cls.name:<20} {cls.summary}")
+    return EXIT_OK
+
+
+def cmd_datasets(args) -> int:
+    from workbench.core.data import CATALOG
+
+    infos = []
+    for info in CATALOG.values():
+        try:
+            available = importlib.util.find_spec(f"workbench.core.data.{info.module}") is not None
+        except (ImportError, ValueError):
+            available = False
+        infos.append({"name": info.name, "title": info.title, "description": info.description,
+                      "needs_root": info.needs_root, "downloadable": info.downloadable, "available": available})
+    if args.json:
+        _emit_json(infos)
+        return EXIT_OK
+    for item in infos:
+        flags = []
+        if item["needs_root"]:
+            flags.append("needs --data-root")
+        if item["downloadable"]:
+            flags.append("can --download")
+        if not item["available"]:
+            flags.append("not installed")
+        print(f"  {item['name']:<14} {item['title']}" + (f" [{', '.join(flags)}]" if flags else ""))
+    return EXIT_OK
+
+
+def demo_config(steps: int = 300, episodes: int = 300, threads: int = 0):
+    from workbench.core.config import ExperimentConfig
+
+    return ExperimentConfig.from_dict({
+        "name": "demo",
+        "dataset": {"name": "glyphs", "ways": 5, "shots": 1, "queries": 15},
+        "algorithm": {"name": "protonet"},
+        "training": {"steps": steps, "val_interval": max(1, steps // 3), "val_episodes": max(1, min(50, episodes)),
+                     "checkpoint_interval": max(1, steps), "lr": 1e-3, "threads": threads},
+        "evaluation": {"episodes": episodes},
+    })
+
+
+def cmd_demo(args) -> int:
+    from workbench.core.evaluation import evaluate_run
+    from workbench.core.runs import RunStore
+    from workbench.core.training import Trainer
+
+    printer = ProgressPrinter(enabled=not args.quiet)
+    config = demo_config(args.steps, args.episodes, getattr(args, "threads", 0))
+    printer.line(f"demo: Prototypical Networks on the built-in glyphs, 5-way 1-shot, {args.steps} steps")
+    store = RunStore()
+    trainer = Trainer(config, store, progress=printer.callback("loading"))
+    printer.end()
+    with _ctrl_c_stops(trainer, printer):
+        final = trainer.run_all(lambda r: printer.update(r.step, r.total_steps, f"loss {r.loss:.3f}", key="demo",
+                                                         eta_s=r.eta_s) if r.event == "step" else None)
+    printer.end()
+    if final.event not in ("finished", "budget"):
+        _say(f"demo {final.event}: {final.message}")
+        return EXIT_INTERRUPTED if final.event == "stopped" else EXIT_USER_ERROR
+    result = evaluate_run(trainer.run, store, device=config.training.device, progress=printer.callback("test"))
+    printer.end()
+    if args.json:
+        _emit_json({"run": trainer.run.id, "path": str(trainer.run.path), **_eval_json(result)})
+    else:
+        print(f"ProtoNet on glyphs after {trainer.step} steps: {result.summary()} (chance: 20%)")
+        print(f"run {trainer.run.id} is saved in {trainer.run.path}; open it in the GUI or run "
+              f"`workbench eval {trainer.run.id} --ways 20`")
+    return EXIT_OK
+
+
+def _delegate(module_name: str, what: str, rest: list[str]) -> int:
+    from workbench.core.errors import WorkbenchError
+
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise WorkbenchError(f"{what} is not available in this installation ({module_name} is missing)")
+    module = importlib.import_module(module_name)
+    entry = getattr(module, "main", None)
+    if entry is None:
+        raise WorkbenchError(f"{what} is not available: {module_name} has no main()")
+    return int(entry(rest) or 0)
+
+
+def _load_gui_app():
+    """workbench.gui.app when Qt and the GUI are installed and importable, else None."""
+    try:
+        if importlib.util.find_spec("PySide6") is None or importlib.util.find_spec("workbench.gui.app") is None:
+            return None
+        return importlib.import_module("workbench.gui.app")
+    except (ImportError, ValueError, OSError) as exc:  # e.g. Qt's system libraries are missing
+        _say(f"the GUI cannot start here ({exc})")
+        return None
+
+
+def _open_gui_or_demo(argv: list[str]) -> int:
+    app = _load_gui_app()
+    if app is not None:
+        return int(app.main(argv) or 0)
+    _say("the GUI is not available here (PySide6 or workbench.gui is missing); running the demo instead")
+    return cmd_demo(argparse.Namespace(steps=300, episodes=300, threads=0, json=False, quiet=False))
+
+
+def _dispatch(args, argv: list[str]) -> int:
+    command = args.command
+    if command == "train":
+        return cmd_train(args)
+    if command == "eval":
+        return cmd_eval(args)
+    if command == "runs":
+        return cmd_runs(args)
+    if command == "algorithms":
+        return cmd_algorithms(args)
+    if command == "datasets":
+        return cmd_datasets(args)
+    if command == "demo":
+        return cmd_demo(args)
+    if command in DELEGATED:
+        return _delegate(*DELEGATED[command], args.rest)
+    raise AssertionError(command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from workbench.core.errors import WorkbenchError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        # These commands parse their own arguments.
+        module_name, what = DELEGATED[argv[0]]
+        try:
+            return _delegate(module_name, what, argv[1:])
+        except WorkbenchError as exc:
+            _say(f"error: {exc}")
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        # No command: the GUI gets the arguments (e.g. Qt options).
+        if not argv or argv[0].startswith("-"):
+            try:
+                return _open_gui_or_demo(argv)
+            except WorkbenchError as exc:
+                _say(f"error: {exc}")
+                return EXIT_USER_ERROR
+            except KeyboardInterrupt:
+                return EXIT_INTERRUPTED
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage or help
+        return int(exc.code or 0) if isinstance(exc.code, int) else EXIT_USER_ERROR
+    try:
+        return _dispatch(args, argv)
+    except WorkbenchError as exc:
+        _say(f"error: {exc}")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("workbench."):
+            _say(f"error: {exc.name} is missing from this installation")
+            return EXIT_USER_ERROR
+        traceback.print_exc()
+        return EXIT_UNEXPECTED
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception:
+        traceback.print_exc()
+        return EXIT_UNEXPECTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

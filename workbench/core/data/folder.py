@@ -1,0 +1,352 @@
+"""Image folder datasets: one subfolder per class, or train/ val/ test/ subfolders of class folders.
+
+Without train/val/test subfolders (or with ``dataset.split = "ratio"``) classes are shuffled with
+``split_seed`` and split 60/20/20, except that meta-validation and meta-test each get at least 5 classes (or a
+third of all classes when there are fewer than 15) so small folders still allow 5-way episodes. The split
+depends only on the folder and the seed, never on n-way or k-shot. With train/ and test/ but no val/,
+meta-validation classes are carved out of train/ the same way (20%, at least 5 or a third).
+
+``validate_folder`` checks a folder before training (every image is decoded): unreadable files are listed
+and skipped, classes with fewer than k-shot + q-query images are named, and a split with fewer classes than
+n-way is an error saying what to change. ``load`` runs it and raises on errors.
+
+Images are stored at ``dataset.image_size`` (default 84) with 3 channels unless every image is grayscale.
+Decoded arrays are cached on disk keyed by the class folders' paths and modification times.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.core.data.base import (SPLIT_TITLES, SPLITS, ClassSplit, FewShotDataset, PreprocessSpec, no_progress,
+                                      rotate_classes)
+from workbench.core.data.images import (IMAGE_SUFFIXES, cache_key, is_image_name, load_many, read_cache,
+                                        scan_images, write_cache)
+from workbench.core.errors import DatasetError, EpisodeError
+
+DEFAULT_IMAGE_SIZE = 84
+RATIOS = (0.6, 0.2, 0.2)
+MIN_HELD_OUT = 5
+_SPLIT_FOLDER_NAMES = {"train": ("train", "training"), "val": ("val", "validation", "valid"), "test": ("test",)}
+_IGNORED_FOLDERS = {"__MACOSX"}
+
+
+@dataclass
+class FolderReport:
+    """What validating an image folder found. ``errors`` block training; the rest are warnings."""
+
+    root: str
+    layout: str = ""
+    classes: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    images_per_class: dict[str, list[int]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    # (split, class name, images found) for classes with fewer than k-shot + q-query images
+    small_classes: list[tuple[str, str, int]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    # True when the errors concern the folder itself rather than the n-way / k-shot setting
+    folder_problem: bool = False
+    channels: int = 3
+    needed_per_class: int = 0
+    ratio_split: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def warnings(self) -> list[str]:
+        lines = list(self.notes)
+        if self.skipped_files:
+            first = self.skipped_files[0]
+            lines.append(f"{len(self.skipped_files)} file(s) could not be read and were skipped, e.g. {first[0]}: "
+                         f"{first[1]}")
+        if self.empty_classes:
+            lines.append(f"{len(self.empty_classes)} class folder(s) hold no readable images and were left out: "
+                         f"{_name_list(self.empty_classes)}")
+        if self.small_classes:
+            named = _name_list([f"'{name}' ({count}, {SPLIT_TITLES[split]})"
+                                for split, name, count in self.small_classes], quote=False)
+            lines.append(f"{len(self.small_classes)} class(es) have fewer than k-shot + q-query = "
+                         f"{self.needed_per_class} images and cannot appear in episodes: {named}")
+        return lines
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{SPLIT_TITLES[s]} {len(self.classes[s])} classes / {sum(self.images_per_class[s])} "
+                           f"images" for s in SPLITS)
+        return f"Image folder {self.root} ({self.layout}): {counts}."
+
+
+def _name_list(names: list[str], limit: int = 8, quote: bool = True) -> str:
+    shown = ", ".join(f"'{n}'" if quote else n for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in _IGNORED_FOLDERS)
+
+
+def _find_split_folders(root: Path) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    by_lower = {p.name.lower(): p for p in _subfolders(root)}
+    for split, names in _SPLIT_FOLDER_NAMES.items():
+        for name in names:
+            if name in by_lower:
+                found[split] = by_lower[name]
+                break
+    return found
+
+
+def _ratio_counts(n: int, ratios: tuple[float, ...]) -> tuple[int, ...]:
+    """Class counts per split. Held-out splits get at least MIN_HELD_OUT classes when there are enough, so
+    small folders still allow 5-way episodes; the split never depends on the episode settings."""
+    held = [max(round(n * r), min(MIN_HELD_OUT, n // 3)) for r in ratios[1:]]
+    return (n - sum(held), *held)
+
+
+def _shuffled(names: list[str], seed: int) -> list[str]:
+    order = sorted(names)
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _root_error(root_text: str) -> str | None:
+    if not root_text:
+        return ("dataset.root is empty; set it to a folder with one subfolder of images per class, or with "
+                "train/, val/ and test/ subfolders of class folders")
+    root = Path(root_text).expanduser()
+    if not root.exists():
+        return f"the image folder {root} does not exist; check dataset.root"
+    if not root.is_dir():
+        return f"{root} is a file, not a folder; set dataset.root to a folder of class subfolders"
+    return None
+
+
+def _plan(root: Path, config, report: FolderReport) -> dict[str, list[tuple[str, list[Path]]]]:
+    """Class folders and their image files per split (no decoding)."""
+    split_folders = _find_split_folders(root)
+    use_split_folders = bool(split_folders) and config.split != "ratio"
+    plan: dict[str, list[tuple[str, list[Path]]]] = {s: [] for s in SPLITS}
+    if use_split_folders:
+        if "train" not in split_folders or "test" not in split_folders:
+            have = ", ".join(p.name + "/" for p in split_folders.values())
+            want = [name for name in ("train", "test") if name not in split_folders]
+            report.errors.append(f"{root} has {have} but no {' or '.join(w + '/' for w in want)} folder; give it "
+                                 "train/, val/ and test/ subfolders of class folders, or only class folders (they "
+                                 "are then split 60/20/20)")
+            report.folder_problem = True
+            return plan
+        others = [p.name for p in _subfolders(root) if p not in split_folders.values()]
+        if others:
+            report.notes.append(f"folders beside train/val/test are ignored: {_name_list(others)}")
+        owner: dict[str, str] = {}
+        for split, folder in split_folders.items():
+            for class_dir in _subfolders(folder):
+                if class_dir.name in owner:
+                    report.errors.append(
+                        f"class '{class_dir.name}' is in both {split_folders[owner[class_dir.name]]} and {folder}; "
+                        "a class may be in only one split (meta-test classes must be unseen in training)")
+                    report.folder_problem = True
+                owner[class_dir.name] = split
+                plan[split].append((class_dir.name, scan_images(class_dir)))
+        report.layout = "train/val/test subfolders"
+        if "val" not in split_folders:
+            train = dict(plan["train"])
+            n_val = _ratio_counts(len(train), (0.8, 0.2))[1]
+            val_names = set(_shuffled(list(train), config.split_seed)[:n_val])
+            plan["val"] = [(n, f) for n, f in plan["train"] if n in val_names]
+            plan["train"] = [(n, f) for n, f in plan["train"] if n not in val_names]
+            report.layout = (f"train/ and test/ subfolders; {n_val} meta-validation classes taken from train/ "
+                             f"(seed {config.split_seed})")
+        return plan
+
+    # One folder per class, possibly gathered from train/val/test when the split is forced to "ratio".
+    class_files: dict[str, list[Path]] = {}
+    sources = list(split_folders.values()) if split_folders else [root]
+    for source in sources:
+        for class_dir in _subfolders(source):
+            class_files.setdefault(class_dir.name, []).extend(scan_images(class_dir))
+    if not class_files:
+        loose = [p for p in root.iterdir() if p.is_file() and is_image_name(p)]
+        hint = (f"; it holds {len(loose)} image file(s) directly: put each class's images in its own subfolder"
+                if loose else "")
+        report.errors.append(f"{root} has no class subfolders{hint}. Expected {root}/<class name>/<images>, or "
+                             "train/, val/ and test/ subfolders of class folders")
+        report.folder_problem = True
+        return plan
+    if not any(class_files.values()):
+        nested = any(_subfolders(d) for s in sources for d in _subfolders(s))
+        hint = (" Images seem to be one folder deeper: point dataset.root at a folder whose subfolders hold the "
+                "images." if nested else "")
+        report.errors.append(f"no image files were found in the class folders of {root} (looked for "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))}).{hint}")
+        report.folder_problem = True
+        return plan
+    # Empty class folders would take a place in the split; they are reported instead.
+    report.empty_classes.extend(sorted(name for name, files in class_files.items() if not files))
+    order = _shuffled([name for name, files in class_files.items() if files], config.split_seed)
+    counts = _ratio_counts(len(order), RATIOS)
+    start = 0
+    for split, count in zip(SPLITS, counts):
+        plan[split] = [(name, class_files[name]) for name in sorted(order[start:start + count])]
+        start += count
+    report.ratio_split = True
+    report.layout = (f"{len(order)} class folders split {'/'.join(str(round(r * 100)) for r in RATIOS)} "
+                     f"by ratio (seed {config.split_seed})")
+    return plan
+
+
+def _decode(root: Path, plan, size: int, progress) -> dict[str, np.ndarray]:
+    """Decode every planned file as RGB, from the disk cache when the class folders are unchanged."""
+    class_dirs = sorted({str(f.parent) for classes in plan.values() for _, files in classes for f in files})
+    stamp = [(d, Path(d).stat().st_mtime_ns) for d in class_dirs]
+    files = [f for split in SPLITS for _, class_files in plan[split] for f in class_files]
+    key = cache_key("folder", str(root.resolve()), size, stamp, [str(f) for f in files])
+    cached = read_cache("folder", key, ("images", "ok", "skipped"))
+    if cached is not None:
+        return cached
+    images, ok, skipped = load_many(files, 3, size, progress, "Reading images")
+    result = {"images": images, "ok": np.array([str(p) for p in ok], dtype=str),
+              "skipped": np.array([f"{p}\t{r}" for p, r in skipped], dtype=str)}
+    write_cache("folder", key, result)
+    return result
+
+
+def _classes(count: int) -> str:
+    return f"{count} class" if count == 1 else f"{count} classes"
+
+
+def _check_counts(report: FolderReport, root: Path, config, ratio_layout: bool) -> None:
+    ways, need = config.ways, config.shots + config.queries
+    report.needed_per_class = need
+    total_classes = sum(len(report.classes[s]) for s in SPLITS)
+    short = [s for s in SPLITS if len(report.classes[s]) < ways]
+    for split in SPLITS:
+        for name, count in zip(report.classes[split], report.images_per_class[split]):
+            if count < need:
+                report.small_classes.append((split, name, count))
+    if short and ratio_layout:
+        have = " and ".join(f"the {SPLIT_TITLES[s]} split has {_classes(len(report.classes[s]))}" for s in short)
+        fit = min(len(report.classes[s]) for s in SPLITS)
+        fix = (f"lower n-way to at most {fit} or add class folders" if fit >= 2 else
+               f"add class folders: {len(SPLITS) * ways} are needed for {ways}-way episodes")
+        report.errors.append(f"{root} has {_classes(total_classes)}, split 60/20/20 by ratio; {have}, fewer than "
+                             f"n-way = {ways}. Every split needs at least n-way classes, so {fix}.")
+        return
+    for split in SPLITS:
+        names, counts = report.classes[split], report.images_per_class[split]
+        title = SPLIT_TITLES[split]
+        if len(names) < ways:
+            fix = (f"lower n-way to at most {len(names)} or add class folders to the {split} folder" if len(names) >= 2
+                   else f"add class folders to the {split} folder")
+            report.errors.append(f"The {title} split of {root} has {_classes(len(names))}, fewer than n-way = {ways}; "
+                                 f"{fix}.")
+            continue
+        eligible = sum(1 for c in counts if c >= need)
+        if eligible < ways:
+            fit = sorted(counts, reverse=True)[ways - 1]
+            lower_ways = f", lower n-way to {eligible}" if eligible >= 2 else ""
+            report.errors.append(
+                f"Only {eligible} of the {len(names)} classes of the {title} split of {root} "
+                f"{'has' if eligible == 1 else 'have'} k-shot + q-query = {need} images, fewer than n-way = {ways}. "
+                f"Lower k-shot + q-query to at most {fit}{lower_ways}, or add images to the small classes.")
+
+
+def _validate(config, progress) -> tuple[FolderReport, np.ndarray | None, dict[str, list[list[int]]]]:
+    """The report, the decoded images [N, H, W, 3] and, per split, each kept class's rows in them."""
+    report = FolderReport(root=config.root)
+    problem = _root_error(config.root)
+    if problem:
+        report.errors.append(problem)
+        report.folder_problem = True
+        return report, None, {}
+    if config.split in ("lake", "vinyals"):
+        report.errors.append(f"dataset.split '{config.split}' is for Omniglot; use 'default' (train/val/test "
+                             "subfolders when present, else a 60/20/20 ratio split) or 'ratio' for an image folder")
+        report.folder_problem = True
+        return report, None, {}
+    root = Path(config.root).expanduser()
+    report.root = str(root)
+    try:
+        plan = _plan(root, config, report)
+    except OSError as exc:
+        report.errors.append(f"cannot read the folder {root}: {exc}")
+        report.folder_problem = True
+        return report, None, {}
+    if report.errors:
+        return report, None, {}
+    size = config.image_size or DEFAULT_IMAGE_SIZE
+    decoded = _decode(root, plan, size, progress)
+    report.skipped_files = [tuple(line.split("\t", 1)) for line in decoded["skipped"].tolist()]
+    row_of = {path: i for i, path in enumerate(decoded["ok"].tolist())}
+    images = decoded["images"]
+    per_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
+    for split in SPLITS:
+        for name, files in plan[split]:
+            rows = [row_of[str(f)] for f in files if str(f) in row_of]
+            if not rows:
+                report.empty_classes.append(name)
+                continue
+            per_split[split].append(rows)
+            report.classes[split].append(name)
+            report.images_per_class[split].append(len(rows))
+    if len(images) and all(np.array_equal(images[..., 0], images[..., c]) for c in (1, 2)):
+        report.channels = 1
+    _check_counts(report, root, config, ratio_layout=report.ratio_split)
+    return report, images, per_split
+
+
+def validate_folder(config, progress=no_progress) -> FolderReport:
+    """Check an image folder for ``config`` (a DatasetConfig); every image is decoded (and cached)."""
+    return _validate(config, progress)[0]
+
+
+def _sample(images: torch.Tensor, limit: int = 4096) -> torch.Tensor:
+    """Evenly spaced images, enough for pixel statistics without a float copy of a big dataset."""
+    if len(images) <= limit:
+        return images
+    return images[torch.linspace(0, len(images) - 1, limit).long()]
+
+
+def _foreground(images: torch.Tensor, channels: int) -> str:
+    if channels == 3 or images.numel() == 0:
+        return "natural"
+    mean = _sample(images).float().mean().item() / 255.0
+    # Mostly-white grayscale images are drawings (dark strokes); mostly-black ones are the reverse.
+    return "dark" if mean > 0.7 else "light" if mean < 0.3 else "natural"
+
+
+def load(config, progress=no_progress) -> FewShotDataset:
+    report, decoded, per_split = _validate(config, progress)
+    if report.errors:
+        error = DatasetError if report.folder_problem else EpisodeError
+        raise error(" ".join(report.errors))
+    channels = report.channels
+    splits: dict[str, ClassSplit] = {}
+    for split in SPLITS:
+        counts = [len(rows) for rows in per_split[split]]
+        rows = np.array([r for class_rows in per_split[split] for r in class_rows], dtype=np.int64)
+        # One gather per split; the channel slice and NCHW layout are folded into the same copy.
+        images = torch.from_numpy(decoded[rows][..., :channels]).permute(0, 3, 1, 2).contiguous()
+        labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
+        splits[split] = ClassSplit(images, labels, list(report.classes[split]))
+    train = splits["train"].images
+    if len(train):
+        pixels = _sample(train).float().div(255.0).transpose(0, 1).reshape(channels, -1)
+        mean = tuple(round(v, 4) for v in pixels.mean(dim=1).tolist())
+        std = tuple(round(max(v, 1e-3), 4) for v in pixels.std(dim=1).tolist())
+    else:
+        mean, std = (0.5,) * channels, (0.25,) * channels
+    spec = PreprocessSpec(int(train.shape[-1]) if len(train) else config.image_size or DEFAULT_IMAGE_SIZE,
+                          channels, mean, std, _foreground(train, channels))
+    description = " ".join([report.summary(), *report.warnings()])
+    if config.rotations:
+        splits["train"] = rotate_classes(splits["train"])
+        description += " Meta-train classes are augmented with 90/180/270 degree rotations (x4)."
+    return FewShotDataset("folder", spec, splits, description, list(report.skipped_files))

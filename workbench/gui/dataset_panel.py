@@ -1,0 +1,586 @@
+"""The dataset panel: choose a dataset, load it in the background, see its splits and one sampled episode.
+
+Loading goes through ``workbench.core.data.load_dataset`` in a worker thread (BackgroundTask) with a
+progress bar and Cancel. The n-way / k-shot / q-query fields are checked live against every split with
+``check_episode_setting``; the main window shows what to change next to the fields and keeps Run disabled.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QPoint, QRect, QSize, Qt, QTimer, Signal
+from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+                               QLineEdit, QProgressBar, QPushButton, QSizePolicy, QToolTip, QVBoxLayout, QWidget)
+
+from workbench.core.config import DatasetConfig, config_fields
+from workbench.core import data as core_data
+from workbench.core.data import CATALOG, EpisodeSampler
+from workbench.core.data.base import SPLIT_TITLES, SPLITS
+from workbench.core.errors import EpisodeError
+from workbench.gui.background import BackgroundTask
+from workbench.gui.hparam_form import HParamForm
+from workbench.gui.theme import LIGHT, Theme
+
+EPISODE_FIELDS = ("ways", "shots", "queries")
+# Fields with their own widgets; the rest of DatasetConfig goes into the generated options form.
+CUSTOM_FIELDS = ("name", "root", "download", *EPISODE_FIELDS)
+# Changing one of these means the data must be loaded again; the episode fields only re-check.
+LOAD_FIELDS = ("name", "root", "split", "image_size", "rotations", "download", "split_seed")
+MAX_SHOWN_QUERIES = 5
+MAX_SHOWN_WAYS = 10
+
+
+def to_qimage(image: np.ndarray) -> QImage:
+    """uint8 [C, H, W] (C = 1 or 3) -> a QImage that owns its pixels."""
+    array = np.ascontiguousarray(image.transpose(1, 2, 0) if image.ndim == 3 else image)
+    height, width = array.shape[:2]
+    if array.ndim == 2 or array.shape[2] == 1:
+        array = np.ascontiguousarray(array.reshape(height, width))
+        qimage = QImage(array.data, width, height, width, QImage.Format.Format_Grayscale8)
+    else:
+        array = np.ascontiguousarray(array[:, :, :3])
+        qimage = QImage(array.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return qimage.copy()  # detach from the numpy buffer
+
+
+class EpisodeGrid(QWidget):
+    """One episode as thumbnails: a row per class, support images framed in one colour, queries in another."""
+
+    def __init__(self, parent: QWidget | None = None, theme: Theme = LIGHT):
+        super().__init__(parent)
+        self.theme = theme
+        self.rows: list[tuple[str, list[QPixmap], list[QPixmap]]] = []
+        self.hidden_ways = 0
+        self.hidden_queries = 0
+        self.message = "No episode yet."
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.setMouseTracking(True)
+
+    def set_theme(self, theme: Theme) -> None:
+        self.theme = theme
+        self.update()
+
+    def set_message(self, message: str) -> None:
+        self.rows = []
+        self.message = message
+        self.updateGeometry()
+        self.update()
+
+    def set_episode(self, class_names: list[str], support: list[list[np.ndarray]], query: list[list[np.ndarray]],
+                    hidden_ways: int = 0, hidden_queries: int = 0) -> None:
+        pixmaps = lambda images: [QPixmap.fromImage(to_qimage(im)) for im in images]  # noqa: E731
+        self.rows = [(name, pixmaps(s), pixmaps(q)) for name, s, q in zip(class_names, support, query)]
+        self.hidden_ways, self.hidden_queries = hidden_ways, hidden_queries
+        self.message = ""
+        self.updateGeometry()
+        self.update()
+
+    # --- geometry ---------------------------------------------------------------------------
+    def _columns(self) -> tuple[int, int]:
+        if not self.rows:
+            return 0, 0
+        return max(len(r[1]) for r in self.rows), max(len(r[2]) for r in self.rows)
+
+    def _cell(self, width: int) -> int:
+        shots, queries = self._columns()
+        columns = shots + queries
+        if not columns:
+            return 40
+        free = width - 24 - 12  # row labels and the gap between support and query
+        return int(max(18, min(56, free / columns)))
+
+    def _header_height(self) -> int:
+        return self.fontMetrics().height() + 6
+
+    def hasHeightForWidth(self) -> bool:
+        return True
+
+    def heightForWidth(self, width: int) -> int:
+        if not self.rows:
+            return self.fontMetrics().height() * 3
+        footer = self.fontMetrics().height() + 4 if (self.hidden_ways or self.hidden_queries) else 0
+        return self._header_height() + len(self.rows) * self._cell(width) + footer + 4
+
+    def sizeHint(self) -> QSize:
+        return QSize(320, self.heightForWidth(320))
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(200, self.heightForWidth(200))
+
+    def _cell_rect(self, row: int, column: int, is_query: bool) -> QRect:
+        cell = self._cell(self.width())
+        shots, _ = self._columns()
+        x = 24 + column * cell + ((shots * cell + 12) if is_query else 0)
+        y = self._header_height() + row * cell
+        return QRect(x, y, cell, cell)
+
+    # --- painting ---------------------------------------------------------------------------
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        palette_text = self.palette().windowText().color()
+        if not self.rows:
+            painter.setPen(palette_text)
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, self.message)
+            return
+        cell = self._cell(self.width())
+        shots, queries = self._columns()
+        bold = QFont(self.font())
+        bold.setBold(True)
+        painter.setFont(bold)
+        header = self._header_height()
+        painter.setPen(QColor(self.theme.support))
+        left_middle = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        painter.drawText(QRect(24, 0, max(shots * cell, 60), header), left_middle, "Support")
+        painter.setPen(QColor(self.theme.query))
+        query_x = 24 + shots * cell + 12
+        painter.drawText(QRect(query_x, 0, max(queries * cell, 60), header), left_middle, "Query")
+        painter.setFont(self.font())
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+        for row, (_, support, query) in enumerate(self.rows):
+            painter.setPen(palette_text)
+            painter.drawText(QRect(0, header + row * cell, 20, cell), Qt.AlignmentFlag.AlignCenter, str(row + 1))
+            for is_query, images, color in ((False, support, self.theme.support), (True, query, self.theme.query)):
+                pen = QPen(QColor(color))
+                pen.setWidth(2)
+                for column, pixmap in enumerate(images):
+                    rect = self._cell_rect(row, column, is_query).adjusted(2, 2, -2, -2)
+                    painter.drawPixmap(rect, pixmap)
+                    painter.setPen(pen)
+                    painter.drawRect(rect.adjusted(-1, -1, 0, 0))
+        if self.hidden_ways or self.hidden_queries:
+            notes = []
+            if self.hidden_ways:
+                notes.append(f"{self.hidden_ways} more classes not shown")
+            if self.hidden_queries:
+                notes.append(f"{self.hidden_queries} more queries per class not shown")
+            painter.setPen(QColor(self.theme.muted_text))
+            y = header + len(self.rows) * cell + 2
+            painter.drawText(QRect(0, y, self.width(), self.fontMetrics().height() + 2), Qt.AlignmentFlag.AlignLeft,
+                             "; ".join(notes))
+
+    def event(self, event) -> bool:
+        if event.type() == event.Type.ToolTip and self.rows:
+            point: QPoint = event.pos()
+            for row, (name, support, query) in enumerate(self.rows):
+                for is_query, images in ((False, support), (True, query)):
+                    for column in range(len(images)):
+                        if self._cell_rect(row, column, is_query).contains(point):
+                            kind = "query" if is_query else "support"
+                            QToolTip.showText(event.globalPos(), f"class {row + 1}: {name} ({kind})", self)
+                            return True
+            QToolTip.hideText()
+            return True
+        return super().event(event)
+
+
+class DatasetPanel(QWidget):
+    """Dataset choice, loading, split summary, episode preview and the episode-setting fields."""
+
+    changed = Signal()  # any value changed (the main window re-validates)
+    dataset_loaded = Signal(object)  # FewShotDataset
+    loading_changed = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None, theme: Theme = LIGHT, auto_load: bool = True):
+        super().__init__(parent)
+        self.theme = theme
+        self.auto_load = auto_load
+        self.dataset = None  # the loaded FewShotDataset
+        self.loaded_key: tuple | None = None
+        self.load_error: str | None = None
+        self._loading_key: tuple | None = None
+        self._preview_seed = 0
+        self._silent = False
+        self.episode_problem_text: str | None = None
+        self._task = BackgroundTask(self)
+        self._task.progress.connect(self._on_load_progress)
+        self._task.finished.connect(self._on_loaded)
+        self._task.failed.connect(self._on_load_failed)
+        self._task.cancelled.connect(self._on_load_cancelled)
+        self._load_timer = QTimer(self)
+        self._load_timer.setSingleShot(True)
+        self._load_timer.setInterval(300)  # typing a path should not start a load per keystroke
+        self._load_timer.timeout.connect(self._auto_load)
+        self._build()
+        self._on_dataset_changed()
+
+    # --- widgets ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        specs = {spec.name: spec for spec in config_fields()["dataset"]}
+        self.name_combo = QComboBox()
+        self.name_combo.setObjectName("datasetName")
+        for info in CATALOG.values():
+            self.name_combo.addItem(info.title, info.name)
+        self.name_combo.setToolTip(specs["name"].help)
+        self.description = QLabel()
+        self.description.setWordWrap(True)
+        self.description.setObjectName("datasetDescription")
+
+        self.root_edit = QLineEdit()
+        self.root_edit.setObjectName("datasetRoot")
+        self.root_edit.setPlaceholderText("folder with the data")
+        self.root_edit.setToolTip(specs["root"].help)
+        self.root_edit.setClearButtonEnabled(True)
+        self.folder_button = QPushButton("Folder…")
+        self.folder_button.setToolTip("Choose the folder holding the dataset")
+        self.zip_button = QPushButton("Zip…")
+        self.zip_button.setToolTip("Choose an Omniglot zip file (images_background.zip, …_small1.zip)")
+        self.download_check = QCheckBox("Download when not found")
+        self.download_check.setObjectName("datasetDownload")
+        self.download_check.setToolTip(specs["download"].help)
+        root_row = QHBoxLayout()
+        root_row.setContentsMargins(0, 0, 0, 0)
+        root_row.addWidget(self.root_edit, 1)
+        root_row.addWidget(self.folder_button)
+        root_row.addWidget(self.zip_button)
+        self.root_widget = QWidget()
+        self.root_widget.setLayout(root_row)
+
+        self.options = HParamForm([spec for name, spec in specs.items() if name not in CUSTOM_FIELDS])
+        self.options.setObjectName("datasetOptions")
+
+        self.load_button = QPushButton("Load")
+        self.load_button.setObjectName("datasetLoad")
+        self.load_button.setToolTip("Read the dataset now (it also loads by itself when its settings change)")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("datasetCancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.progress.setObjectName("datasetProgress")
+        self.progress.setTextVisible(True)
+        self.progress.setFormat("")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        load_row = QHBoxLayout()
+        load_row.addWidget(self.progress, 1)
+        load_row.addWidget(self.load_button)
+        load_row.addWidget(self.cancel_button)
+
+        source = QGroupBox("Source")
+        form = QFormLayout(source)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Dataset", self.name_combo)
+        form.addRow(self.description)
+        form.addRow("Location", self.root_widget)
+        form.addRow("", self.download_check)
+        form.addRow(self.options)
+        form.addRow(load_row)
+        self.source_form = form
+
+        self.status_label = QLabel()
+        self.status_label.setObjectName("datasetStatus")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextFormat(Qt.TextFormat.RichText)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.skipped_label = QLabel()
+        self.skipped_label.setObjectName("datasetSkipped")
+        self.skipped_label.setWordWrap(True)
+        self.skipped_label.hide()
+        splits_box = QGroupBox("Splits")
+        splits_layout = QVBoxLayout(splits_box)
+        splits_layout.addWidget(self.status_label)
+        splits_layout.addWidget(self.skipped_label)
+
+        self.episode_form = HParamForm([specs[name] for name in EPISODE_FIELDS])
+        self.episode_form.setObjectName("episodeForm")
+        for name, title in (("ways", "N-way"), ("shots", "K-shot"), ("queries", "Q-query")):
+            self.episode_form.label(name).setText(title)
+        self.episode_problem = QLabel()
+        self.episode_problem.setObjectName("episodeProblem")
+        self.episode_problem.setWordWrap(True)
+        self.episode_problem.hide()
+        episode_box = QGroupBox("Episodes")
+        episode_layout = QVBoxLayout(episode_box)
+        episode_layout.addWidget(self.episode_form)
+        episode_layout.addWidget(self.episode_problem)
+
+        self.grid = EpisodeGrid(theme=self.theme)
+        self.grid.setObjectName("episodeGrid")
+        self.preview_caption = QLabel()
+        self.preview_caption.setWordWrap(True)
+        self.resample_button = QPushButton("Resample")
+        self.resample_button.setObjectName("resampleEpisode")
+        self.resample_button.setToolTip("Draw another episode from meta-train")
+        caption_row = QHBoxLayout()
+        caption_row.addWidget(self.preview_caption, 1)
+        caption_row.addWidget(self.resample_button, 0, Qt.AlignmentFlag.AlignTop)
+        preview_box = QGroupBox("A sampled episode")
+        preview_layout = QVBoxLayout(preview_box)
+        preview_layout.addLayout(caption_row)
+        preview_layout.addWidget(self.grid)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(source)
+        layout.addWidget(episode_box)
+        layout.addWidget(splits_box)
+        layout.addWidget(preview_box)
+        layout.addStretch(1)
+
+        self.name_combo.currentIndexChanged.connect(self._on_dataset_changed)
+        self.root_edit.textChanged.connect(lambda _: self._on_source_changed())
+        self.download_check.toggled.connect(lambda _: self._on_source_changed())
+        self.options.changed.connect(lambda _: self._on_source_changed())
+        self.episode_form.changed.connect(lambda _: self._on_episode_changed())
+        self.folder_button.clicked.connect(self._choose_folder)
+        self.zip_button.clicked.connect(self._choose_zip)
+        self.load_button.clicked.connect(self.load)
+        self.cancel_button.clicked.connect(self.cancel_loading)
+        self.resample_button.clicked.connect(lambda: self.resample(new_seed=True))
+
+    def set_theme(self, theme: Theme) -> None:
+        self.theme = theme
+        self.grid.set_theme(theme)
+        self._refresh_status()
+
+    # --- values -----------------------------------------------------------------------------
+    def dataset_name(self) -> str:
+        return self.name_combo.currentData()
+
+    def values(self) -> dict[str, Any]:
+        """The dataset section of the config, as plain values."""
+        values = {"name": self.dataset_name(), "root": self.root_edit.text().strip(),
+                  "download": self.download_check.isChecked()}
+        values.update(self.options.values())
+        values.update(self.episode_form.values())
+        return values
+
+    def set_values(self, values: dict[str, Any]) -> None:
+        self._silent = True
+        try:
+            index = self.name_combo.findData(values.get("name", self.dataset_name()))
+            if index >= 0:
+                self.name_combo.setCurrentIndex(index)
+            self.root_edit.setText(str(values.get("root", "")))
+            self.download_check.setChecked(bool(values.get("download", False)))
+            self.options.set_values({k: v for k, v in values.items() if k in self.options.names()})
+            self.episode_form.set_values({k: v for k, v in values.items() if k in EPISODE_FIELDS})
+        finally:
+            self._silent = False
+        self._on_dataset_changed()
+
+    def load_key(self) -> tuple:
+        values = self.values()
+        return tuple(values[name] for name in LOAD_FIELDS)
+
+    @property
+    def is_loading(self) -> bool:
+        return self._task.is_running
+
+    def is_ready(self) -> bool:
+        """The data for the current settings is loaded."""
+        return self.dataset is not None and self.loaded_key == self.load_key()
+
+    # --- reactions --------------------------------------------------------------------------
+    def _on_dataset_changed(self) -> None:
+        info = CATALOG[self.dataset_name()]
+        self.description.setText(info.description)
+        self.root_widget.setVisible(info.needs_root)
+        self.source_form.setRowVisible(self.root_widget, info.needs_root)
+        self.zip_button.setVisible(info.name == "omniglot")
+        self.source_form.setRowVisible(self.download_check, info.downloadable)
+        # Options that mean nothing for this dataset are hidden rather than ignored silently.
+        self.options.set_row_visible("split", info.name in ("omniglot", "folder"))
+        self.options.set_row_visible("split_seed", info.name == "folder")
+        self._on_source_changed()
+
+    def _on_source_changed(self) -> None:
+        if self._silent:
+            return
+        if self.is_ready():
+            self._refresh_status()
+        else:
+            self.load_error = None
+            self._refresh_status()
+            if self.auto_load:
+                self._load_timer.start()
+        self.changed.emit()
+
+    def _on_episode_changed(self) -> None:
+        if self._silent:
+            return
+        self.resample(new_seed=False)
+        self.changed.emit()
+
+    def _auto_load(self) -> None:
+        if self.is_ready() or (self.is_loading and self._loading_key == self.load_key()):
+            return
+        info = CATALOG[self.dataset_name()]
+        if info.needs_root and not self.root_edit.text().strip():
+            return  # wait for a folder
+        self.load()
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, f"Choose the {CATALOG[self.dataset_name()].title} folder",
+                                                  self.root_edit.text())
+        if folder:
+            self.root_edit.setText(folder)
+
+    def _choose_zip(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose an Omniglot zip file", self.root_edit.text(),
+                                              "Zip files (*.zip)")
+        if path:
+            self.root_edit.setText(path)
+
+    # --- loading ----------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the dataset for the current settings in the background (a running load is superseded)."""
+        self._load_timer.stop()
+        try:
+            from workbench.core.hparams import build
+
+            config = build(DatasetConfig, self.values(), "dataset")
+        except Exception as exc:  # ConfigError: show it where the data would be
+            self.load_error = str(exc)
+            self._refresh_status()
+            return
+        self.load_error = None
+        self._loading_key = self.load_key()
+        self.progress.setRange(0, 0)
+        self.progress.setFormat("Loading…")
+        self.cancel_button.setEnabled(True)
+        # Through the module, so tests can substitute load_dataset.
+        self._task.start(lambda progress, cfg: core_data.load_dataset(cfg, progress), config)
+        self.loading_changed.emit(True)
+        self._refresh_status()
+        self.changed.emit()
+
+    def cancel_loading(self) -> None:
+        self._task.cancel()
+
+    def shutdown(self, timeout_ms: int = 30_000) -> bool:
+        self._load_timer.stop()
+        return self._task.shutdown(timeout_ms)
+
+    def _on_load_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.progress.setRange(0, total)
+            self.progress.setValue(min(done, total))
+        self.progress.setFormat(message or "Loading…")
+
+    def _finish_loading(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.loading_changed.emit(False)
+
+    def _on_loaded(self, dataset) -> None:
+        self.dataset = dataset
+        self.loaded_key = self._loading_key
+        self._finish_loading()
+        self.progress.setValue(1)
+        self.progress.setFormat("Loaded")
+        self._refresh_status()
+        self.resample(new_seed=False)
+        self.dataset_loaded.emit(dataset)
+        self.changed.emit()
+        if not self.is_ready() and self.auto_load:
+            self._load_timer.start()  # settings changed while loading
+
+    def _on_load_failed(self, message: str, details: str) -> None:
+        self.dataset = None
+        self.loaded_key = None
+        self.load_error = message
+        self._finish_loading()
+        self.progress.setValue(0)
+        self.progress.setFormat("Could not load")
+        self._refresh_status()
+        self.grid.set_message("No episode: the dataset is not loaded.")
+        self.changed.emit()
+
+    def _on_load_cancelled(self) -> None:
+        self._finish_loading()
+        self.progress.setValue(0)
+        self.progress.setFormat("Cancelled")
+        self.load_error = "Loading was cancelled; press Load to try again."
+        self._refresh_status()
+        self.changed.emit()
+
+    # --- display ----------------------------------------------------------------------------
+    def _refresh_status(self) -> None:
+        theme = self.theme
+        if self.load_error:
+            self.status_label.setText(f"<span style='color:{theme.error_text}'>{html.escape(self.load_error)}</span>")
+            self.skipped_label.hide()
+            return
+        if self.is_loading:
+            self.status_label.setText("Loading the dataset…")
+            return
+        if not self.is_ready():
+            info = CATALOG[self.dataset_name()]
+            if info.needs_root and not self.root_edit.text().strip():
+                self.status_label.setText(f"Choose the folder holding {html.escape(info.title)}"
+                                          + (" or allow downloading." if info.downloadable else "."))
+            else:
+                self.status_label.setText("Not loaded yet.")
+            self.skipped_label.hide()
+            return
+        rows = []
+        for split in SPLITS:
+            part = self.dataset.splits[split]
+            counts = part.class_counts()
+            spread = f"{min(counts)}–{max(counts)}" if counts and min(counts) != max(counts) else (
+                f"{counts[0]}" if counts else "0")
+            rows.append(f"<tr><td>{SPLIT_TITLES[split]}</td><td align='right'>&nbsp;{part.num_classes:,} classes</td>"
+                        f"<td align='right'>&nbsp;{len(part):,} images</td><td>&nbsp;({spread} per class)</td></tr>")
+        spec = self.dataset.spec
+        self.status_label.setText(f"<table>{''.join(rows)}</table>"
+                                  f"<span style='color:{theme.muted_text}'>{spec.image_size}×{spec.image_size}, "
+                                  f"{spec.channels} channel{'s' if spec.channels > 1 else ''}</span>")
+        skipped = self.dataset.skipped_files
+        if skipped:
+            listed = "\n".join(f"{path}: {reason}" for path, reason in skipped[:30])
+            more = f"\n… and {len(skipped) - 30} more" if len(skipped) > 30 else ""
+            self.skipped_label.setText(
+                f"<span style='color:{theme.error_text}'>{len(skipped)} file(s) could not be read and were skipped"
+                f"</span> (hover for the list), e.g. {html.escape(skipped[0][0])}: {html.escape(skipped[0][1])}")
+            self.skipped_label.setToolTip(listed + more)
+            self.skipped_label.show()
+        else:
+            self.skipped_label.hide()
+
+    def show_episode_problem(self, message: str | None) -> None:
+        """Flag an impossible n-way / k-shot / q-query setting next to the fields (None clears it)."""
+        self.episode_problem_text = message
+        if message:
+            color = self.theme.error_text
+            self.episode_problem.setText(f"<span style='color:{color}'>⚠ {html.escape(message)}</span>")
+            self.episode_problem.show()
+        else:
+            self.episode_problem.clear()
+            self.episode_problem.hide()
+
+    def resample(self, new_seed: bool = True) -> None:
+        """Draw a new episode from meta-train for the preview."""
+        if new_seed:
+            self._preview_seed = random.randrange(2**31)
+        if not self.is_ready():
+            self.grid.set_message("No episode yet: the dataset is not loaded.")
+            self.preview_caption.clear()
+            return
+        values = self.episode_form.values()
+        split = self.dataset.splits["train"]
+        try:
+            sampler = EpisodeSampler(split, self.dataset.spec, values["ways"], values["shots"], values["queries"],
+                                     seed=self._preview_seed, split_name="train", dataset_name=self.dataset.name)
+        except EpisodeError:
+            self.grid.set_message("No episode can be drawn with this setting; see the message under Episodes.")
+            self.preview_caption.clear()
+            return
+        class_ids, support_index, query_index = sampler.sample_indices()
+        ways, shots, queries = len(class_ids), values["shots"], values["queries"]
+        images = split.images
+        shown_ways = min(ways, MAX_SHOWN_WAYS)
+        shown_queries = min(queries, MAX_SHOWN_QUERIES)
+        support_rows, query_rows = [], []
+        for w in range(shown_ways):
+            support_rows.append([images[int(i)].numpy() for i in support_index[w * shots:(w + 1) * shots]])
+            query_rows.append([images[int(i)].numpy() for i in query_index[w * queries:w * queries + shown_queries]])
+        names = [split.class_names[c] for c in class_ids[:shown_ways]]
+        self.grid.set_episode(names, support_rows, query_rows, ways - shown_ways, queries - shown_queries)
+        self.preview_caption.setText(
+            f"{ways}-way {shots}-shot episode from meta-train with {queries} queries per class. "
+            f"<span style='color:{self.theme.support}'>Support</span> images are labelled; the model must "
+            f"classify the <span style='color:{self.theme.query}'>queries</span>.")

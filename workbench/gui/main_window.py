@@ -1,0 +1,704 @@
+"""The main window: experiment setup docked on the left, views as tabs in the centre, a status bar.
+
+Integration points for views added by later issues:
+
+- ``MainWindow.add_view(name, widget)`` adds a tab; a widget with ``apply_theme(theme)`` follows the theme.
+- ``MainWindow.training_records(job_id, payload)``: the worker's throttled records (numpy arrays, see
+  ``workbench.gui.worker.RecordBatch.payload``); ``training_started(job_id, info)`` and
+  ``training_finished(job_id, final)`` bracket a job. ``MainWindow.dataset()`` is the loaded FewShotDataset.
+- ``MainWindow.current_config()`` is the ONE place the panels become an ExperimentConfig.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
+                               QProgressBar, QScrollArea, QStyle, QTabWidget, QToolBar, QWidget)
+
+from workbench.core.algorithms import get_algorithm
+from workbench.core.config import ExperimentConfig
+from workbench.core.data import check_episode_setting
+from workbench.core.errors import EpisodeError, WorkbenchError
+from workbench.core.hparams import to_dict
+from workbench.gui import theme as themes
+from workbench.gui.algorithm_panel import AlgorithmPanel
+from workbench.gui.dataset_panel import DatasetPanel
+from workbench.gui.settings import Settings
+from workbench.gui.training_view import TrainingView, _format_duration
+from workbench.gui.worker import TrainingController
+
+try:  # written by another engineer; the window works without it
+    from workbench.gui import dialogs
+except ImportError:  # pragma: no cover
+    dialogs = None
+try:
+    from workbench.gui.runs_view import RunsView
+except ImportError:  # pragma: no cover
+    RunsView = None
+
+APP_TITLE = "Meta-Learning Workbench"
+FINAL_MESSAGES = {
+    "finished": "finished",
+    "budget": "finished (time budget spent)",
+    "stopped": "stopped and saved",
+    "diverged": "diverged",
+    "cancelled": "cancelled before training started",
+}
+
+
+def _scrolled(widget: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setFrameShape(QScrollArea.Shape.NoFrame)
+    return area
+
+
+class MainWindow(QMainWindow):
+    training_started = Signal(int, object)  # job id, info (run_id, run_name, device, total_steps, …)
+    training_records = Signal(int, object)  # job id, payload of numpy arrays (throttled to ~20/s)
+    training_finished = Signal(int, object)  # job id, final info (event, message, run_id, …)
+    theme_changed = Signal(object)  # theme.Theme
+    run_store_changed = Signal()
+
+    def __init__(self, store=None, settings: Settings | None = None, restore: bool = True,
+                 trainer_factory: Callable | None = None, auto_load: bool = True):
+        super().__init__()
+        from workbench.core.runs import RunStore
+
+        self.store = store if store is not None else RunStore()
+        self.settings = settings or Settings()
+        self.theme_preference = self.settings.theme() if restore else "system"
+        self.theme = themes.resolve(self.theme_preference)
+        # Tests (and the tour) answer the "stop training?" question on close without a dialog.
+        self.confirm_stop_on_close: Callable[[], bool] | None = None
+        self.last_error: tuple[str, str, str | None] | None = None
+        self.run_blocked_reason: str | None = None
+        self.last_final: dict[str, Any] | None = None
+        self._views: dict[str, QWidget] = {}
+        self._greeted = False
+        self._active_run_id: str | None = None
+
+        self.setWindowTitle(APP_TITLE)
+        self.setObjectName("MainWindow")
+        if dialogs is not None:
+            self.setWindowIcon(dialogs.app_icon())
+        self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+
+        self.controller = TrainingController(self, trainer_factory=trainer_factory)
+        self.controller.job_started.connect(self._on_job_started)
+        self.controller.loading.connect(self._on_job_loading)
+        self.controller.records.connect(self._on_job_records)
+        self.controller.job_finished.connect(self._on_job_finished)
+        self.controller.job_failed.connect(self._on_job_failed)
+        self.controller.state_changed.connect(lambda _: self._update_actions())
+
+        self._build_panels(auto_load)
+        self._build_views()
+        self._build_actions()
+        self._build_menus()
+        self._build_status_bar()
+        self._apply_theme_now()
+        self.resize(1360, 860)
+        if restore:
+            self._restore_settings()
+
+        self._revalidate_timer = QTimer(self)
+        self._revalidate_timer.setSingleShot(True)
+        self._revalidate_timer.setInterval(0)  # coalesce a burst of field changes into one check
+        self._revalidate_timer.timeout.connect(self.revalidate)
+        self.dataset_panel.changed.connect(self._revalidate_timer.start)
+        self.dataset_panel.loading_changed.connect(lambda _: self._revalidate_timer.start())
+        self.algorithm_panel.changed.connect(self._revalidate_timer.start)
+        hints = QGuiApplication.styleHints()
+        if hasattr(hints, "colorSchemeChanged"):
+            hints.colorSchemeChanged.connect(self._on_system_scheme_changed)
+        self.revalidate()
+
+    # --- construction -----------------------------------------------------------------------
+    def _build_panels(self, auto_load: bool) -> None:
+        self.dataset_panel = DatasetPanel(theme=self.theme, auto_load=auto_load)
+        self.algorithm_panel = AlgorithmPanel()
+        self.dataset_dock = QDockWidget("Dataset", self)
+        self.dataset_dock.setObjectName("datasetDock")
+        self.dataset_dock.setWidget(_scrolled(self.dataset_panel))
+        self.algorithm_dock = QDockWidget("Algorithm && training", self)
+        self.algorithm_dock.setObjectName("algorithmDock")
+        self.algorithm_dock.setWidget(_scrolled(self.algorithm_panel))
+        for dock in (self.dataset_dock, self.algorithm_dock):
+            dock.setAllowedAreas(Qt.DockWidgetArea.LeftDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
+            dock.setMinimumWidth(380)
+            self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self.setTabPosition(Qt.DockWidgetArea.AllDockWidgetAreas, QTabWidget.TabPosition.North)
+        self.tabifyDockWidget(self.dataset_dock, self.algorithm_dock)
+        self.dataset_dock.raise_()
+        self._default_state: QByteArray | None = None
+
+    def _build_views(self) -> None:
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("views")
+        self.tabs.setDocumentMode(True)
+        self.setCentralWidget(self.tabs)
+        self.training_view = TrainingView(theme=self.theme)
+        self.add_view("Training", self.training_view)
+        self.runs_view = None
+        if RunsView is not None:
+            self.runs_view = RunsView(self.store)
+            self.add_view("Runs", self.runs_view)
+            self.runs_view.open_run.connect(self.open_run)
+            self.runs_view.overlay_runs.connect(self.overlay_runs)
+            self.runs_view.resume_run.connect(self.resume_run)
+            self.runs_view.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
+            for name in ("run_deleted", "run_renamed", "evaluation_finished"):
+                signal = getattr(self.runs_view, name, None)
+                if signal is not None:
+                    signal.connect(lambda *_: self.run_store_changed.emit())
+
+    def add_view(self, name: str, widget: QWidget) -> int:
+        """Add a view as a tab; it follows the theme when it has ``apply_theme(theme)``. Returns the tab index."""
+        widget.setObjectName(widget.objectName() or f"{name.lower().replace(' ', '_')}_view")
+        self._views[name] = widget
+        index = self.tabs.addTab(widget, name)
+        if hasattr(widget, "apply_theme") and widget is not self.training_view:
+            widget.apply_theme(self.theme)
+        return index
+
+    def view(self, name: str) -> QWidget | None:
+        return self._views.get(name)
+
+    def views(self) -> dict[str, QWidget]:
+        return dict(self._views)
+
+    def show_view(self, name: str) -> None:
+        widget = self._views.get(name)
+        if widget is not None:
+            self.tabs.setCurrentWidget(widget)
+
+    def dataset(self):
+        """The FewShotDataset loaded for the current settings, or None."""
+        return self.dataset_panel.dataset if self.dataset_panel.is_ready() else None
+
+    def _action(self, text: str, slot, shortcuts=(), tip: str = "", icon=None) -> QAction:
+        action = QAction(text, self)
+        if shortcuts:
+            action.setShortcuts([QKeySequence(s) for s in shortcuts])
+            action.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        if tip:
+            action.setToolTip(tip + (f" ({QKeySequence(shortcuts[0]).toString(QKeySequence.SequenceFormat.NativeText)})"
+                                     if shortcuts else ""))
+            action.setStatusTip(tip)
+        if icon is not None:
+            action.setIcon(self.style().standardIcon(icon))
+        action.triggered.connect(lambda *_: slot())
+        self.addAction(action)
+        return action
+
+    def _build_actions(self) -> None:
+        sp = QStyle.StandardPixmap
+        self.run_action = self._action("&Run", self.start_training, ("Ctrl+R",), "Start meta-training",
+                                       sp.SP_MediaPlay)
+        self.pause_action = self._action("&Pause", self.toggle_pause, ("Ctrl+P", "Space"),
+                                         "Pause or resume training", sp.SP_MediaPause)
+        self.stop_action = self._action("&Stop", self.stop_training, ("Ctrl+.",),
+                                        "Stop training and save the run", sp.SP_MediaStop)
+        self.import_action = self._action("&Import experiment…", self.import_experiment_dialog, ("Ctrl+O",),
+                                          "Load an experiment (TOML) into the panels")
+        self.export_action = self._action("&Export experiment…", self.export_experiment_dialog, ("Ctrl+S",),
+                                          "Save the experiment as TOML for `workbench train --config`")
+        self.quit_action = self._action("&Quit", self.close, ("Ctrl+Q",), "Quit the workbench")
+        self.shortcuts_action = self._action("&Keyboard shortcuts", self.show_shortcuts, ("Ctrl+/",),
+                                             "List the keyboard shortcuts")
+        self.about_action = self._action("&About", self.show_about, (), "Versions of the workbench, torch and Qt")
+        self.reset_layout_action = self._action("Reset &layout", self.reset_layout, (),
+                                                "Put the panels back where they started")
+
+        toolbar = QToolBar("Training")
+        toolbar.setObjectName("trainingToolbar")
+        toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        toolbar.setMovable(False)
+        for action in (self.run_action, self.pause_action, self.stop_action):
+            toolbar.addAction(action)
+        self.run_hint = QLabel()
+        self.run_hint.setObjectName("runHint")
+        self.run_hint.setContentsMargins(12, 0, 0, 0)
+        toolbar.addWidget(self.run_hint)
+        self.addToolBar(Qt.ToolBarArea.TopToolBarArea, toolbar)
+        self.toolbar = toolbar
+
+    def _build_menus(self) -> None:
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        file_menu.addAction(self.import_action)
+        file_menu.addAction(self.export_action)
+        curves = file_menu.addMenu("Export &curves")
+        curves.addAction("Image (PNG)…", lambda: self.training_view._export_dialog("png"))
+        curves.addAction("Vector image (SVG)…", lambda: self.training_view._export_dialog("svg"))
+        curves.addAction("Data (CSV)…", lambda: self.training_view._export_dialog("csv"))
+        file_menu.addSeparator()
+        file_menu.addAction(self.quit_action)
+
+        run_menu = menu.addMenu("&Training")
+        for action in (self.run_action, self.pause_action, self.stop_action):
+            run_menu.addAction(action)
+
+        view_menu = menu.addMenu("&View")
+        view_menu.addAction(self.dataset_dock.toggleViewAction())
+        view_menu.addAction(self.algorithm_dock.toggleViewAction())
+        view_menu.addAction(self.toolbar.toggleViewAction())
+        theme_menu = view_menu.addMenu("&Theme")
+        self.theme_actions: dict[str, QAction] = {}
+        group = QActionGroup(self)
+        for preference, title in (("system", "Follow the system"), ("light", "Light"), ("dark", "Dark")):
+            action = theme_menu.addAction(title)
+            action.setCheckable(True)
+            action.setChecked(preference == self.theme_preference)
+            action.triggered.connect(lambda *_, p=preference: self.set_theme(p))
+            group.addAction(action)
+            self.theme_actions[preference] = action
+        view_menu.addSeparator()
+        view_menu.addAction(self.reset_layout_action)
+
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.shortcuts_action)
+        help_menu.addAction(self.about_action)
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.status_progress = QProgressBar()
+        self.status_progress.setObjectName("statusProgress")
+        self.status_progress.setMaximumWidth(180)
+        self.status_progress.setTextVisible(False)
+        self.status_progress.hide()
+        self.status_rate = QLabel()
+        self.status_rate.setObjectName("statusRate")
+        bar.addPermanentWidget(self.status_rate)
+        bar.addPermanentWidget(self.status_progress)
+
+    # --- settings ---------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        self._default_state = self.saveState()
+        geometry = self.settings.window_geometry()
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        state = self.settings.window_state()
+        if state is not None:
+            self.restoreState(state)
+        text = self.settings.last_experiment_toml()
+        if text:
+            try:
+                self.apply_config(ExperimentConfig.from_toml(text, source="the last experiment"))
+            except (WorkbenchError, ValueError) as exc:
+                # An experiment from an older version: start from defaults and say so.
+                self.statusBar().showMessage(f"The last experiment could not be restored ({exc}); using defaults.",
+                                             10000)
+
+    def save_settings(self) -> None:
+        self.settings.save_window(self.saveGeometry(), self.saveState())
+        try:
+            self.settings.save_experiment_toml(self.current_config().to_toml())
+        except (WorkbenchError, ValueError):
+            pass  # an invalid experiment is not worth restoring
+        self.settings.save_theme(self.theme_preference)
+        self.settings.sync()
+
+    def reset_layout(self) -> None:
+        if self._default_state is not None:
+            self.restoreState(self._default_state)
+        for dock in (self.dataset_dock, self.algorithm_dock):
+            dock.show()
+            dock.setFloating(False)
+        self.dataset_dock.raise_()
+
+    # --- theme ------------------------------------------------------------------------------
+    def set_theme(self, preference: str) -> None:
+        self.theme_preference = preference if preference in themes.THEME_CHOICES else "system"
+        if self.theme_preference in self.theme_actions:
+            self.theme_actions[self.theme_preference].setChecked(True)
+        self._apply_theme_now()
+
+    def _on_system_scheme_changed(self, *_args) -> None:
+        if self.theme_preference == "system":
+            self._apply_theme_now()
+
+    def _apply_theme_now(self) -> None:
+        self.theme = themes.resolve(self.theme_preference)
+        app = QApplication.instance()
+        if app is not None:
+            themes.apply(app, self.theme)
+        self.training_view.apply_theme(self.theme)
+        self.dataset_panel.set_theme(self.theme)
+        for widget in self._views.values():
+            if widget is not self.training_view and hasattr(widget, "apply_theme"):
+                widget.apply_theme(self.theme)
+        self.theme_changed.emit(self.theme)
+        if hasattr(self, "run_hint"):
+            self._show_run_hint()
+
+    # --- the experiment ---------------------------------------------------------------------
+    def current_config(self) -> ExperimentConfig:
+        """The ONE function that turns the panels into an ExperimentConfig (raises ConfigError)."""
+        algorithm = self.algorithm_panel
+        return ExperimentConfig.from_dict({
+            "name": algorithm.run_name(),
+            "dataset": self.dataset_panel.values(),
+            "algorithm": {"name": algorithm.algorithm_name(), "hparams": algorithm.hparams()},
+            "training": algorithm.training_values(),
+            "evaluation": algorithm.evaluation_values(),
+        })
+
+    def apply_config(self, config: ExperimentConfig) -> None:
+        """Fill the panels from a config (File > Import, last experiment, resumed run)."""
+        self.dataset_panel.set_values(to_dict(config.dataset))
+        self.algorithm_panel.set_config(config)
+        self.revalidate()
+
+    def export_experiment(self, path: str | Path) -> Path:
+        return self.current_config().save(path)
+
+    def import_experiment(self, path: str | Path) -> ExperimentConfig:
+        config = ExperimentConfig.load(path)
+        self.apply_config(config)
+        self.statusBar().showMessage(f"Imported the experiment from {path}.", 8000)
+        return config
+
+    def export_experiment_dialog(self) -> None:
+        try:
+            config = self.current_config()
+        except WorkbenchError as exc:
+            self.report_error("Cannot export the experiment", f"The experiment is not valid: {exc}")
+            return
+        start = self.settings.last_folder("experiments") or str(Path.home())
+        name = (config.name or f"{config.algorithm.name}-{config.dataset.name}") + ".toml"
+        path, _ = QFileDialog.getSaveFileName(self, "Export experiment", str(Path(start) / name),
+                                              "Experiment (*.toml)")
+        if not path:
+            return
+        try:
+            self.export_experiment(path)
+        except (OSError, WorkbenchError) as exc:
+            self.report_error("Cannot export the experiment", f"Writing {path} failed: {exc}")
+            return
+        self.settings.save_folder("experiments", str(Path(path).parent))
+        self.statusBar().showMessage(f"Saved the experiment to {path}; run it with "
+                                     f"`workbench train --config {path}`.", 10000)
+
+    def import_experiment_dialog(self) -> None:
+        start = self.settings.last_folder("experiments") or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(self, "Import experiment", start, "Experiment (*.toml);;All files (*)")
+        if not path:
+            return
+        try:
+            self.import_experiment(path)
+        except (WorkbenchError, ValueError) as exc:
+            self.report_error("Cannot import the experiment", str(exc))
+            return
+        self.settings.save_folder("experiments", str(Path(path).parent))
+
+    # --- validation -------------------------------------------------------------------------
+    def revalidate(self) -> str | None:
+        """Check the experiment; disable Run and say why when it cannot train. Returns the reason or None."""
+        reason, episode_problem = None, None
+        try:
+            config = self.current_config()
+        except WorkbenchError as exc:
+            config, reason = None, str(exc)
+        panel = self.dataset_panel
+        if reason is None:
+            if panel.is_loading:
+                reason = "the dataset is loading"
+            elif panel.load_error:
+                reason = panel.load_error
+            elif not panel.is_ready():
+                reason = "the dataset is not loaded yet"
+            else:
+                episode_problem = self._episode_problem(config)
+                reason = episode_problem
+        panel.show_episode_problem(episode_problem)
+        self.run_blocked_reason = reason
+        if reason and self.statusBar().currentMessage().startswith("Ready"):
+            self.statusBar().clearMessage()  # "press Run" would contradict the disabled button
+        elif reason is None and not self._greeted:
+            self._greeted = True
+            self.statusBar().showMessage("Ready: the experiment can run; press Run (Ctrl+R) to meta-train.")
+        self._update_actions()
+        return reason
+
+    def _episode_problem(self, config: ExperimentConfig) -> str | None:
+        dataset = self.dataset_panel.dataset
+        checks = []
+        if get_algorithm(config.algorithm.name).training_input == "episodes":
+            overridden = (config.training.train_ways, config.training.train_shots, config.training.train_queries)
+            prefix = "Training episodes (train ways/shots/queries): " if any(overridden) else ""
+            checks.append(("train", config.train_ways, config.train_shots, config.train_queries, prefix))
+        for split in ("val", "test"):
+            checks.append((split, config.dataset.ways, config.dataset.shots, config.dataset.queries, ""))
+        for split, ways, shots, queries, prefix in checks:
+            try:
+                check_episode_setting(dataset.splits[split], ways, shots, queries, split, dataset.name)
+            except EpisodeError as exc:
+                return prefix + str(exc)
+        return None
+
+    def _update_actions(self) -> None:
+        state = self.controller.state
+        busy = state != "idle"
+        self.run_action.setEnabled(not busy and self.run_blocked_reason is None)
+        self.pause_action.setEnabled(state in ("running", "paused", "loading"))
+        self.stop_action.setEnabled(busy and state != "stopping")
+        paused = state == "paused"
+        self.pause_action.setText("&Resume" if paused else "&Pause")
+        self.pause_action.setIcon(self.style().standardIcon(
+            QStyle.StandardPixmap.SP_MediaPlay if paused else QStyle.StandardPixmap.SP_MediaPause))
+        self._show_run_hint()
+
+    def _show_run_hint(self) -> None:
+        state = self.controller.state
+        if state != "idle":
+            text = {"loading": "Preparing…", "running": "Training…", "paused": "Paused",
+                    "stopping": "Stopping after this step…"}.get(state, "")
+            self.run_hint.setText(text)
+            self.run_hint.setToolTip("")
+            self.run_action.setToolTip("Start meta-training (Ctrl+R)")
+            return
+        reason = self.run_blocked_reason
+        if reason:
+            if reason == self.dataset_panel.episode_problem_text:
+                short = "this n-way / k-shot / q-query setting is impossible; see the Dataset panel"
+            else:
+                short = reason if len(reason) <= 90 else reason[:87] + "…"
+            self.run_hint.setText(f"<span style='color:{self.theme.error_text}'>Cannot run: {short}</span>")
+            self.run_hint.setToolTip(reason)
+            self.run_action.setToolTip(f"Cannot run: {reason}")
+        else:
+            self.run_hint.setText("")
+            self.run_hint.setToolTip("")
+            self.run_action.setToolTip("Start meta-training (Ctrl+R)")
+
+    # --- training ---------------------------------------------------------------------------
+    def start_training(self, config: ExperimentConfig | None = None) -> int | None:
+        """Start meta-training the current experiment in the background; returns the job id."""
+        if self.controller.is_running:
+            return None
+        if config is None:
+            if self.revalidate() is not None:
+                self.statusBar().showMessage(f"Cannot run: {self.run_blocked_reason}", 10000)
+                return None
+            try:
+                config = self.current_config()
+            except WorkbenchError as exc:
+                self.report_error("Cannot start training", str(exc))
+                return None
+        return self._start_job(config, None, self._job_title(config))
+
+    def resume_run(self, run_id: str) -> int | None:
+        """Continue a stopped run from its last checkpoint, with its saved config."""
+        if self.controller.is_running:
+            self.report_error("Training is running", "Stop the current training before resuming another run.")
+            return None
+        try:
+            run = self.store.get(run_id)
+            config = run.config
+            name = run.record().name or run_id
+            history = run.read_metrics()
+        except WorkbenchError as exc:
+            self.report_error("Cannot resume the run", str(exc))
+            return None
+        return self._start_job(None, run_id, f"Resuming {name}: " + self._job_title(config), config, history)
+
+    def _start_job(self, config, resume: str | None, title: str, shown_config=None, history=None) -> int:
+        home = getattr(self.store, "home", None)
+        job_id = self.controller.start(config, home, resume=resume)
+        total = (config or shown_config).training.steps
+        self.training_view.begin_job(job_id, title, total, history=history)
+        self.status_progress.setRange(0, 0)
+        self.status_progress.show()
+        self.status_rate.setText("")
+        self.statusBar().showMessage("Preparing the dataset and the model…")
+        self.show_view("Training")
+        return job_id
+
+    @staticmethod
+    def _job_title(config: ExperimentConfig) -> str:
+        cls = get_algorithm(config.algorithm.name)
+        d = config.dataset
+        return (f"{cls.title} on {d.name}: {d.ways}-way {d.shots}-shot, {config.training.steps:,} steps "
+                f"(seed {config.training.seed})")
+
+    def toggle_pause(self) -> None:
+        if self.controller.is_running:
+            self.controller.toggle_pause()
+            paused = self.controller.is_paused
+            self.statusBar().showMessage("Paused; press Resume (Ctrl+P) to continue." if paused else "Resumed.")
+
+    def stop_training(self) -> None:
+        if self.controller.is_running:
+            self.controller.stop()
+            self.statusBar().showMessage("Stopping after the current meta-step; the run will be saved…")
+
+    def _on_job_started(self, job_id: int, info: dict) -> None:
+        self._active_run_id = info.get("run_id")
+        name = info.get("run_name") or self._active_run_id
+        self.statusBar().showMessage(f"Training run {name} on {info.get('device', '?')}." +
+                                     (f" {info['message'][:1].upper()}{info['message'][1:]}." if info.get("message")
+                                      else ""))
+        if self.runs_view is not None:
+            self.runs_view.refresh()
+            self.runs_view.set_active_run(self._active_run_id)
+        self.run_store_changed.emit()
+        self.training_started.emit(job_id, info)
+
+    def _on_job_loading(self, job_id: int, done: int, total: int, message: str) -> None:
+        self.training_view.set_loading(done, total, message)
+
+    def _on_job_records(self, job_id: int, payload: dict) -> None:
+        if not self.training_view.append(job_id, payload):
+            return  # stale
+        last = payload.get("last") or {}
+        total, step = int(last.get("total_steps") or 0), int(last.get("step") or 0)
+        if total:
+            self.status_progress.setRange(0, total)
+            self.status_progress.setValue(min(step, total))
+        rate = last.get("steps_per_s", math.nan)
+        if isinstance(rate, float) and math.isfinite(rate) and last.get("event") == "step":
+            self.status_rate.setText(f"{rate:.1f} steps/s · ETA {_format_duration(last.get('eta_s', math.nan))}")
+        for event in payload.get("events") or []:
+            if event.get("event") == "validation" and event.get("message"):
+                self.statusBar().showMessage(str(event["message"])[:1].upper() + str(event["message"])[1:], 8000)
+        self.training_records.emit(job_id, payload)
+
+    def _on_job_finished(self, job_id: int, final: dict) -> None:
+        self.last_final = dict(final)
+        self.training_view.flush()
+        event = final.get("event", "stopped")
+        message = str(final.get("message") or "")
+        self.status_progress.hide()
+        self.status_rate.setText("")
+        if event == "cancelled":
+            self.training_view.progress.setRange(0, 1)
+            self.training_view.progress.setFormat("cancelled")
+        text = f"Run {FINAL_MESSAGES.get(event, event)}" + (f": {message}" if message else ".")
+        self.statusBar().showMessage(text)
+        if event == "diverged":
+            self.report_error("Training diverged", message[:1].upper() + message[1:] + ". The app is ready for "
+                              "another run.", None, warning=True)
+        self._finish_job(job_id, final)
+
+    def _on_job_failed(self, job_id: int, title: str, message: str, details: str) -> None:
+        self.last_final = {"event": "failed", "message": message}
+        self.status_progress.hide()
+        self.status_rate.setText("")
+        self.training_view.progress.setFormat("failed")
+        self.statusBar().showMessage(f"{title}: {message}")
+        self.report_error(title, message, details)
+        self._finish_job(job_id, {"event": "failed", "message": message, "run_id": self._active_run_id})
+
+    def _finish_job(self, job_id: int, final: dict) -> None:
+        self._active_run_id = None
+        if self.runs_view is not None:
+            self.runs_view.set_active_run(None)
+            self.runs_view.refresh()
+        self.revalidate()
+        self.run_store_changed.emit()
+        self.training_finished.emit(job_id, final)
+
+    # --- runs -------------------------------------------------------------------------------
+    def open_run(self, run_id: str) -> None:
+        """Show a saved run's curves (as an overlay while another run trains)."""
+        try:
+            run = self.store.get(run_id)
+            records = run.read_metrics()
+            record = run.record()
+        except WorkbenchError as exc:
+            self.report_error("Cannot open the run", str(exc))
+            return
+        name = record.name or run_id
+        if self.controller.is_running:
+            self.training_view.add_overlay(name, records)
+        else:
+            self.training_view.load_metrics(records, title=f"Run {name}: {record.algorithm} on {record.dataset}, "
+                                            f"{record.ways}-way {record.shots}-shot ({record.status})")
+        self.show_view("Training")
+
+    def overlay_runs(self, run_ids: list, baseline_id: object = None) -> None:
+        """Compare runs: their curves over the live ones while training, else on their own."""
+        self.training_view.clear_overlays()
+        if not self.controller.is_running:
+            count = len(run_ids)
+            self.training_view.load_metrics([], title=f"Comparing {count} run{'s' if count != 1 else ''}"
+                                            + (" (dashed: the pinned baseline)" if baseline_id else ""))
+        for run_id in run_ids:
+            try:
+                run = self.store.get(run_id)
+                name = run.record().name or run_id
+                self.training_view.add_overlay(name, run.read_metrics(), pinned=run_id == baseline_id)
+            except WorkbenchError as exc:
+                self.statusBar().showMessage(f"Cannot overlay {run_id}: {exc}", 8000)
+        self.show_view("Training")
+
+    # --- dialogs ----------------------------------------------------------------------------
+    def report_error(self, title: str, message: str, details: str | None = None, warning: bool = False) -> None:
+        """A readable dialog; the traceback (if any) sits behind its details button. Never blocks a test."""
+        self.last_error = (title, message, details)
+        if dialogs is not None and not warning:
+            dialogs.show_error(self, title, message, details)
+            return
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Warning if warning else QMessageBox.Icon.Critical)
+        box.setWindowTitle(title)
+        box.setText(message)
+        if details:
+            box.setDetailedText(details)
+        box.open()  # non-blocking: training signals keep flowing
+
+    def show_shortcuts(self) -> None:
+        if dialogs is None:
+            return
+        actions = list(self.actions())
+        if self.runs_view is not None and hasattr(self.runs_view, "run_actions"):
+            actions += list(self.runs_view.run_actions())
+        dialog = dialogs.ShortcutsDialog(actions, self)
+        dialog.open()
+        self._last_dialog = dialog
+
+    def show_about(self) -> None:
+        if dialogs is None:
+            return
+        dialog = dialogs.AboutDialog(self)
+        dialog.open()
+        self._last_dialog = dialog
+
+    # --- closing ----------------------------------------------------------------------------
+    def _ask_stop_on_close(self) -> bool:
+        if self.confirm_stop_on_close is not None:
+            return bool(self.confirm_stop_on_close())
+        answer = QMessageBox.question(
+            self, "Training is running",
+            "A run is training. Stop it and quit? The run is saved as stopped and can be resumed from the Runs tab.",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
+
+    def shutdown(self) -> bool:
+        """Stop training and every background task, joining their threads. True when all ended."""
+        ok = True
+        if self.controller.is_running or self.controller.has_threads:
+            self.statusBar().showMessage("Stopping training and saving the run…")
+            QApplication.processEvents()
+            ok = self.controller.shutdown() and ok
+        ok = self.dataset_panel.shutdown() and ok
+        if self.runs_view is not None and hasattr(self.runs_view, "shutdown"):
+            ok = self.runs_view.shutdown() and ok
+        return ok
+
+    def closeEvent(self, event) -> None:
+        if self.controller.is_running and not self._ask_stop_on_close():
+            event.ignore()
+            return
+        self.save_settings()
+        self.shutdown()
+        event.accept()

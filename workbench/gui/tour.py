@@ -1,0 +1,175 @@
+"""Screenshot tour: ``workbench tour --out DIR`` opens the real main window, trains a short glyphs run and
+saves a PNG of each panel and view into DIR (offscreen when there is no display).
+
+It uses its own temporary settings and run store unless ``--home`` is given, so a user's settings and runs
+are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench tour", description="Save screenshots of every panel and view "
+                                     "while a short glyphs training runs.")
+    parser.add_argument("--out", required=True, help="Folder for the PNG files (created if missing).")
+    parser.add_argument("--steps", type=int, default=150, help="Meta-training steps of the demo run (default 150).")
+    parser.add_argument("--val-interval", type=int, default=50, help="Validate every this many steps (default 50).")
+    parser.add_argument("--val-episodes", type=int, default=20, help="Validation episodes (default 20).")
+    parser.add_argument("--width", type=int, default=1440)
+    parser.add_argument("--height", type=int, default=900)
+    parser.add_argument("--theme", choices=("light", "dark"), default="light",
+                        help="Theme of the main screenshots; the other theme gets one screenshot too.")
+    parser.add_argument("--home", help="Run store to use (default: a temporary one).")
+    parser.add_argument("--timeout", type=float, default=600.0, help="Give up after this many seconds.")
+    return parser
+
+
+class Tour:
+    def __init__(self, app, window, out: Path, timeout: float):
+        self.app = app
+        self.window = window
+        self.out = out
+        self.deadline = time.monotonic() + timeout
+        self.saved: list[Path] = []
+        self.count = 0
+
+    def pump(self, ms: int = 30) -> None:
+        from PySide6.QtCore import QEventLoop, QTimer
+
+        loop = QEventLoop()
+        QTimer.singleShot(ms, loop.quit)
+        loop.exec()
+
+    def wait_until(self, predicate: Callable[[], bool], what: str) -> None:
+        while not predicate():
+            if time.monotonic() > self.deadline:
+                raise TimeoutError(f"the tour timed out waiting for {what}")
+            self.pump()
+
+    def shoot(self, widget, name: str) -> Path:
+        self.pump(60)  # let layouts and plots settle
+        self.count += 1
+        path = self.out / f"{self.count:02d}-{name}.png"
+        if not widget.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        self.saved.append(path)
+        print(f"saved {path}", flush=True)
+        return path
+
+
+def run_tour(args) -> list[Path]:
+    from workbench.gui.app import create_application
+
+    app = create_application([])
+    from workbench.gui import dialogs
+    from workbench.gui.main_window import MainWindow
+
+    dialogs.BLOCKING_DIALOGS = False
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    from workbench.core.runs import RunStore
+    from workbench.gui.settings import Settings
+
+    window = MainWindow(store=RunStore(args.home) if args.home else None, settings=Settings(), restore=False)
+    window.confirm_stop_on_close = lambda: True
+    window.set_theme(args.theme)
+    window.resize(args.width, args.height)
+    window.show()
+    tour = Tour(app, window, out, args.timeout)
+    panel = window.dataset_panel
+    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the glyphs dataset")
+    tour.wait_until(lambda: window.run_blocked_reason is None, "a runnable experiment")
+
+    window.show_view("Training")
+    tour.shoot(window, "main")
+    window.dataset_dock.raise_()
+    tour.shoot(window.dataset_dock, "dataset-panel")
+    window.algorithm_dock.raise_()
+    tour.shoot(window.algorithm_dock, "algorithm-panel")
+
+    # An impossible episode setting: Run is disabled and the panel says what to change.
+    window.dataset_dock.raise_()
+    panel.episode_form.set_value("shots", 25)
+    tour.wait_until(lambda: window.run_blocked_reason is not None, "the episode check")
+    tour.shoot(window, "impossible-setting")
+    panel.episode_form.set_value("shots", 1)
+    tour.wait_until(lambda: window.run_blocked_reason is None, "the episode check")
+
+    training = window.algorithm_panel.training_form
+    training.set_values({"steps": args.steps, "val_interval": args.val_interval,
+                         "val_episodes": args.val_episodes})
+    window.algorithm_panel.name_edit.setText("tour-protonet-glyphs")
+    tour.pump()
+    finished: list[dict] = []
+    window.training_finished.connect(lambda job_id, final: finished.append(final))
+    if window.start_training() is None:
+        raise RuntimeError(f"the tour could not start training: {window.run_blocked_reason}")
+    view = window.training_view
+    tour.wait_until(lambda: len(view.loss) >= args.steps // 2 or finished, "training progress")
+    tour.shoot(window, "training-live")
+    tour.wait_until(lambda: bool(finished), "the end of training")
+    tour.shoot(view, "training-view")
+
+    # A second run with a higher learning rate, to compare in the Runs tab and as overlays.
+    training.set_value("lr", 3e-3)
+    window.algorithm_panel.name_edit.setText("tour-protonet-lr3e-3")
+    tour.wait_until(lambda: window.run_blocked_reason is None, "a runnable experiment")
+    if window.start_training() is None:
+        raise RuntimeError(f"the tour could not start the second run: {window.run_blocked_reason}")
+    tour.wait_until(lambda: len(finished) >= 2, "the end of the second run")
+
+    if window.runs_view is not None:
+        window.show_view("Runs")
+        window.runs_view.refresh()
+        tour.shoot(window, "runs-view")
+        run_ids = [final.get("run_id") for final in finished if final.get("run_id")]
+        if run_ids:
+            window.overlay_runs(run_ids, run_ids[0])
+            tour.shoot(view, "runs-compared")
+            view.clear_overlays()
+
+    other = "dark" if args.theme == "light" else "light"
+    window.set_theme(other)
+    window.show_view("Training")
+    tour.shoot(window, f"main-{other}")
+    window.set_theme(args.theme)
+
+    if dialogs is not None:
+        window.show_shortcuts()
+        tour.shoot(window._last_dialog, "shortcuts")
+        window._last_dialog.close()
+        window.show_about()
+        tour.shoot(window._last_dialog, "about")
+        window._last_dialog.close()
+
+    window.close()
+    tour.pump()
+    return tour.saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from workbench.gui.app import ensure_display
+    from workbench.gui.settings import SETTINGS_DIR_ENV
+
+    ensure_display()
+    with tempfile.TemporaryDirectory(prefix="workbench-tour-") as scratch:
+        os.environ[SETTINGS_DIR_ENV] = str(Path(scratch) / "settings")
+        if not args.home:
+            args.home = str(Path(scratch) / "home")
+        saved = run_tour(args)
+    print(f"{len(saved)} screenshots in {Path(args.out).expanduser()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
