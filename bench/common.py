@@ -46,21 +46,10 @@ def set_threads(threads: int) -> int:
 
 
 def tune_glibc_malloc() -> bool:
-    """Make glibc keep freed memory in the heap instead of returning it to the OS.
+    """The app's own allocator tuning (workbench.core.device.tune_cpu_allocator), applied to both sides."""
+    from workbench.core.device import tune_cpu_allocator
 
-    By default each large activation (16 MB for Conv-4 on 80 images at 28x28) is mmapped fresh or the heap top
-    is trimmed, so every training step page-faults its buffers in again (up to 20,000 faults and 15-35 ms of
-    system time per Conv-4 step on 80 images here). Process-wide: in a bench it speeds up every side alike. Linux/glibc only.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
-    # Fixed values also switch off glibc's dynamic threshold; the largest C int for "never trim".
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+    return tune_cpu_allocator()
 
 
 def minor_page_faults() -> int:

@@ -230,6 +230,17 @@ def test_no_command_without_gui_runs_the_demo(capsys, monkeypatch):
     assert "running the demo" in capsys.readouterr().err
 
 
+def test_no_command_without_a_display_runs_the_demo(capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(cli, "_load_gui_app", lambda: pytest.fail("must not open an invisible window"))
+    monkeypatch.setattr(cli, "cmd_demo", lambda args: calls.append(args.steps) or 0)
+    assert cli.main([]) == 0 and calls == [300]
+    assert "no display found" in capsys.readouterr().err
+
+
 def test_demo_trains_and_evaluates(capsys, monkeypatch):
     from workbench.core import data
 

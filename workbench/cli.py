@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -177,6 +178,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--algorithm", help="Algorithm to train (see `workbench algorithms`).")
     parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                         help="An algorithm hyperparameter, e.g. --hparam hidden=32 (repeatable).")
+    parser.add_argument("--label-noise", metavar="RATE", dest="label_noise", default=None,
+                        help="Fraction of corrupted training labels, for algorithms that learn under label noise "
+                        "(meta-weight-net); same as --hparam label_noise=RATE.")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="set_values",
                         help="Any config field, e.g. --set training.lr_schedule=constant (repeatable).")
     groups = {"dataset": parser.add_argument_group("dataset and episodes"),
@@ -267,6 +271,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
             # Hyperparameters of another algorithm do not carry over.
             algorithm.clear()
         algorithm["name"] = args.algorithm
+    if getattr(args, "label_noise", None) is not None:
+        algorithm.setdefault("hparams", {})["label_noise"] = args.label_noise
     for item in getattr(args, "hparam", None) or []:
         key, value = _split_assignment(item, "--hparam")
         algorithm.setdefault("hparams", {})[key] = value
@@ -366,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
     _add_output_flags(demo)
 
-    commands.add_parser("tour", help="A guided tour of meta-learning in the GUI.", add_help=False).add_argument(
+    commands.add_parser("tour", help="Open the GUI, run a short training and save a screenshot of each panel and view (--out DIR).", add_help=False).add_argument(
         "rest", nargs=argparse.REMAINDER)
     commands.add_parser("try", help="Try a trained model on your own images.", add_help=False).add_argument(
         "rest", nargs=argparse.REMAINDER)
@@ -757,7 +763,18 @@ def _load_gui_app():
         return None
 
 
+def _has_display() -> bool:
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def _open_gui_or_demo(argv: list[str]) -> int:
+    if not _has_display():
+        # An offscreen window nobody can see would just hang; the demo shows the engine working instead.
+        _say("no display found (DISPLAY is unset), so the window cannot open; running the headless demo instead "
+             "(start the GUI under a desktop session or Xvfb)")
+        return cmd_demo(argparse.Namespace(steps=300, episodes=300, threads=0, json=False, quiet=False))
     app = _load_gui_app()
     if app is not None:
         return int(app.main(argv) or 0)

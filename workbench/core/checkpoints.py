@@ -96,7 +96,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: refused: file contains executable pickle data (it names code or "
                                   "classes to import); only load checkpoints written by the workbench") from None
         raise CheckpointError(f"{path}: not a workbench checkpoint (unreadable pickle data)") from None
-    except (EOFError, RuntimeError, ValueError, OSError, AttributeError) as exc:
+    except (EOFError, RuntimeError, ValueError, OSError, AttributeError, IndexError, KeyError, TypeError) as exc:
         reason = "the file is empty or cut short" if isinstance(exc, EOFError) else str(exc).splitlines()[0][:200]
         raise CheckpointError(f"{path}: not a workbench checkpoint ({reason})") from None
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):

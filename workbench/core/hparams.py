@@ -33,13 +33,19 @@ class HParamSpec:
     def range_text(self) -> str:
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
-        if self.low is not None and self.high is not None:
-            return f"between {self.low:g} and {self.high:g}"
-        if self.low is not None:
-            return f"at least {self.low:g}"
-        if self.high is not None:
-            return f"at most {self.high:g}"
+        low, high = self._format(self.low), self._format(self.high)
+        if low is not None and high is not None:
+            return f"between {low} and {high}"
+        if low is not None:
+            return f"at least {low}"
+        if high is not None:
+            return f"at most {high}"
         return ""
+
+    def _format(self, bound: float | None) -> str | None:
+        if bound is None:
+            return None
+        return f"{int(bound):,}" if self.type is int else f"{bound:g}"
 
     def validate(self, value: Any, path: str) -> Any:
         """Coerce a value read from TOML, flags or a form; raise ConfigError naming `path` if it is invalid."""

@@ -24,6 +24,7 @@ def create_application(argv: list[str] | None = None):
     app.setOrganizationName(ORGANIZATION)
     app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("Meta-Learning Workbench")
+    app.setDesktopFileName("workbench")  # matches packaging/workbench.desktop, so Wayland shows the icon
     try:
         from workbench.gui.dialogs import app_icon
 

@@ -25,7 +25,7 @@ from workbench.core.algorithms.base import LabeledBatch, ModelSpec
 from workbench.core.checkpoints import make_payload, restore_rng_state, rng_state
 from workbench.core.config import ExperimentConfig
 from workbench.core.data.base import Cancelled, ClassSplit, PreprocessSpec, ProgressCallback, no_progress
-from workbench.core.device import configure_cpu_threads, resolve_device
+from workbench.core.device import configure_cpu_threads, resolve_device, tune_cpu_allocator
 from workbench.core.errors import CheckpointError, ConfigError, DatasetError, WorkbenchError
 from workbench.core.evaluation import EvalResult, evaluate
 from workbench.core.runs import Run, RunStore
@@ -173,6 +173,7 @@ class Trainer:
         self.device = resolve_device(training.device)
         if self.device.type == "cpu":
             self.threads = configure_cpu_threads(training.threads, reserve_gui_core)
+            tune_cpu_allocator()
         else:
             self.threads = torch.get_num_threads()
         seed_everything(training.seed)
@@ -196,6 +197,9 @@ class Trainer:
         self.model_spec = ModelSpec(in_channels=spec.channels, image_size=spec.image_size, ways=config.train_ways,
                                     num_train_classes=train_split.num_classes)
         self.algorithm = algorithm_cls(hparams, self.model_spec, self.device)
+        attach_data = getattr(self.algorithm, "attach_training_data", None)
+        if callable(attach_data):  # algorithms that build their own problem from the split (Meta-Weight-Net)
+            attach_data(train_split, spec, training.seed)
         self.algorithm.configure_optimizers(training.lr, training.steps, training.lr_schedule)
 
         self.step = 0
@@ -214,6 +218,9 @@ class Trainer:
                 self.store.update(run.id, steps_total=training.steps, device=training.device)
         else:
             self.run = self.store.create(config)
+        set_run_folder = getattr(self.algorithm, "set_run_folder", None)
+        if callable(set_run_folder):  # where an algorithm may mirror view data (weight history)
+            set_run_folder(self.run.path)
         # Applied when steps() starts, so torch work done in between (e.g. by a GUI) cannot shift the run.
         self._start_rng_state = torch.get_rng_state()
 
@@ -481,6 +488,21 @@ class Trainer:
         if not self._stop_event.is_set():
             self.run.set_status("running", "", steps_done=self.step)
 
+    def _record_probe_snapshot(self) -> None:
+        """Embed the fixed probe task into <run>/probes.npz for the Embeddings view; never stops training."""
+        from workbench.core import probes
+
+        try:
+            if getattr(self, "_probe", None) is None:
+                fixed = probes.config_probe_episodes(self.dataset, self.config, 1)
+                self._probe = (fixed[0], fixed.split.class_names, probes.probe_split_name(
+                    self.dataset, self.config.dataset.ways))
+            episode, class_names, split_name = self._probe
+            probes.record_probe_snapshot(self.run.path, self.algorithm, episode, self.step, class_names, split_name)
+        except Exception as exc:  # e.g. an algorithm without embed(): the view explains the missing history
+            self._probe = (None, [], str(exc)) if getattr(self, "_probe", None) is None else self._probe
+            return
+
     def _validate(self) -> StepRecord | None:
         if self.val_episodes is None:
             return None
@@ -493,6 +515,7 @@ class Trainer:
             with preserved_rng(self.device):
                 torch.manual_seed(self.config.training.seed + 1)  # stochastic adaptation: same every time
                 result = evaluate(self.algorithm, self.val_episodes, self.device, cancel_on_stop, split="val")
+                self._record_probe_snapshot()
         except Cancelled:
             return None
         finally:

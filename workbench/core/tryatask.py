@@ -1,0 +1,425 @@
+"""Try a trained model on a few of your own images: a task of named classes, each with support images, and
+queries to classify. Headless (no Qt): the "Try a task" view and ``workbench try`` both use it, so they give the
+same probabilities for the same model and images.
+
+Images are preprocessed exactly as the model's training data (its PreprocessSpec: size, channels,
+normalization), and drawings are turned the right way round: a light-on-dark image is inverted when the model
+was trained on dark strokes on a light background (and vice versa).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from workbench.core.data.base import PreprocessSpec
+from workbench.core.data.images import load_image
+from workbench.core.errors import ImageLoadError, WorkbenchError
+
+def _demo_dir() -> Path:
+    """resources/demo of the source checkout, a PyInstaller bundle, or the installed package data."""
+    import sys
+
+    package_dir = Path(__file__).resolve().parents[1]
+    candidates = [package_dir.parent / "resources" / "demo"]
+    if getattr(sys, "_MEIPASS", None):
+        candidates.append(Path(sys._MEIPASS) / "resources" / "demo")
+    candidates.append(package_dir / "resources" / "demo")
+    return next((path for path in candidates if path.is_dir()), candidates[0])
+
+
+DEMO_DIR = _demo_dir()
+# Bundled models, by the name the CLI and the GUI accept; "demo" is the first.
+DEMO_MODELS = {"protonet-glyphs": "protonet-glyphs.pt", "maml-glyphs": "maml-glyphs.pt"}
+DEFAULT_DEMO = "protonet-glyphs"
+DEFAULT_SEED = 0
+TASK_FILE = "task.json"
+TASK_FORMAT = 1
+
+
+class TaskError(WorkbenchError):
+    """A task cannot be classified as it is (too few classes with images, no queries ...)."""
+
+
+def bundled_models() -> dict[str, Path]:
+    """The bundled demo checkpoints that exist in this installation, by name."""
+    return {name: DEMO_DIR / file for name, file in DEMO_MODELS.items() if (DEMO_DIR / file).is_file()}
+
+
+def resolve_model_source(source: str | Path) -> str | Path:
+    """``demo`` or a bundled model's name -> its checkpoint path; anything else is returned unchanged."""
+    text = str(source)
+    if text == "demo":
+        text = DEFAULT_DEMO
+    if text in DEMO_MODELS:
+        path = DEMO_DIR / DEMO_MODELS[text]
+        if not path.is_file():
+            raise WorkbenchError(f"the bundled model '{text}' is missing from this installation ({path})")
+        return path
+    return source
+
+
+# --- images -------------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskImage:
+    """One image of a task: a file, or in-memory encoded bytes (a drawing or a pasted image)."""
+
+    name: str
+    path: Path | None = None
+    data: bytes | None = None
+    drawn: bool = False  # drawings get the inversion check even for "natural" specs
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TaskImage":
+        path = Path(path)
+        return cls(path.name, path=path)
+
+    @classmethod
+    def from_array(cls, array: np.ndarray, name: str, drawn: bool = False) -> "TaskImage":
+        """uint8 [H, W] / [H, W, 1] / [H, W, 3] / [H, W, 4] pixels, kept as PNG bytes."""
+        from PIL import Image
+
+        array = np.asarray(array, dtype=np.uint8)
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        return cls(name, data=buffer.getvalue(), drawn=drawn)
+
+    @property
+    def label(self) -> str:
+        return str(self.path) if self.path is not None else self.name
+
+    def raw_bytes(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        assert self.path is not None
+        return self.path.read_bytes()
+
+    def load(self, spec: PreprocessSpec) -> np.ndarray:
+        """uint8 [H, W, C] at the spec's size and channels, the right way round; ImageLoadError on failure."""
+        source = self.data if self.data is not None else self.path
+        pixels = load_image(source, spec.channels, spec.image_size, name=self.label)
+        return orient(pixels, spec.foreground, drawn=self.drawn)
+
+
+def orient(pixels: np.ndarray, foreground: str, drawn: bool = False) -> np.ndarray:
+    """Invert an image whose background disagrees with the model's: drawings are dark on light by default,
+    so a light-on-dark one is inverted for a "dark"-foreground model; photos ("natural") are left alone."""
+    wanted = foreground if foreground in ("dark", "light") else ("dark" if drawn else None)
+    if wanted is None:
+        return pixels
+    gray = pixels.mean(axis=2) if pixels.ndim == 3 else pixels
+    # The border is mostly background; its median says whether the background is light or dark.
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    light_background = float(np.median(border)) >= 128
+    if (wanted == "dark") != light_background:
+        return (255 - pixels).astype(np.uint8)
+    return pixels
+
+
+def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a folder becomes its visible files, sorted (non-images are kept so they are reported)."""
+    found: list[Path] = []
+    for source in sources:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")))
+        else:
+            found.append(path)
+    return found
+
+
+# --- the task -----------------------------------------------------------------------------------------------
+
+@dataclass
+class TaskClass:
+    name: str
+    images: list[TaskImage] = field(default_factory=list)
+
+
+@dataclass
+class Prediction:
+    query: str
+    predicted: str
+    probabilities: dict[str, float]
+    index: int = -1  # position in Task.queries
+
+    def to_dict(self) -> dict:
+        return {"query": self.query, "predicted": self.predicted, "probabilities": dict(self.probabilities)}
+
+
+@dataclass
+class TaskResult:
+    predictions: list[Prediction]
+    # (image label, reason) for every image that could not be used; the others were.
+    problems: list[tuple[str, str]]
+    classes: list[str]  # the classes that took part (those with support images), in order
+    support_embeddings: np.ndarray | None = None
+    support_labels: np.ndarray | None = None
+    prototype_embeddings: np.ndarray | None = None
+    query_embeddings: np.ndarray | None = None
+    trace: list[dict] | None = None
+
+
+def _valid_class_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise TaskError("a class needs a name")
+    if name in (".", "..") or re.search(r"[/\\\x00]", name):
+        raise TaskError(f"class name '{name}' cannot contain '/' or '\\' (it becomes a folder name)")
+    return name
+
+
+class Task:
+    """Named classes with support images, plus queries. Order is kept everywhere."""
+
+    def __init__(self) -> None:
+        self.classes: list[TaskClass] = []
+        self.queries: list[TaskImage] = []
+
+    # classes
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def get_class(self, name: str) -> TaskClass:
+        for task_class in self.classes:
+            if task_class.name == name:
+                return task_class
+        raise TaskError(f"there is no class named '{name}'")
+
+    def add_class(self, name: str) -> TaskClass:
+        name = _valid_class_name(name)
+        if name in self.class_names():
+            raise TaskError(f"there already is a class named '{name}'")
+        task_class = TaskClass(name)
+        self.classes.append(task_class)
+        return task_class
+
+    def remove_class(self, name: str) -> None:
+        self.classes.remove(self.get_class(name))
+
+    def rename_class(self, old: str, new: str) -> None:
+        new = _valid_class_name(new)
+        if new != old and new in self.class_names():
+            raise TaskError(f"there already is a class named '{new}'")
+        self.get_class(old).name = new
+
+    def snapshot(self) -> "Task":
+        """A copy whose lists can be read in another thread while this task keeps changing."""
+        copy = Task()
+        copy.classes = [TaskClass(c.name, list(c.images)) for c in self.classes]
+        copy.queries = list(self.queries)
+        return copy
+
+    def unique_class_name(self, base: str = "class") -> str:
+        taken = set(self.class_names())
+        index = len(self.classes) + 1
+        while f"{base} {index}" in taken:
+            index += 1
+        return f"{base} {index}"
+
+    # images
+    def add_support(self, name: str, images: Sequence[TaskImage]) -> None:
+        self.get_class(name).images.extend(images)
+
+    def add_support_files(self, name: str, sources: Sequence[str | Path]) -> None:
+        self.add_support(name, [TaskImage.from_file(p) for p in expand_sources(sources)])
+
+    def add_queries(self, images: Sequence[TaskImage]) -> None:
+        self.queries.extend(images)
+
+    def add_query_files(self, sources: Sequence[str | Path]) -> None:
+        self.add_queries([TaskImage.from_file(p) for p in expand_sources(sources)])
+
+    def correct(self, query_index: int, class_name: str) -> TaskImage:
+        """"This is wrong: it is class X": the query becomes a support image of X."""
+        image = self.queries.pop(query_index)
+        self.get_class(class_name).images.append(image)
+        return image
+
+    # save / load / export
+    def save(self, folder: str | Path) -> Path:
+        """A folder with task.json, support/<class>/ and queries/; it can be loaded again or shared."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for sub in ("support", "queries"):
+            if (folder / sub).exists():
+                shutil.rmtree(folder / sub)
+        manifest = {"format": TASK_FORMAT, "classes": [], "queries": []}
+        for task_class in self.classes:
+            files = _write_images(folder / "support" / task_class.name, task_class.images)
+            manifest["classes"].append({"name": task_class.name, "images": files})
+        manifest["queries"] = _write_images(folder / "queries", self.queries)
+        from workbench.core.fileio import atomic_write_text
+
+        atomic_write_text(folder / TASK_FILE, json.dumps(manifest, indent=2))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Task":
+        folder = Path(folder)
+        try:
+            manifest = json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
+            task = cls()
+            for entry in manifest["classes"]:
+                task.add_class(entry["name"])
+                task.add_support(entry["name"], [_read_image(folder / "support" / entry["name"], item)
+                                                 for item in entry["images"]])
+            task.add_queries([_read_image(folder / "queries", item) for item in manifest["queries"]])
+        except FileNotFoundError as exc:
+            raise TaskError(f"{folder}: not a saved task ({exc.filename} is missing)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise TaskError(f"{folder / TASK_FILE}: not a valid task file ({exc})") from None
+        return task
+
+    def export_dataset(self, folder: str | Path) -> Path:
+        """The support sets as an image-folder dataset (one subfolder per class), usable with --dataset folder."""
+        folder = Path(folder)
+        if folder.exists() and any(folder.iterdir()):
+            raise TaskError(f"{folder}: choose an empty or new folder to export into")
+        for task_class in self.classes:
+            (folder / task_class.name).mkdir(parents=True, exist_ok=True)
+            _write_images(folder / task_class.name, task_class.images)
+        return folder
+
+
+def _file_name(index: int, image: TaskImage) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(image.name).stem)[:60] or "image"
+    suffix = image.path.suffix.lower() if image.path is not None and image.path.suffix else ".png"
+    return f"{index:03d}-{stem}{suffix}"
+
+
+def _write_images(folder: Path, images: Sequence[TaskImage]) -> list[dict]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, image in enumerate(images):
+        file_name = _file_name(index, image)
+        try:
+            (folder / file_name).write_bytes(image.raw_bytes())
+        except OSError as exc:
+            raise TaskError(f"{image.label}: could not be saved ({exc.strerror or exc})") from None
+        written.append({"file": file_name, "name": image.name, "drawn": image.drawn})
+    return written
+
+
+def _read_image(folder: Path, item: dict) -> TaskImage:
+    path = folder / item["file"]
+    return TaskImage(str(item.get("name", path.name)), data=path.read_bytes(), drawn=bool(item.get("drawn")))
+
+
+# --- classification -----------------------------------------------------------------------------------------
+
+def preprocess(images: Sequence[TaskImage], spec: PreprocessSpec) -> tuple[np.ndarray, list[int],
+                                                                            list[tuple[str, str]]]:
+    """uint8 [N, H, W, C] of the images that load, their indexes, and (label, reason) for the others."""
+    arrays, kept, problems = [], [], []
+    for index, image in enumerate(images):
+        try:
+            arrays.append(image.load(spec))
+            kept.append(index)
+        except ImageLoadError as exc:
+            problems.append((image.label, exc.reason))
+        except OSError as exc:
+            problems.append((image.label, exc.strerror or str(exc)))
+    size = spec.image_size
+    stacked = np.stack(arrays) if arrays else np.zeros((0, size, size, spec.channels), np.uint8)
+    return stacked, kept, problems
+
+
+def to_model_input(pixels: np.ndarray, spec: PreprocessSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 [N, H, W, C] -> normalized float [N, C, H, W] on ``device``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+    return spec.normalize(tensor).to(device)
+
+
+def classify(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = False,
+             trace_steps: int | None = None) -> TaskResult:
+    """Adapt ``model`` (a checkpoints.LoadedModel) to the task's support sets and classify its queries.
+
+    Deterministic for a seed. Unreadable images are reported in ``problems`` and left out; classes left with no
+    support image are reported and left out too. Needs two classes with images and at least one query.
+    """
+    algorithm, spec = model.algorithm, model.spec
+    device = getattr(algorithm, "device", torch.device("cpu"))
+    problems: list[tuple[str, str]] = []
+    support, labels, names = [], [], []
+    for task_class in task.classes:
+        pixels, _, bad = preprocess(task_class.images, spec)
+        problems.extend(bad)
+        if len(pixels) == 0:
+            why = "it has no support images" if not task_class.images else "none of its images could be read"
+            problems.append((f"class '{task_class.name}'", f"{why}; it is left out"))
+            continue
+        support.append(pixels)
+        labels.extend([len(names)] * len(pixels))
+        names.append(task_class.name)
+    query_pixels, kept, bad = preprocess(task.queries, spec)
+    problems.extend(bad)
+    if len(names) < 2:
+        raise TaskError(f"add support images to at least two classes before classifying (classes with images: "
+                        f"{', '.join(names) or 'none'})", )
+    if len(kept) == 0:
+        raise TaskError("add a query image to classify" if not task.queries else "none of the queries could be read")
+    support_x = to_model_input(np.concatenate(support), spec, device)
+    support_y = torch.tensor(labels, dtype=torch.long, device=device)
+    query_x = to_model_input(query_pixels, spec, device)
+    ways = len(names)
+    result = TaskResult([], problems, names)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        algorithm.eval()
+        adapted = algorithm.adapt(support_x, support_y, ways)
+        with torch.no_grad():
+            probs = algorithm.predict(adapted, query_x).detach().float().cpu().numpy()
+        if embeddings:
+            _add_embeddings(result, algorithm, adapted, support_x, support_y, query_x, ways)
+        if trace_steps is not None and algorithm.gradient_based:
+            # The support loss needs no query labels; pass the support as its own "queries".
+            torch.manual_seed(seed)
+            result.trace = algorithm.adaptation_trace(support_x, support_y, support_x, support_y, ways,
+                                                      steps=trace_steps or None)
+    for row, index in zip(probs, kept):
+        probabilities = {name: float(p) for name, p in zip(names, row)}
+        result.predictions.append(Prediction(task.queries[index].label, names[int(np.argmax(row))], probabilities,
+                                             index))
+    return result
+
+
+def _add_embeddings(result: TaskResult, algorithm, adapted, support_x, support_y, query_x, ways: int) -> None:
+    try:
+        with torch.no_grad():
+            support_e = algorithm.embed(support_x, adapted).flatten(1).float().cpu()
+            query_e = algorithm.embed(query_x, adapted).flatten(1).float().cpu()
+    except NotImplementedError:
+        return
+    labels = support_y.cpu()
+    prototypes = torch.stack([support_e[labels == c].mean(0) for c in range(ways)])
+    result.support_embeddings = support_e.numpy()
+    result.support_labels = labels.numpy()
+    result.prototype_embeddings = prototypes.numpy()
+    result.query_embeddings = query_e.numpy()
+
+
+def pca_2d(*groups: np.ndarray) -> list[np.ndarray]:
+    """Project groups of embeddings onto the first two principal components of all of them together."""
+    stacked = np.concatenate([g for g in groups if g is not None and len(g)])
+    centred = stacked - stacked.mean(0, keepdims=True)
+    if len(stacked) < 2:
+        basis = np.eye(centred.shape[1], 2)
+    else:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        basis = vt[:2].T
+        if basis.shape[1] < 2:
+            basis = np.pad(basis, ((0, 0), (0, 2 - basis.shape[1])))
+    mean = stacked.mean(0, keepdims=True)
+    return [((g - mean) @ basis) if g is not None and len(g) else np.zeros((0, 2)) for g in groups]
