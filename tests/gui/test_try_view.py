@@ -128,7 +128,12 @@ def test_paste_image_and_copied_files(view, qtbot, tmp_path):
     assert view.task.get_class(name_b).images[0].name.startswith("pasted-")
     assert [p.predicted for p in view.result.predictions] == [name_b]
     clipboard.setMimeData(QMimeData())
-    assert view.paste_into(None) == 0 and "clipboard" in view.status.text()
+    try:
+        assert view.paste_into(None) == 0 and "clipboard" in view.status.text()
+    finally:
+        # The clipboard owns the mime data; freeing it now, not in Qt's exit handlers after Python has
+        # finalized, avoids a crash at interpreter exit.
+        clipboard.clear()
 
 
 def test_sketch_pad_strokes_become_drawings(view, qtbot, tmp_path):

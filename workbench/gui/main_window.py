@@ -159,6 +159,30 @@ class MainWindow(QMainWindow):
                 signal = getattr(self.runs_view, name, None)
                 if signal is not None:
                     signal.connect(lambda *_: self.run_store_changed.emit())
+        from workbench.gui import try_view
+
+        self.try_view = try_view.install(self)
+        from workbench.gui.evaluation_view import EvaluationView
+
+        self.evaluation_view = EvaluationView(self.store, theme=self.theme)
+        self.add_view("Evaluation", self.evaluation_view)
+        self.run_store_changed.connect(self.evaluation_view.refresh_runs)
+        self.training_finished.connect(lambda *_: self.evaluation_view.refresh_runs())
+        from workbench.gui.adaptation_view import AdaptationView
+
+        self.adaptation_view = AdaptationView(self.store, theme=self.theme)
+        self.add_view("Adaptation", self.adaptation_view)
+        self.run_store_changed.connect(self.adaptation_view.refresh_runs)
+        self.training_finished.connect(lambda *_: self.adaptation_view.refresh_runs())
+        from workbench.gui.projector_view import ProjectorView
+
+        self.projector_view = ProjectorView(self.store, theme=self.theme)
+        self.add_view("Embeddings", self.projector_view)
+        self.run_store_changed.connect(self.projector_view.refresh_runs)
+        self.training_finished.connect(self.projector_view.on_training_finished)
+        from workbench.gui.weights_view import WeightsView
+
+        self.add_view("Sample weights", WeightsView.for_window(self))
 
     def add_view(self, name: str, widget: QWidget) -> int:
         """Add a view as a tab; it follows the theme when it has ``apply_theme(theme)``. Returns the tab index."""
@@ -289,6 +313,8 @@ class MainWindow(QMainWindow):
         state = self.settings.window_state()
         if state is not None:
             self.restoreState(state)
+        if self.runs_view is not None:
+            self.runs_view.restore_state(self.settings.qsettings)
         text = self.settings.last_experiment_toml()
         if text:
             try:
@@ -305,6 +331,8 @@ class MainWindow(QMainWindow):
         except (WorkbenchError, ValueError):
             pass  # an invalid experiment is not worth restoring
         self.settings.save_theme(self.theme_preference)
+        if self.runs_view is not None:
+            self.runs_view.save_state(self.settings.qsettings)
         self.settings.sync()
 
     def reset_layout(self) -> None:
@@ -691,8 +719,9 @@ class MainWindow(QMainWindow):
             QApplication.processEvents()
             ok = self.controller.shutdown() and ok
         ok = self.dataset_panel.shutdown() and ok
-        if self.runs_view is not None and hasattr(self.runs_view, "shutdown"):
-            ok = self.runs_view.shutdown() and ok
+        for view in self._views.values():  # every view that runs background work joins its threads here
+            if hasattr(view, "shutdown"):
+                ok = view.shutdown() is not False and ok
         return ok
 
     def closeEvent(self, event) -> None:

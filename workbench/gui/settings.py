@@ -37,6 +37,11 @@ class Settings:
     def path(self) -> str:
         return self._q.fileName()
 
+    @property
+    def qsettings(self) -> QSettings:
+        """The underlying store, for widgets that keep their own group (e.g. the runs table)."""
+        return self._q
+
     def _compatible(self) -> bool:
         return int(self._q.value("version", 0) or 0) == SETTINGS_VERSION
 

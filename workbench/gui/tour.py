@@ -127,6 +127,7 @@ def run_tour(args) -> list[Path]:
         raise RuntimeError(f"the tour could not start the second run: {window.run_blocked_reason}")
     tour.wait_until(lambda: len(finished) >= 2, "the end of the second run")
 
+    run_ids: list[str] = []
     if window.runs_view is not None:
         window.show_view("Runs")
         window.runs_view.refresh()
@@ -136,6 +137,30 @@ def run_tour(args) -> list[Path]:
             window.overlay_runs(run_ids, run_ids[0])
             tour.shoot(view, "runs-compared")
             view.clear_overlays()
+
+        if run_ids:
+            evaluated: list = []
+            window.runs_view.evaluation_finished.connect(lambda *result: evaluated.append(result))
+            window.runs_view.evaluate(run_ids[-1], episodes=args.val_episodes * 4)
+            tour.wait_until(lambda: bool(evaluated), "the evaluation of the last run")
+            window.run_store_changed.emit()
+
+    # The analysis views, each once its background work (evaluation, trace, projection, adaptation) is done.
+    for name in ("Evaluation", "Adaptation", "Embeddings", "Sample weights", "Try a task"):
+        widget = window.view(name)
+        if widget is None:
+            continue
+        window.show_view(name)
+        if run_ids and hasattr(widget, "select_run"):
+            widget.select_run(run_ids[-1])  # the evaluated run
+        for action in ("show_saved", "load_selected"):  # a saved evaluation; the embedding history
+            if hasattr(widget, action):
+                getattr(widget, action)()
+        tour.pump(300)
+        tasks = [t for t in vars(widget).values() if hasattr(t, "is_running") and hasattr(t, "cancel")]
+        tour.wait_until(lambda: not any(t.is_running for t in tasks), f"the {name} view")
+        tour.pump(300)
+        tour.shoot(window, name.lower().replace(" ", "-"))
 
     other = "dark" if args.theme == "light" else "light"
     window.set_theme(other)

@@ -808,17 +808,12 @@ class TryView(QWidget):
 
 
 def install(window) -> TryView:
-    """Add the view to a MainWindow as the "Try a task" tab, keep its model list current, join its thread on
-    shutdown."""
+    """Add the view to a MainWindow as the "Try a task" tab and keep its model list current.
+
+    MainWindow.shutdown() joins the view's thread, as it does for every view with a ``shutdown()``."""
     view = TryView(window.store)
     window.add_view("Try a task", view)
     signal = getattr(window, "run_store_changed", None)
     if signal is not None:
         signal.connect(view.refresh_models)
-    window_shutdown = window.shutdown
-
-    def shutdown() -> bool:
-        return view.shutdown() and window_shutdown()
-
-    window.shutdown = shutdown  # MainWindow.shutdown does not know this view; chain its thread into it
     return view

@@ -9,7 +9,7 @@ from workbench.core.algorithms.base import Algorithm, Family, LabeledBatch, Mode
 _REGISTRY: dict[str, type[Algorithm]] = {}
 
 # One module per algorithm; importing a module registers it.
-_MODULES = ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune")
+_MODULES = ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net")
 
 
 def register(cls: type[Algorithm]) -> type[Algorithm]:

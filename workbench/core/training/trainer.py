@@ -490,9 +490,9 @@ class Trainer:
 
     def _record_probe_snapshot(self) -> None:
         """Embed the fixed probe task into <run>/probes.npz for the Embeddings view; never stops training."""
-        from workbench.core import probes
-
         try:
+            from workbench.core import probes
+
             if getattr(self, "_probe", None) is None:
                 fixed = probes.config_probe_episodes(self.dataset, self.config, 1)
                 self._probe = (fixed[0], fixed.split.class_names, probes.probe_split_name(

@@ -1,0 +1,188 @@
+"""Meta-Weight-Net: label-noise helpers, the bi-level update, learning to down-weight noisy samples, the trainer
+and CLI integration (history file, --label-noise, eval extras)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_dataset
+from workbench import cli
+from workbench.core.algorithms import get_algorithm
+from workbench.core.algorithms.base import ModelSpec
+from workbench.core.errors import ConfigError, DatasetError
+from workbench.core.noise import corrupt_labels, long_tail_counts, make_noisy_problem
+from workbench.core.runs import RunStore
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_algorithm(dataset, seed: int = 0, lr: float = 3e-3, steps: int = 100, **hparams):
+    cls = get_algorithm("meta-weight-net")
+    values = {"hidden": 8, "num_classes": 6, "meta_per_class": 2, "test_per_class": 2, "batch_size": 32,
+              "history_interval": 10, "weight_net_hidden": 32}
+    values.update(hparams)
+    split = dataset.split("train")
+    torch.manual_seed(seed)
+    algorithm = cls(cls.build_hparams(values), ModelSpec(dataset.spec.channels, dataset.spec.image_size, 5,
+                                                         split.num_classes))
+    algorithm.attach_training_data(split, dataset.spec, seed)
+    algorithm.configure_optimizers(lr, steps, "constant")
+    return algorithm
+
+
+# --- noise helpers ------------------------------------------------------------------------------------
+def test_uniform_noise_changes_about_the_rate_of_labels_to_other_classes():
+    labels = torch.arange(5000) % 10
+    noisy, mask = corrupt_labels(labels, 10, 0.4, "uniform", seed=3)
+    assert 0.37 < mask.float().mean() < 0.43
+    assert torch.equal(mask, noisy != labels)  # every corrupted label is wrong
+    assert len(noisy[mask].unique()) == 10
+    again, _ = corrupt_labels(labels, 10, 0.4, "uniform", seed=3)
+    other, _ = corrupt_labels(labels, 10, 0.4, "uniform", seed=4)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, other)
+
+
+def test_flip_noise_sends_each_class_to_one_other_class():
+    labels = torch.arange(3000) % 6
+    noisy, mask = corrupt_labels(labels, 6, 0.3, "flip", seed=0)
+    assert 0.25 < mask.float().mean() < 0.35
+    for c in range(6):
+        targets = noisy[mask & (labels == c)].unique()
+        assert len(targets) == 1 and int(targets) != c
+
+
+def test_long_tail_counts_and_noisy_problem_split():
+    assert long_tail_counts([10, 10, 10], 1.0) == [10, 10, 10]
+    counts = long_tail_counts([20] * 5, 10.0)
+    assert counts[0] == 20 and counts[-1] == 2 and counts == sorted(counts, reverse=True)
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    problem = make_noisy_problem(dataset.split("train"), 5, 2, 3, 0.5, "uniform", 1.0, seed=1)
+    assert problem.num_classes == 5 and len(problem.meta_labels) == 10 and len(problem.test_labels) == 15
+    assert len(problem.train_labels) == 5 * 7
+    assert torch.equal(problem.train_labels != problem.train_true_labels, problem.train_noisy)
+    assert 0.2 < problem.noise_fraction < 0.8
+    # Meta and test sets are clean: their labels match their images' classes (images are distinct per split).
+    assert set(problem.meta_labels.tolist()) == set(range(5))
+    with pytest.raises(DatasetError, match="num_classes"):
+        make_noisy_problem(dataset.split("train"), 20, 2, 3, 0.5, "uniform", 1.0, seed=1)
+    with pytest.raises(DatasetError, match="meta_per_class"):
+        make_noisy_problem(dataset.split("train"), 5, 6, 6, 0.5, "uniform", 1.0, seed=1)
+
+
+# --- hyperparameters ------------------------------------------------------------------------------------
+def test_hparam_validation_names_the_field():
+    cls = get_algorithm("meta-weight-net")
+    with pytest.raises(ConfigError, match="algorithm.hparams.label_noise"):
+        cls.build_hparams({"label_noise": 0.95})
+    with pytest.raises(ConfigError, match="algorithm.hparams.noise_kind"):
+        cls.build_hparams({"noise_kind": "pairs"})
+    with pytest.raises(ConfigError, match="algorithm.hparams.setting"):
+        cls.build_hparams({"setting": "episodic"})  # not implemented, so not offered
+    assert cls.build_hparams({"label_noise": "0.2", "weighting": "false"}).weighting is False
+    assert cls.info()["family"] == "optimization"
+
+
+# --- the bi-level update ------------------------------------------------------------------------------
+def test_meta_gradient_reaches_the_weight_net():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    algorithm = make_algorithm(dataset)
+    before = [p.detach().clone() for p in algorithm.weight_net.parameters()]
+    classifier_before = [p.detach().clone() for p in algorithm.classifier.parameters()]
+    out = algorithm.meta_train_step(None)
+    assert out["meta_grad_norm"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, algorithm.weight_net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(classifier_before, algorithm.classifier.parameters()))
+    curve = algorithm.weight_function(torch.linspace(0, 5, 11))
+    assert curve.shape == (11,) and bool(((curve > 0) & (curve < 1)).all())
+    # The baseline leaves the weighting untouched (all weights 1).
+    baseline = make_algorithm(dataset, weighting=False)
+    before = [p.detach().clone() for p in baseline.weight_net.parameters()]
+    out = baseline.meta_train_step(None)
+    assert out["weight_mean"] == 1.0 and "meta_grad_norm" not in out
+    assert all(torch.equal(a, b) for a, b in zip(before, baseline.weight_net.parameters()))
+
+
+def test_learns_lower_weights_for_noisy_samples():
+    dataset = synthetic_dataset(train_classes=8, per_class=20, image_size=16, noise=30.0)
+    # Before this tiny classifier memorizes the corrupted labels (about 100 steps), noisy samples keep high losses.
+    algorithm = make_algorithm(dataset, label_noise=0.4, steps=60, weight_net_lr=3e-3)
+    for _ in range(60):
+        algorithm.meta_train_step(None)
+    extras = algorithm.evaluation_extras([])
+    weights = extras["weights"]
+    assert weights["noisy_mean"] < 0.8 * weights["clean_mean"], weights
+    # The history holds one snapshot per interval (plus the first step) and replays consistently.
+    history = algorithm.history
+    assert history["steps"].tolist() == [1, 10, 20, 30, 40, 50, 60]
+    assert history["curves"].shape == (7, len(history["curves"][0]))
+    assert history["hist_clean"][-1].sum() + history["hist_noisy"][-1].sum() == len(algorithm.probe_rows)
+    assert 0.0 <= extras["classification"]["test_accuracy"] <= 1.0
+
+
+def test_few_shot_interface_and_checkpoint_round_trip():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    algorithm = make_algorithm(dataset)
+    for _ in range(3):
+        algorithm.meta_train_step(None)
+    x = dataset.spec.normalize(dataset.split("test").images[:6])
+    adapted = algorithm.adapt(x[:3], torch.arange(3), 3)
+    probs = algorithm.predict(adapted, x[3:])
+    assert probs.shape == (3, 3) and torch.allclose(probs.sum(-1), torch.ones(3))
+    state = algorithm.state_dict()
+    restored = make_algorithm(dataset, seed=5)
+    restored.load_state_dict(state)
+    assert np.array_equal(restored.history["steps"], algorithm.history["steps"])
+    assert restored.steps_done == 3
+    losses = torch.linspace(0, 8, 9)
+    assert torch.allclose(restored.weight_function(losses), algorithm.weight_function(losses))
+
+
+def test_needs_training_data():
+    cls = get_algorithm("meta-weight-net")
+    algorithm = cls(cls.build_hparams({"hidden": 8}), ModelSpec(1, 16, 5, 10))
+    algorithm.configure_optimizers(1e-3, 10)
+    with pytest.raises(Exception, match="attach_training_data"):
+        algorithm.meta_train_step(None)
+
+
+# --- trainer and CLI ------------------------------------------------------------------------------------
+@pytest.fixture
+def noisy_data(monkeypatch):
+    from workbench.core import data
+
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    monkeypatch.setattr(data, "load_dataset", lambda config, progress=data.no_progress, use_cache=True: dataset)
+    return dataset
+
+
+def test_cli_label_noise_flag_trains_and_eval_reports_weights(capsys, noisy_data):
+    flags = ["--image-size", "16", "--ways", "3", "--shots", "1", "--queries", "2", "--steps", "6",
+             "--val-interval", "3", "--val-episodes", "3", "--checkpoint-interval", "3", "--eval-episodes", "3",
+             "--device", "cpu", "--threads", "1"]
+    code = cli.main(["train", "--algorithm", "meta-weight-net", "--label-noise", "0.3", *flags, "--hparam",
+                     "hidden=8", "--hparam", "num_classes=5", "--hparam", "history_interval=2", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    run = RunStore().get(result["run"])
+    assert run.config.algorithm.hparams["label_noise"] == pytest.approx(0.3)
+    history = np.load(run.path / "weight_history.npz")
+    assert history["steps"].tolist() == [1, 2, 4, 6] and float(history["label_noise"]) == pytest.approx(0.3)
+    code = cli.main(["eval", result["run"], "--episodes", "2", "--device", "cpu", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    weights = json.loads(out)["weights"]
+    assert 0 < weights["clean_mean"] < 1 and 0 < weights["noisy_mean"] < 1
+    code = cli.main(["train", "--algorithm", "protonet", "--label-noise", "0.3", *flags, "--quiet"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "label_noise" in err

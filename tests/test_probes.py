@@ -1,0 +1,89 @@
+"""Probe tasks: PCA with stable signs, compact snapshot history in the run folder, snapshots recorded by the
+trainer at validation time, and the adaptation comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import synthetic_dataset, tiny_dataset_config
+from workbench.core import probes
+from workbench.core.checkpoints import load_model
+from workbench.core.runs import RunStore
+from workbench.core.training import Trainer
+
+
+def test_pca_finds_the_main_direction_and_keeps_signs_stable():
+    rng = np.random.default_rng(0)
+    direction = rng.normal(size=10)
+    direction /= np.linalg.norm(direction)
+    points = np.outer(rng.normal(size=200) * 5, direction) + rng.normal(scale=0.1, size=(200, 10))
+    coords, components = probes.pca_2d(points)
+    assert coords.shape == (200, 2)
+    assert abs(components[0] @ direction) > 0.99
+    # The variance along the first axis dominates.
+    assert coords[:, 0].var() > 50 * coords[:, 1].var()
+    # A flipped previous frame flips this one to agree with it.
+    flipped, flipped_components = probes.pca_2d(points, -components)
+    assert np.allclose(flipped, -coords) and np.allclose(flipped_components, -components)
+    again, _ = probes.pca_2d(points + 1e-3, components)
+    assert np.allclose(again[:, 0], coords[:, 0], atol=0.05)
+
+
+def test_history_appends_thins_and_round_trips(tmp_path, monkeypatch):
+    history = probes.ProbeHistory(tmp_path)
+    meta = {"support_y": np.arange(3, dtype=np.int16)}
+    for step in range(0, 50, 5):
+        history.append(step, {"support": np.full((3, 4), step, np.float16)}, meta, ways=3, class_names=["a"])
+    history.save()
+    loaded = probes.ProbeHistory.load(tmp_path / probes.PROBE_FILE)
+    assert loaded.steps == list(range(0, 50, 5)) and len(loaded) == 10
+    assert loaded.snapshots[3]["support"].dtype == np.float16 and float(loaded.snapshots[3]["support"][0, 0]) == 15
+    assert loaded.info["class_names"] == ["a"] and list(loaded.meta["support_y"]) == [0, 1, 2]
+    # A resumed run repeating step 30 replaces the later history.
+    loaded.append(30, {"support": np.zeros((3, 4), np.float16)})
+    assert loaded.steps == [0, 5, 10, 15, 20, 25, 30]
+    monkeypatch.setattr(probes, "MAX_SNAPSHOTS", 4)
+    loaded.append(100, {"support": np.zeros((3, 4), np.float16)})
+    assert len(loaded) <= 4 and loaded.steps[0] == 0 and loaded.steps[-1] == 100
+
+
+@pytest.mark.usefixtures("use_synthetic_data")
+def test_trainer_records_probe_snapshots_at_each_validation():
+    store = RunStore()
+    trainer = Trainer(tiny_dataset_config(training={"steps": 6, "val_interval": 3}), store)
+    trainer.run_all()
+    history = probes.ProbeHistory.load(trainer.run.path / probes.PROBE_FILE)
+    assert history.steps == [3, 6]
+    ways, shots, queries = 3, 1, 2
+    snapshot = history.snapshots[-1]
+    assert snapshot["support"].shape[0] == ways * shots and snapshot["query"].shape[0] == ways * queries
+    assert snapshot["prototypes"].shape == (ways, snapshot["support"].shape[1])
+    assert snapshot["support"].dtype == np.float16
+    assert history.info["split"] == "val" and len(history.meta["query_row"]) == ways * queries
+    # The snapshot matches what the saved model gives for the same probe task.
+    loaded = load_model(trainer.run, "cpu", kind="last")
+    episode = probes.config_probe_episodes(synthetic_dataset(), trainer.config)[0]
+    again = probes.embedding_snapshot(loaded.algorithm, episode)
+    assert np.allclose(again["support"].astype(np.float32), snapshot["support"].astype(np.float32), atol=1e-2)
+
+
+@pytest.mark.usefixtures("use_synthetic_data")
+def test_adaptation_comparison_for_maml():
+    store = RunStore()
+    config = tiny_dataset_config(algorithm={"name": "maml", "hparams": {"hidden": 8, "train_inner_steps": 1,
+                                                                         "test_inner_steps": 2}})
+    trainer = Trainer(config, store)
+    trainer.run_all()
+    episodes = probes.config_probe_episodes(synthetic_dataset(), config, 2)
+    seen = []
+    state = torch.get_rng_state()
+    result = probes.adaptation_comparison(trainer.algorithm, episodes, 4, lambda d, t, m: seen.append((d, t)))
+    assert torch.equal(state, torch.get_rng_state())  # the random start does not disturb the global RNG
+    assert seen[-1] == (4, 4)
+    assert list(result["meta"]["step"]) == [0, 1, 2, 3, 4] and result["episodes"] == 2
+    assert result["random"]["support_loss"][-1] < result["random"]["support_loss"][0]
+    with pytest.raises(ValueError):
+        protonet = Trainer(tiny_dataset_config(), store).algorithm
+        probes.adaptation_comparison(protonet, episodes, 3)

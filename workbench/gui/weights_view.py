@@ -1,0 +1,370 @@
+"""The "Sample weights" view: the learned weight function of Meta-Weight-Net, replayable over training.
+
+Data source: ``weight_history.npz`` in the run folder, which the algorithm rewrites at each snapshot (see
+:mod:`workbench.core.algorithms.meta_weight_net`). While a run trains, the view re-reads the file when it
+changed (checked at most once a second, on the worker's record signal); a saved run is read once. So the
+view never touches the model of a running training thread, and it works the same after a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QSlider, QSplitter, QStackedWidget,
+                               QVBoxLayout, QWidget)
+
+from workbench.gui.theme import LIGHT, Theme
+
+HISTORY_FILE = "weight_history.npz"  # same name as meta_weight_net.HISTORY_FILE (kept import-free of torch)
+WEIGHTING_ALGORITHMS = {"meta-weight-net": "Meta-Weight-Net"}
+RELOAD_SECONDS = 1.0
+THUMB_PIXELS = 48
+
+EXPLANATION = (
+    "<h3>Sample weights</h3>"
+    "<p>This view shows how an algorithm that <i>learns to weight</i> its training samples treats them: "
+    "the learned curve <b>weight(loss)</b>, how it changed over training (drag the time slider), "
+    "histograms of the training losses of clean and noisy samples, and training images sorted by the weight "
+    "they get.</p>"
+    "<p>It is fed by <b>{algorithms}</b>. Train one, for example with 40% corrupted labels "
+    "(<code>workbench train --algorithm meta-weight-net --label-noise 0.4</code>), or open such a run in the "
+    "Runs view.</p>"
+    "<p><i>{reason}</i></p>")
+
+
+def read_history(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The history arrays of a run folder (or an .npz file); None if there is none or it is unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / HISTORY_FILE
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def weight_text(weight: float) -> str:
+    """Two decimals, or two significant digits for the tiny weights a collapsed curve gives."""
+    weight = float(weight)
+    return f"{weight:.2f}" if weight >= 0.01 or weight == 0.0 else f"{weight:.1e}"
+
+
+def thumbnail_strip(images: np.ndarray, weights: np.ndarray, noisy: np.ndarray, theme: Theme,
+                    size: int = THUMB_PIXELS) -> QPixmap:
+    """Images sorted by increasing weight, framed red (noisy label) or green (clean), weight written under."""
+    order = np.argsort(weights, kind="stable")
+    gap, text_h = 4, 14
+    pixmap = QPixmap(max(1, len(order) * (size + gap)), size + text_h + 2 * gap)
+    pixmap.fill(QColor(theme.plot_background))
+    painter = QPainter(pixmap)
+    try:
+        for slot, index in enumerate(order):
+            image = np.ascontiguousarray(images[index])
+            if image.shape[0] == 1:
+                qimage = QImage(image[0].tobytes(), image.shape[2], image.shape[1], image.shape[2],
+                                QImage.Format.Format_Grayscale8)
+            else:
+                rgb = np.ascontiguousarray(image[:3].transpose(1, 2, 0))
+                qimage = QImage(rgb.tobytes(), rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1],
+                                QImage.Format.Format_RGB888)
+            x = gap + slot * (size + gap)
+            painter.drawImage(x, gap, qimage.scaled(size, size, Qt.AspectRatioMode.IgnoreAspectRatio,
+                                                    Qt.TransformationMode.SmoothTransformation))
+            painter.setPen(QPen(QColor(theme.error_text if noisy[index] else theme.ok_text), 3))
+            painter.drawRect(x, gap, size - 1, size - 1)
+            painter.setPen(QColor(theme.plot_foreground))
+            painter.drawText(x, gap + size, size, text_h, Qt.AlignmentFlag.AlignCenter, weight_text(weights[index]))
+    finally:
+        painter.end()
+    return pixmap
+
+
+class WeightsView(QWidget):
+    """Explains itself for algorithms without a learned weighting; otherwise plots the run's history."""
+
+    snapshot_changed = Signal(int)  # index of the snapshot shown
+
+    def __init__(self, store=None, theme: Theme = LIGHT, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.store = store
+        self.theme = theme
+        self.history: dict[str, np.ndarray] | None = None
+        self.run_folder: Path | None = None
+        self.live_job: int | None = None
+        self._last_check = 0.0
+        self._loaded_mtime: float | None = None
+        self._follow_latest = True
+
+        self.stack = QStackedWidget()
+        self.explanation = QLabel()
+        self.explanation.setWordWrap(True)
+        self.explanation.setTextFormat(Qt.TextFormat.RichText)
+        self.explanation.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.explanation.setContentsMargins(24, 24, 24, 24)
+        self.stack.addWidget(self.explanation)
+
+        content = QWidget()
+        self.title = QLabel()
+        self.title.setWordWrap(True)
+        self.curve_plot = pg.PlotWidget()
+        self.curve_plot.setLabel("bottom", "training loss of a sample")
+        self.curve_plot.setLabel("left", "learned weight")
+        self.curve_plot.setMouseEnabled(x=False, y=False)
+        self.curve_plot.getAxis("left").enableAutoSIPrefix(False)
+        self.first_curve = self.curve_plot.plot([], [])
+        self.curve = self.curve_plot.plot([], [])
+        self.hist_plot = pg.PlotWidget()
+        self.hist_plot.setLabel("bottom", "training loss of a sample")
+        self.hist_plot.setLabel("left", "samples")
+        self.hist_plot.setMouseEnabled(x=False, y=False)
+        self.hist_plot.addLegend(offset=(-10, 10))
+        self.clean_hist = self.hist_plot.plot([], [], stepMode="center", fillLevel=0, name="clean labels")
+        self.noisy_hist = self.hist_plot.plot([], [], stepMode="center", fillLevel=0, name="noisy labels")
+        plots = QSplitter(Qt.Orientation.Horizontal)
+        plots.addWidget(self.curve_plot)
+        plots.addWidget(self.hist_plot)
+
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setMinimum(0)
+        self.slider.setToolTip("Replay how the weight function changed during training.")
+        self.slider.valueChanged.connect(self._on_slider)
+        self.step_label = QLabel()
+        self.step_label.setMinimumWidth(140)
+        scrubber = QHBoxLayout()
+        scrubber.addWidget(QLabel("Training time:"))
+        scrubber.addWidget(self.slider, 1)
+        scrubber.addWidget(self.step_label)
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+
+        self.strip = QLabel()
+        self.strip.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        strip_scroll = QScrollArea()
+        strip_scroll.setWidget(self.strip)
+        strip_scroll.setWidgetResizable(False)
+        strip_scroll.setFixedHeight(THUMB_PIXELS + 44)
+        strip_scroll.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.strip_caption = QLabel("Training images sorted by weight (lowest first); red frame: corrupted label, "
+                                    "green: correct label.")
+
+        layout = QVBoxLayout(content)
+        layout.addWidget(self.title)
+        layout.addWidget(plots, 1)
+        layout.addLayout(scrubber)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.strip_caption)
+        layout.addWidget(strip_scroll)
+        self.stack.addWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.stack)
+        self.apply_theme(theme)
+        self.show_explanation("No run is shown yet.")
+
+    # --- wiring ----------------------------------------------------------------------------------
+    @classmethod
+    def for_window(cls, window) -> "WeightsView":
+        """A view following the window's training jobs and the runs opened in its Runs view."""
+        view = cls(getattr(window, "store", None), getattr(window, "theme", LIGHT))
+        window.training_started.connect(view.on_training_started)
+        window.training_records.connect(view.on_training_records)
+        window.training_finished.connect(view.on_training_finished)
+        window.theme_changed.connect(view.apply_theme)
+        runs_view = getattr(window, "runs_view", None)
+        if runs_view is not None:
+            runs_view.open_run.connect(view.show_run)
+        return view
+
+    def apply_theme(self, theme: Theme) -> None:
+        self.theme = theme
+        for plot in (self.curve_plot, self.hist_plot):
+            plot.setBackground(theme.plot_background)
+            plot.showGrid(x=True, y=True, alpha=theme.grid_alpha)
+            for axis in ("left", "bottom"):
+                plot.getAxis(axis).setPen(theme.plot_foreground)
+                plot.getAxis(axis).setTextPen(theme.plot_foreground)
+        self.curve.setPen(pg.mkPen(theme.train, width=3))
+        self.first_curve.setPen(pg.mkPen(theme.muted_text, width=1, style=Qt.PenStyle.DashLine))
+        clean, noisy = QColor(theme.ok_text), QColor(theme.error_text)
+        self.clean_hist.setPen(pg.mkPen(clean, width=2))
+        self.noisy_hist.setPen(pg.mkPen(noisy, width=2))
+        clean.setAlpha(70)
+        noisy.setAlpha(70)
+        self.clean_hist.setBrush(clean)
+        self.noisy_hist.setBrush(noisy)
+        if self.history is not None:
+            self._draw(self.slider.value())
+
+    # --- sources ---------------------------------------------------------------------------------
+    def _algorithm_of(self, run) -> str:
+        try:
+            return run.config.algorithm.name
+        except Exception:  # a damaged config: show the explanation rather than fail
+            return ""
+
+    def show_run(self, run_or_id) -> None:
+        """Show a saved run (Run object, id or folder)."""
+        run = run_or_id
+        if isinstance(run_or_id, (str, Path)) and Path(str(run_or_id)).is_dir():
+            self._show_folder(Path(run_or_id), None)
+            return
+        if isinstance(run_or_id, str):
+            if self.store is None:
+                return
+            try:
+                run = self.store.get(run_or_id)
+            except Exception as exc:  # the run vanished: say so instead of failing
+                self.show_explanation(f"Run {run_or_id} cannot be read: {exc}")
+                return
+        self._show_folder(Path(run.path), self._algorithm_of(run))
+
+    def _show_folder(self, folder: Path, algorithm: str | None) -> None:
+        self.run_folder = folder
+        self._loaded_mtime = None
+        if algorithm is not None and algorithm not in WEIGHTING_ALGORITHMS:
+            self.history = None
+            self.show_explanation(f"The run shown ({folder.name}) uses {algorithm or 'an unknown algorithm'}, "
+                                  f"which learns no sample weighting.")
+            return
+        if not self._reload() and self.history is None:
+            self.show_explanation(f"Run {folder.name} has no weight history yet: it appears after the first "
+                                  f"training step's snapshot.")
+
+    def on_training_started(self, job_id: int, info: dict) -> None:
+        folder = info.get("run_path") if isinstance(info, dict) else None
+        algorithm = None
+        if self.store is not None and info.get("run_id"):
+            try:
+                algorithm = self._algorithm_of(self.store.get(info["run_id"]))
+            except Exception:
+                algorithm = None
+        self.live_job = job_id
+        self._follow_latest = True
+        self.history = None
+        if folder:
+            self._show_folder(Path(folder), algorithm)
+
+    def on_training_records(self, job_id: int, payload) -> None:
+        if job_id != self.live_job or self.run_folder is None:
+            return
+        now = time.monotonic()
+        if now - self._last_check < RELOAD_SECONDS:
+            return
+        self._last_check = now
+        self._reload()
+
+    def on_training_finished(self, job_id: int, final) -> None:
+        if job_id == self.live_job and self.run_folder is not None:
+            self._reload()
+        self.live_job = None
+
+    def _reload(self) -> bool:
+        """Re-read the history file if it changed; True if new data is shown."""
+        path = self.run_folder / HISTORY_FILE if self.run_folder is not None else None
+        if path is None or not path.is_file():
+            return False
+        mtime = path.stat().st_mtime
+        if mtime == self._loaded_mtime:
+            return False
+        history = read_history(path)
+        if history is None or history.get("steps") is None or history["steps"].size == 0:
+            return False
+        self._loaded_mtime = mtime
+        self.set_history(history, title=f"Run {self.run_folder.name}")
+        return True
+
+    # --- drawing ---------------------------------------------------------------------------------
+    def show_explanation(self, reason: str) -> None:
+        names = ", ".join(WEIGHTING_ALGORITHMS.values())
+        self.explanation.setText(EXPLANATION.format(algorithms=names, reason=reason))
+        self.stack.setCurrentIndex(0)
+
+    @property
+    def showing_explanation(self) -> bool:
+        return self.stack.currentIndex() == 0
+
+    def set_history(self, history: dict[str, np.ndarray], title: str = "") -> None:
+        count = int(history["steps"].size)
+        at_end = self.history is None or self._follow_latest or self.slider.value() == self.slider.maximum()
+        self.history = history
+        noise = float(history.get("label_noise", np.nan))
+        weighting = bool(history.get("weighting", True))
+        kind = str(history.get("noise_kind", ""))
+        details = [f"{100 * noise:.0f}% {kind} label noise" if math.isfinite(noise) else "",
+                   "learned weighting" if weighting else "baseline without weighting (all weights 1)"]
+        self.title.setText(f"<b>{title}</b>: " + ", ".join(d for d in details if d))
+        self.stack.setCurrentIndex(1)
+        self._fit_loss_range(history)
+        self.slider.blockSignals(True)
+        self.slider.setMaximum(max(0, count - 1))
+        if at_end:
+            self.slider.setValue(count - 1)
+        self.slider.blockSignals(False)
+        self._draw(self.slider.value())
+
+    def _fit_loss_range(self, history: dict[str, np.ndarray]) -> None:
+        """Both plots show the losses that occur (over all snapshots), so the curve lines up with the bars."""
+        grid = history.get("loss_grid")
+        high = float(grid[-1]) if grid is not None else 10.0
+        counts = history["hist_clean"].sum(axis=0) + history["hist_noisy"].sum(axis=0)
+        used = np.nonzero(counts)[0]
+        if used.size:
+            high = min(high, max(3.0, (used[-1] + 2) * high / len(counts)))
+        for plot in (self.curve_plot, self.hist_plot):
+            plot.setXRange(0.0, high, padding=0.02)
+        # Only relative weights matter when the batch's weights are normalized, so curves may sit far below 1.
+        top = float(np.nanmax(history["curves"].astype(np.float32))) if history["curves"].size else 1.0
+        self.curve_plot.setYRange(0.0, min(1.0, max(0.05, 1.05 * top)), padding=0.02)
+
+    def _on_slider(self, index: int) -> None:
+        if self.history is None:
+            return
+        self._follow_latest = index == self.slider.maximum()
+        self._draw(index)
+
+    def _draw(self, index: int) -> None:
+        history = self.history
+        count = int(history["steps"].size)
+        index = max(0, min(index, count - 1))
+        grid = history.get("loss_grid")
+        curves = history["curves"].astype(np.float32)
+        if grid is None:
+            grid = np.linspace(0.0, 10.0, curves.shape[1], dtype=np.float32)
+        self.curve.setData(grid, curves[index])
+        self.first_curve.setData(grid, curves[0])
+        edges = np.linspace(float(grid[0]), float(grid[-1]), history["hist_clean"].shape[1] + 1)
+        self.clean_hist.setData(edges, history["hist_clean"][index].astype(float))
+        self.noisy_hist.setData(edges, history["hist_noisy"][index].astype(float))
+        step = int(history["steps"][index])
+        self.step_label.setText(f"step {step:,} ({index + 1}/{count})")
+
+        def percent(key):
+            value = float(history[key][index])
+            return f"{value:.3f}" if math.isfinite(value) else "n/a"
+
+        test = float(history["test_accuracy"][index])
+        clean, noisy = float(history["clean_mean"][index]), float(history["noisy_mean"][index])
+        ratio = (f" (noisy/clean {noisy / clean:.2f})" if math.isfinite(clean) and math.isfinite(noisy) and clean > 0
+                 else "")
+        self.summary.setText(
+            f"At step {step:,}: mean weight of clean samples <b>{percent('clean_mean')}</b>, of noisy samples "
+            f"<b>{percent('noisy_mean')}</b>{ratio}; clean test accuracy <b>{100 * test:.1f}%</b>. "
+            f"Dashed: the curve at the first snapshot.")
+        thumbnails = history.get("thumbnails")
+        if thumbnails is not None and thumbnails.ndim == 4 and len(thumbnails):
+            self.strip.setPixmap(thumbnail_strip(thumbnails, history["thumb_weights"][index].astype(np.float32),
+                                                 history["thumb_noisy"], self.theme))
+            self.strip.adjustSize()
+        self.snapshot_changed.emit(index)
+
+    def curve_data(self) -> tuple[np.ndarray, np.ndarray]:
+        """The curve drawn now (for tests)."""
+        x, y = self.curve.getData()
+        return (np.asarray(x), np.asarray(y)) if x is not None else (np.zeros(0), np.zeros(0))
