@@ -253,9 +253,12 @@ class TrainingWorker(QObject):
     def _emit_batch(self) -> None:
         """Send the records gathered so far (from the worker thread, or from pause() in the GUI thread)."""
         with self._batch_lock:
-            if len(self._batch):
-                self.records.emit(self.job_id, self._batch.payload())
-                self._batch.clear()
+            if not len(self._batch):
+                return
+            payload = self._batch.payload()
+            self._batch.clear()
+        # Emit outside the lock: a signal may wait on Qt's event queue, which must never wait on our lock.
+        self.records.emit(self.job_id, payload)
 
     def _iterate(self, trainer) -> dict[str, Any]:
         last_emit = time.monotonic()
