@@ -65,6 +65,37 @@ class Tour:
         return path
 
 
+def _fill_try_view(view, folder: Path) -> None:
+    """Three classes of glyphs from different alphabets, a drawn support image and two queries."""
+    from PIL import Image
+    from PySide6.QtCore import QPoint, Qt
+    from PySide6.QtTest import QTest
+
+    from workbench.core.data.glyphs import DEFAULT_PARAMS, render_glyph
+
+    test_classes = DEFAULT_PARAMS.split_class_ranges()["test"]
+    picks = [test_classes[0], test_classes[47], test_classes[93]]
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def glyph_file(class_id: int, sample: int) -> Path:
+        path = folder / f"glyph-{class_id}-{sample}.png"
+        Image.fromarray(render_glyph(class_id, sample, size=56)).save(path)
+        return path
+
+    while len(view.task.class_names()) < len(picks):
+        view.add_class()
+    for class_name, class_id in zip(view.task.class_names(), picks):
+        view.add_files(class_name, [glyph_file(class_id, sample) for sample in (0, 1)])
+    view.add_files(None, [glyph_file(picks[0], 7), glyph_file(picks[2], 9)])
+    # A drawing, stroke by stroke as a user would, added as a query.
+    canvas = view.sketch.canvas
+    QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(40, 60))
+    for step in range(0, 150, 10):
+        QTest.mouseMove(canvas, QPoint(40 + step, 60 + step // 2))
+    QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(190, 135))
+    view.add_drawing()
+
+
 def run_tour(args) -> list[Path]:
     from workbench.gui.app import create_application
 
@@ -156,6 +187,8 @@ def run_tour(args) -> list[Path]:
         for action in ("show_saved", "load_selected"):  # a saved evaluation; the embedding history
             if hasattr(widget, action):
                 getattr(widget, action)()
+        if name == "Try a task":
+            _fill_try_view(widget, out / ".try-images")
         tour.pump(300)
         tasks = [t for t in vars(widget).values() if hasattr(t, "is_running") and hasattr(t, "cancel")]
         tour.wait_until(lambda: not any(t.is_running for t in tasks), f"the {name} view")
