@@ -130,11 +130,12 @@ class ExperimentConfig:
         if algo:
             raise ConfigError(f"algorithm.{sorted(algo)[0]}", "unknown setting; put algorithm settings under "
                               "[algorithm.hparams]")
-        get_algorithm(algo_name).build_hparams(hparams)  # validates, naming the field
+        typed = get_algorithm(algo_name).build_hparams(hparams)  # validates, naming the field
         config = cls(
             name=str(data.get("name", "")),
             dataset=build(DatasetConfig, data.get("dataset"), "dataset"),
-            algorithm=AlgorithmConfig(algo_name, dict(hparams)),
+            # Keep only the keys given, but as validated values ("0.4" from a flag becomes 0.4).
+            algorithm=AlgorithmConfig(algo_name, {key: getattr(typed, key) for key in hparams}),
             training=build(TrainingConfig, data.get("training"), "training"),
             evaluation=build(EvaluationConfig, data.get("evaluation"), "evaluation"),
         )
