@@ -38,17 +38,18 @@ RECIPES = {
                  "dataset": {"rotations": True}},
     "maml": {"training": {"meta_batch": 4, "steps": 4000, "lr_schedule": "constant"}, "dataset": {"rotations": True}},
     "fomaml": {"training": {"meta_batch": 4, "steps": 6000, "lr_schedule": "constant"},
-               "dataset": {"rotations": True}},
+               "dataset": {"rotations": True}, "hparams": {"head": "zero"}},
 }
 
 
-def train_workbench(algorithm: str, root: str, budget_s: float, threads: int, val_interval: int) -> dict:
+def train_workbench(algorithm: str, root: str, budget_s: float, threads: int, val_interval: int,
+                    overrides: dict | None = None) -> dict:
     recipe = RECIPES[algorithm]
     config = ExperimentConfig.from_dict({
         "name": f"bench-{algorithm}",
         "dataset": {"name": "omniglot", "root": root, "split": "lake", "ways": 5, "shots": 1, "queries": 15,
                     **recipe["dataset"]},
-        "algorithm": {"name": algorithm},
+        "algorithm": {"name": algorithm, "hparams": {**recipe.get("hparams", {}), **(overrides or {})}},
         "training": {"max_minutes": budget_s / 60, "val_interval": val_interval, "val_episodes": 200,
                      "threads": threads, "checkpoint_interval": 1000, **recipe["training"]},
     })
@@ -118,18 +119,22 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: all cores)")
     parser.add_argument("--val-interval", type=int, default=500)
     parser.add_argument("--episodes", type=int, default=1000, help="fixed 5-way 1-shot test episodes")
+    parser.add_argument("--hparam", action="append", default=[], metavar="NAME=VALUE",
+                        help="override one of the algorithm's hyperparameters (repeatable)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.hparam)
 
     tune_cpu_allocator()
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    ours = train_workbench(args.algorithm, args.data_root, args.budget_s, args.threads, args.val_interval)
+    ours = train_workbench(args.algorithm, args.data_root, args.budget_s, args.threads, args.val_interval,
+                           overrides)
     trainer = ours["trainer"]
     test = FixedEpisodes(trainer.dataset.split("test"), trainer.dataset.spec, 5, 1, 15, args.episodes, seed=2024)
     best = trainer.run.load_checkpoint("best")
     trainer.algorithm.load_state_dict(best["state"])
     result = evaluate(trainer.algorithm, test, trainer.device)
-    report = {"algorithm": args.algorithm, "ours": {"train_s": round(ours["train_s"], 1), "steps": ours["steps"],
+    report = {"algorithm": args.algorithm, "hparams": trainer.config.algorithm.hparams, "ours": {"train_s": round(ours["train_s"], 1), "steps": ours["steps"],
                                                    "accuracy": result.accuracy, "ci95": result.ci95,
                                                    "end": ours["event"]}}
     if not args.no_reference:

@@ -85,11 +85,24 @@ class ChannelsLastInput(nn.Module):
 
 
 def copy_weights(source: nn.Module, target: nn.Module) -> None:
-    """Copy parameters and buffers in registration order (the two networks name them differently)."""
-    src, dst = source.state_dict(), target.state_dict()
-    if [v.shape for v in src.values()] != [v.shape for v in dst.values()]:
-        raise RuntimeError("peer network does not match ours layer for layer")
-    target.load_state_dict(dict(zip(dst.keys(), src.values())))
+    """Copy parameters and buffers in registration order (the two networks name them differently).
+
+    The peer's conv biases, which ours leaves out because batch norm cancels them, start at zero: both
+    networks then compute the same function, and the peer's biases get a zero gradient.
+    """
+    values = list(source.state_dict().values())
+    copied = {}
+    for name, value in target.state_dict().items():
+        owner = target.get_submodule(name.rpartition(".")[0])
+        if isinstance(owner, nn.Conv2d) and name.endswith(".bias"):
+            copied[name] = torch.zeros_like(value)
+        elif values and values[0].shape == value.shape:
+            copied[name] = values.pop(0)
+        else:
+            raise RuntimeError(f"peer network does not match ours layer for layer (at {name})")
+    if values:
+        raise RuntimeError("peer network does not match ours layer for layer (ours has more)")
+    target.load_state_dict(copied)
 
 
 def pooled_ci95(values: list[float]) -> tuple[float, float]:

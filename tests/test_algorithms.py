@@ -240,3 +240,17 @@ def test_finetune_all_layers_changes_the_encoder_only_for_the_task():
     assert algorithm.predict(adapted, episode.query_x).shape == (len(episode.query_x), WAYS)
     assert all(torch.equal(before[k], v) for k, v in algorithm.encoder.state_dict().items())
     assert not torch.allclose(algorithm.embed(episode.query_x, adapted), algorithm.embed(episode.query_x))
+
+
+def test_optimizer_state_of_another_network_layout_is_skipped_with_a_warning():
+    # E.g. resuming a run saved when Conv-4's convolutions still had biases: the weights convert exactly,
+    # the optimizer's per-parameter moments cannot.
+    algorithm = make("maml")
+    for batch in training_batches(algorithm, 2):
+        algorithm.meta_train_step(batch)
+    saved = algorithm.optimizer_state()
+    group = saved["optimizers"][0]["param_groups"][0]
+    group["params"] = group["params"] + [max(group["params"]) + 1]  # one parameter more than today
+    with pytest.warns(UserWarning, match="optimizer state not restored"):
+        algorithm.load_optimizer_state(saved)
+    algorithm.meta_train_step(next(training_batches(algorithm, 1)))  # still trains

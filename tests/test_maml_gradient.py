@@ -157,7 +157,9 @@ def test_second_order_on_conv4_with_transductive_batch_norm_matches_a_directiona
     direction = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params.values()]
     analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction))
 
-    eps = 1e-5
+    # Small: ReLU and max-pool kinks lie within 1e-5 of these weights along some directions, where a central
+    # difference measures a different slope (checked over 4 seeds: 1e-6 and 1e-7 agree to 1e-8).
+    eps = 1e-7
     shifted = []
     for sign in (1, -1):
         moved = copy.deepcopy(model)

@@ -15,6 +15,7 @@ and the hooks views need: ``embed`` (features the method compares in), ``adaptat
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import Enum
@@ -154,7 +155,12 @@ class Algorithm(ABC):
 
     def load_optimizer_state(self, state: dict[str, Any]) -> None:
         for optimizer, saved in zip(self.optimizers, state.get("optimizers", [])):
-            optimizer.load_state_dict(saved)
+            try:
+                optimizer.load_state_dict(saved)
+            except ValueError as error:
+                # A checkpoint from an older layout of the network (e.g. Conv-4 with conv biases): the weights
+                # convert exactly, the optimizer's moments cannot, so it restarts them.
+                warnings.warn(f"optimizer state not restored ({error}); it starts afresh", stacklevel=2)
         for scheduler, saved in zip(self.schedulers, state.get("schedulers", [])):
             if scheduler is not None and saved is not None:
                 scheduler.load_state_dict(saved)

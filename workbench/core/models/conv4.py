@@ -4,8 +4,11 @@
 
 Speed (bench/throughput.py), without changing the math: on CPU, batches of 16+ images run in channels-last
 memory layout, where oneDNN's convolutions and especially PyTorch's max-pool are much faster (NCHW max-pool with
-indices costs more than the convolutions on this network); and each block pools before its ReLU. Weights keep
-their ordinary layout and names, so state dicts and ``torch.func.functional_call`` are unaffected.
+indices costs more than the convolutions on this network); each block pools before its ReLU; and the
+convolutions have no bias, which the batch norm after them would cancel anyway (its gradient is zero), so
+computing it only costs time: MAML meta-steps are about 10% faster without it. Weights keep their ordinary layout
+and names, so ``torch.func.functional_call`` is unaffected; checkpoints saved with conv biases still load (see
+:func:`fold_legacy_conv_biases`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ class ConvBlock(nn.Sequential):
 
 def conv_block(in_channels: int, out_channels: int, track_running_stats: bool = True) -> nn.Sequential:
     return ConvBlock(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        # No bias: batch norm subtracts the per-channel mean right after, so a bias could not change the output.
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
         nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats),
         # In place is safe in either order: batch norm's backward needs its input, max-pool's its indices.
         nn.ReLU(inplace=True),
@@ -66,12 +70,26 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
         return x
 
 
+def fold_legacy_conv_biases(_module: nn.Module, state_dict: dict, prefix: str, *_args) -> None:
+    """Load-state-dict pre-hook: a checkpoint from before the convolutions lost their bias still loads, exactly.
+
+    Under batch statistics a conv bias cancels; under running statistics (evaluation mode) it only shifts the
+    running mean, so subtracting it from ``running_mean`` gives the same outputs.
+    """
+    for block in range(4):
+        bias = state_dict.pop(f"{prefix}encoder.{block}.0.bias", None)
+        running_mean_key = f"{prefix}encoder.{block}.1.running_mean"
+        if bias is not None and running_mean_key in state_dict:
+            state_dict[running_mean_key] = state_dict[running_mean_key] - bias
+
+
 class Conv4(nn.Module):
     """The standard few-shot backbone. ``track_running_stats=False`` gives MAML's transductive batch norm."""
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
                  track_running_stats: bool = True):
         super().__init__()
+        self.register_load_state_dict_pre_hook(fold_legacy_conv_biases)
         self.encoder = nn.Sequential(
             conv_block(in_channels, hidden, track_running_stats),
             conv_block(hidden, hidden, track_running_stats),
