@@ -1,7 +1,12 @@
 """Probe tasks: PCA with stable signs, compact snapshot history in the run folder, snapshots recorded by the
-trainer at validation time, and the adaptation comparison."""
+trainer at validation time, the adaptation comparison, and t-SNE/UMAP in a child process that reports progress
+and stops on cancel."""
 
 from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +15,7 @@ import torch
 from conftest import synthetic_dataset, tiny_dataset_config
 from workbench.core import probes
 from workbench.core.checkpoints import load_model
+from workbench.core.data import Cancelled
 from workbench.core.runs import RunStore
 from workbench.core.training import Trainer
 
@@ -87,3 +93,59 @@ def test_adaptation_comparison_for_maml():
     with pytest.raises(ValueError):
         protonet = Trainer(tiny_dataset_config(), store).algorithm
         probes.adaptation_comparison(protonet, episodes, 3)
+
+
+def test_tsne_in_a_child_process_reports_progress_and_keeps_clusters_apart():
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal(0, 1, (40, 16)), rng.normal(12, 1, (40, 16))])
+    messages = []
+    coords = probes.projection_2d(points, "t-SNE", progress=lambda done, total, message: messages.append(message))
+    assert coords.shape == (80, 2) and np.isfinite(coords).all()
+    a, b = coords[:40], coords[40:]
+    gap = np.linalg.norm(a.mean(0) - b.mean(0))
+    assert gap > 3 * max(a.std(0).max(), b.std(0).max())
+    assert any("iteration 1000/1000" in m for m in messages) and messages[-1] == "t-SNE done"
+    assert not multiprocessing.active_children()
+
+
+def test_cancelling_a_tsne_terminates_its_process_at_once():
+    points = np.random.default_rng(0).normal(size=(4000, 32))  # long enough to be mid-fit when cancelled
+    cancel, messages, outcome = threading.Event(), [], {}
+    computing = threading.Event()
+
+    def progress(done, total, message):
+        messages.append(message)
+        if "neighbours" in message or "iteration" in message:
+            computing.set()
+
+    def run():
+        try:
+            outcome["coords"] = probes.projection_2d(points, "t-SNE", progress=progress, cancel=cancel)
+        except Cancelled:
+            outcome["cancelled"] = time.monotonic()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert computing.wait(120), messages
+        children = multiprocessing.active_children()
+        assert [child.name for child in children] == ["workbench-t-SNE"]
+        cancelled_at = time.monotonic()
+        cancel.set()
+        thread.join(5)
+        assert not thread.is_alive() and "cancelled" in outcome
+        assert outcome["cancelled"] - cancelled_at < 1.0
+        assert not any(child.is_alive() for child in children)
+    finally:
+        cancel.set()
+        thread.join()
+
+
+def test_umap_and_unknown_projections_fail_with_a_clear_message():
+    with pytest.raises(ValueError, match="unknown projection"):
+        probes.projection_2d(np.zeros((5, 2)), "isomap")
+    if probes.umap_available():
+        pytest.skip("umap-learn is installed")
+    with pytest.raises(RuntimeError, match="umap-learn"):
+        probes.projection_2d(np.random.default_rng(0).normal(size=(20, 4)), "UMAP")
+    assert not multiprocessing.active_children()

@@ -1,17 +1,22 @@
 """The Embeddings tab: a run's saved probe history is projected and replayed, hovering a point names its class,
-the scrubber changes the plot, a checkpoint can be embedded on demand, and exports write files."""
+the scrubber changes the plot, a checkpoint can be embedded on demand, exports write files, the view follows a
+run live while it trains, and a t-SNE runs in a child process that Cancel (and closing) terminates."""
 
 from __future__ import annotations
 
 import csv
+import multiprocessing
+import time
 
 import numpy as np
 import pytest
+from PySide6.QtCore import Qt
 
 from conftest import tiny_dataset_config
+from workbench.core import probes
 from workbench.core.runs import RunStore
 from workbench.core.training import Trainer
-from workbench.gui.projector_view import ProjectorView
+from workbench.gui.projector_view import RELOAD_SECONDS, ProjectorView, project_frames
 
 TIMEOUT_MS = 60_000
 
@@ -99,6 +104,104 @@ def test_checkpoint_on_demand_and_tsne(qtbot, view):
     pca = view.current_xy().copy()
     view.projection_combo.setCurrentText("t-SNE")  # PCA stands in until the worker's t-SNE arrives
     assert view.cancel_button.isEnabled()
-    qtbot.waitUntil(lambda: not view.is_busy and bool(view._tsne), timeout=TIMEOUT_MS)
+    messages = []
+    view.layout_task.progress.connect(lambda done, total, message: messages.append(message))
+    qtbot.waitUntil(lambda: not view.is_busy and bool(view._layouts), timeout=TIMEOUT_MS)
     assert view.current_xy().shape == pca.shape and not np.allclose(view.current_xy(), pca)
     assert np.allclose(view.scatter["query"].data["x"], view.current_xy()[view.current_frame()["kind"] == 1, 0])
+    assert any("iteration" in message for message in messages)  # progress from the child process
+    assert view.projection_combo.currentText() == "t-SNE" and not multiprocessing.active_children()
+
+
+def big_frame_data(points: int = 4000, dims: int = 32, ways: int = 5) -> dict:
+    """What load_history gives for one snapshot, with enough points that a t-SNE takes a while."""
+    rng = np.random.default_rng(0)
+    support_y = np.arange(points) % ways
+    snapshot = {"support": rng.normal(size=(points, dims)).astype(np.float16),
+                "query": rng.normal(size=(ways, dims)).astype(np.float16),
+                "prototypes": rng.normal(size=(ways, dims)).astype(np.float16),
+                "query_pred": np.arange(ways, dtype=np.int16)}
+    meta = {"support_y": support_y.astype(np.int16), "query_y": np.arange(ways, dtype=np.int16),
+            "support_row": np.full(points, -1), "query_row": np.full(ways, -1)}
+    return {"run": "big", "steps": [1], "stages": project_frames([snapshot], meta), "info": {"ways": ways},
+            "thumbs": {}, "source": "history"}
+
+
+def start_tsne(qtbot, view) -> list:
+    """Choose t-SNE and wait until its child process computes (past its start-up); returns the children."""
+    view.projection_combo.setCurrentText("t-SNE")
+    qtbot.waitUntil(lambda: any(word in view.status_label.text() for word in ("neighbours", "iteration")),
+                    timeout=TIMEOUT_MS)
+    children = multiprocessing.active_children()
+    assert [child.name for child in children] == ["workbench-t-SNE"]
+    return children
+
+
+def test_cancel_terminates_a_running_tsne_and_closing_ends_it_too(qtbot, view):
+    view._on_loaded(big_frame_data())
+    children = start_tsne(qtbot, view)
+    assert view.cancel_button.isEnabled() and view.progress_bar.maximum() == probes.TSNE_ITERATIONS
+    with qtbot.waitSignal(view.layout_task.cancelled, timeout=2_000):
+        view.cancel_button.click()
+    qtbot.waitUntil(lambda: not any(child.is_alive() for child in children), timeout=1_000)
+    assert view.projection_combo.currentText() == "PCA" and not view._layouts and not view.is_busy
+    assert "cancelled" in view.status_label.text()
+
+    # Closing the view while a t-SNE runs ends the process and joins the thread at once.
+    children = start_tsne(qtbot, view)
+    began = time.monotonic()
+    assert view.shutdown()
+    assert time.monotonic() - began < 2.0 and not any(child.is_alive() for child in children)
+
+
+def test_umap_is_listed_and_says_why_it_is_unavailable(view):
+    item = view.projection_combo.model().item(2)
+    tip = view.projection_combo.itemData(2, Qt.ItemDataRole.ToolTipRole)
+    if probes.umap_available():
+        assert item.isEnabled() and "UMAP" in tip
+    else:
+        assert not item.isEnabled() and "umap-learn" in tip and "not installed" in view.projection_combo.itemText(2)
+
+
+def test_the_view_follows_a_training_run_live(qtbot, make_window, gui, workbench_home):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    gui.tiny_training(window, steps=100_000, val_interval=5, val_episodes=1)
+    view = window.projector_view
+    loads = []  # (snapshots, training still running) per load
+    view.frames_loaded.connect(lambda data: loads.append((len(data["steps"]), window.controller.is_running)))
+    began = time.monotonic()
+    window.start_training()
+    qtbot.waitUntil(lambda: window.controller.last_run_id is not None and
+                    view.run_combo.currentData() == window.controller.last_run_id, timeout=gui.TRAIN_TIMEOUT_MS)
+    run_id = view.run_combo.currentData()
+    assert "every 5 steps" in view.status_label.text()
+
+    # Frames arrive while training runs, the scrubber grows and stays on the newest.
+    qtbot.waitUntil(lambda: len({n for n, running in loads if running}) >= 2, timeout=gui.TRAIN_TIMEOUT_MS)
+    assert window.controller.is_running
+    counts = [n for n, _ in loads]
+    assert counts == sorted(counts) and counts[-1] > counts[0] >= 1
+    assert view.slider.maximum() == len(view.data["steps"]) - 1 == view.slider.value()
+    assert view.data["run"] == run_id and view.data["thumbs"]
+    window.grab().save(str(workbench_home / "embeddings_live.png"))
+
+    # Moved back, the scrubber stays on its step while new frames arrive; to the end, it follows again.
+    view.slider.setValue(0)
+    shown_step, seen = view.data["steps"][0], len(loads)
+    qtbot.waitUntil(lambda: len(loads) > seen, timeout=gui.TRAIN_TIMEOUT_MS)
+    assert view.data["steps"][view.slider.value()] == shown_step and view.slider.value() < view.slider.maximum()
+    view.slider.setValue(view.slider.maximum())
+    seen = len(loads)
+    qtbot.waitUntil(lambda: len(loads) > seen, timeout=gui.TRAIN_TIMEOUT_MS)
+    assert view.slider.value() == view.slider.maximum()
+
+    # Reads while training are throttled to about one a second.
+    assert sum(running for _, running in loads) <= 1 + (time.monotonic() - began) / RELOAD_SECONDS
+
+    # After the run ends the view holds every snapshot it saved.
+    with qtbot.waitSignal(window.training_finished, timeout=gui.TRAIN_TIMEOUT_MS):
+        window.stop_training()
+    qtbot.waitUntil(lambda: view.live_run_id is None and not view.live_task.is_running, timeout=10_000)
+    history = probes.ProbeHistory.load(RunStore(workbench_home).get(run_id).path)
+    assert view.data["steps"] == history.steps

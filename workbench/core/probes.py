@@ -7,26 +7,37 @@
   (``probes.npz``, float16, rewritten atomically).
 - :func:`pca_2d` projects embeddings to 2-D with signs aligned to the previous frame, so a replay does not
   flip.
+- :func:`projection_2d` runs t-SNE (scikit-learn) or UMAP (umap-learn, when installed) in a child process that
+  reports its progress and is terminated on cancel, so a slow projection stops at once.
 
-Headless: no Qt here.
+Headless: no Qt here. torch and the data package are imported inside the functions that need them, so the
+projection child process starts without them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import multiprocessing
+import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from workbench.core.data.base import ProgressCallback, no_progress
 from workbench.core.errors import EpisodeError
 
 if TYPE_CHECKING:
+    import torch
+
     from workbench.core.algorithms.base import Algorithm
-    from workbench.core.data.base import FewShotDataset
+    from workbench.core.data.base import FewShotDataset, ProgressCallback
     from workbench.core.data.episodes import Episode, FixedEpisodes
+
+
+def no_progress(done: int, total: int, message: str) -> None:
+    return None
 
 PROBE_SEED = 1234  # fixed, so every snapshot of a run (and every run) sees the same probe tasks
 PROBE_FILE = "probes.npz"
@@ -63,6 +74,8 @@ def config_probe_episodes(dataset: "FewShotDataset", config, count: int = 1) -> 
 # --- adaptation ---------------------------------------------------------------------------------------------
 def fresh_copy(algorithm: "Algorithm", seed: int = 0) -> "Algorithm":
     """The same algorithm and architecture with randomly initialized weights (global RNG untouched)."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = type(algorithm)(algorithm.hparams, algorithm.model_spec, algorithm.device)
@@ -104,13 +117,23 @@ def adaptation_comparison(algorithm: "Algorithm", episodes: "FixedEpisodes", ste
 
 # --- embeddings ---------------------------------------------------------------------------------------------
 def _prototypes(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    import torch
+
     return torch.stack([features[labels == c].mean(0) for c in range(ways)])
 
 
-@torch.no_grad()
 def embedding_snapshot(algorithm: "Algorithm", episode: "Episode") -> dict[str, np.ndarray]:
     """Embeddings of one probe episode: support, query and class means (prototypes), as float16, plus the
     predicted query labels. Gradient-based methods also give the features after adapting ("adapted_*")."""
+    import torch
+
+    with torch.no_grad():
+        return _embedding_snapshot(algorithm, episode)
+
+
+def _embedding_snapshot(algorithm: "Algorithm", episode: "Episode") -> dict[str, np.ndarray]:
+    import torch
+
     device = getattr(algorithm, "device", torch.device("cpu"))
     episode = episode.to(device)
     was_training = [m.training for m in algorithm.modules().values()]
@@ -255,13 +278,147 @@ def pca_2d(points: np.ndarray, previous_components: np.ndarray | None = None) ->
     return centred @ components.T, components
 
 
-def tsne_2d(points: np.ndarray, seed: int = 0, progress: ProgressCallback = no_progress) -> np.ndarray:
-    """t-SNE (scikit-learn) of ``points``; slow, so callers run it in a worker."""
-    from sklearn.manifold import TSNE
+PROJECTIONS = ("t-SNE", "UMAP")  # the slow ones; PCA is pca_2d
+TSNE_ITERATIONS = 1000  # scikit-learn's default max_iter, the total of its progress lines
+_TSNE_ITERATION = re.compile(r"\[t-SNE\] Iteration (\d+)")
+_TSNE_STAGES = (("nearest neighbors", "t-SNE: finding nearest neighbours"),
+                ("pairwise distances", "t-SNE: computing pairwise distances"),
+                ("conditional probabilities", "t-SNE: affinities computed, optimizing the layout"))
 
+
+def umap_available() -> bool:
+    """Whether umap-learn is installed (it is optional)."""
+    return importlib.util.find_spec("umap") is not None
+
+
+def _fit_projection(method: str, points: np.ndarray, seed: int, verbose: bool) -> np.ndarray:
     x = np.asarray(points, np.float32)
+    if method == "t-SNE":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3)))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                    max_iter=TSNE_ITERATIONS, verbose=2 if verbose else 0).fit_transform(x)
+    if method == "UMAP":
+        if not umap_available():
+            raise ImportError("UMAP needs the optional package umap-learn (pip install umap-learn)")
+        import umap
+
+        neighbours = int(max(2, min(15, len(x) - 1)))
+        return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(x)
+    raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+
+
+def tsne_2d(points: np.ndarray, seed: int = 0, progress: ProgressCallback = no_progress) -> np.ndarray:
+    """t-SNE (scikit-learn) of ``points`` in this process; it cannot be interrupted, so interactive callers use
+    :func:`projection_2d`."""
     progress(0, 1, "t-SNE")
-    perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3)))
-    coords = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+    coords = _fit_projection("t-SNE", points, seed, verbose=False)
     progress(1, 1, "t-SNE done")
     return coords
+
+
+class _ProgressLines:
+    """Stands in for sys.stdout in the child: turns scikit-learn's verbose t-SNE lines into progress messages."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.pending = ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            match = _TSNE_ITERATION.search(line)
+            if match:
+                done = int(match.group(1))
+                self.connection.send(("progress", done, TSNE_ITERATIONS,
+                                      f"t-SNE: optimizing the layout, iteration {done}/{TSNE_ITERATIONS}"))
+                continue
+            for needle, message in _TSNE_STAGES:
+                if needle in line:
+                    self.connection.send(("progress", 0, TSNE_ITERATIONS, message))
+                    break
+        return len(text)
+
+    def flush(self) -> None:
+        return None
+
+
+def _projection_child(method: str, seed: int, connection) -> None:
+    """Entry point of the child process: receives the points, then sends ("progress", done, total, message)...
+    and ("result", coords) or ("error", message)."""
+    import contextlib
+
+    try:
+        points = connection.recv()
+        package = "scikit-learn" if method == "t-SNE" else "umap-learn"
+        connection.send(("progress", 0, 0, f"{method}: loading {package}"))
+        with contextlib.redirect_stdout(_ProgressLines(connection)):
+            coords = _fit_projection(method, points, seed, verbose=True)
+        connection.send(("result", np.asarray(coords, np.float64)))
+    except BaseException as exc:  # everything goes back to the parent, which raises it there
+        text = str(exc)
+        with contextlib.suppress(OSError):  # the parent has gone (cancelled): nobody to tell
+            connection.send(("error", f"{type(exc).__name__}: {text}" if text else type(exc).__name__))
+    finally:
+        connection.close()
+
+
+def projection_2d(points: np.ndarray, method: str = "t-SNE", seed: int = 0,
+                  progress: ProgressCallback = no_progress, cancel: threading.Event | None = None,
+                  poll_s: float = 0.05) -> np.ndarray:
+    """2-D t-SNE or UMAP of ``points`` [N, D], computed in a child process (spawned: safe beside the GUI's and
+    torch's threads). Cancel by setting ``cancel`` or by raising from ``progress`` (a BackgroundTask's callback
+    raises :class:`Cancelled` once its job is cancelled): both are checked every ``poll_s`` seconds, and the
+    child is then terminated, so a long fit stops at once instead of running on. Raises ``Cancelled`` then,
+    ``RuntimeError`` when the child fails or dies. As with any spawned process, the child re-imports the main
+    script: a script that calls this needs the ``if __name__ == "__main__":`` guard (the ``workbench`` entry
+    points have it; the frozen app calls ``multiprocessing.freeze_support()``)."""
+    from workbench.core.data.base import Cancelled
+
+    if method not in PROJECTIONS:
+        raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
+    x = np.ascontiguousarray(points, np.float32)
+    context = multiprocessing.get_context("spawn")
+    connection, child_end = context.Pipe()
+    # The points go through the pipe, not the Process arguments: Python's spawn blocks for ever writing large
+    # arguments to a child that died before reading them (e.g. it could not re-import the main module).
+    child = context.Process(target=_projection_child, args=(method, seed, child_end), daemon=True,
+                            name=f"workbench-{method}")
+    state = (0, 0, f"{method}: starting a worker process")
+    progress(*state)
+    child.start()
+    child_end.close()  # the child holds the only other end now, so its death reads as EOF / a broken pipe here
+    try:
+        try:
+            connection.send(x)
+        except OSError:
+            child.join(1.0)
+            raise RuntimeError(f"the {method} process ended unexpectedly (exit code {child.exitcode})") from None
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"{method} cancelled")
+            progress(*state)  # raises Cancelled when the caller has cancelled
+            if not connection.poll(poll_s):
+                continue
+            try:
+                message = connection.recv()
+            except EOFError:
+                child.join(1.0)
+                raise RuntimeError(f"the {method} process ended unexpectedly (exit code {child.exitcode})") from None
+            if message[0] == "progress":
+                state = tuple(message[1:])
+            elif message[0] == "result":
+                progress(1, 1, f"{method} done")
+                return message[1]
+            else:
+                raise RuntimeError(message[1])
+    finally:
+        connection.close()
+        if child.is_alive():
+            child.terminate()
+            child.join(2.0)
+            if child.is_alive():
+                child.kill()
+        child.join()

@@ -176,10 +176,8 @@ class MainWindow(QMainWindow):
         self.training_finished.connect(lambda *_: self.adaptation_view.refresh_runs())
         from workbench.gui.projector_view import ProjectorView
 
-        self.projector_view = ProjectorView(self.store, theme=self.theme)
+        self.projector_view = ProjectorView.for_window(self)  # follows training live, like the weights view
         self.add_view("Embeddings", self.projector_view)
-        self.run_store_changed.connect(self.projector_view.refresh_runs)
-        self.training_finished.connect(self.projector_view.on_training_finished)
         from workbench.gui.weights_view import WeightsView
 
         self.add_view("Sample weights", WeightsView.for_window(self))

@@ -1,18 +1,24 @@
 """The "Embeddings" tab: a 2-D projection of a probe task's support images, queries and class prototypes as the
 model embeds them, replayed over training (snapshots saved in the run's probes.npz at each validation) or
-computed now from a saved checkpoint. PCA per frame with signs aligned to the previous frame; t-SNE on request.
-Heavy work runs in background tasks; everything is read from the run folder, so it works after a restart."""
+computed now from a saved checkpoint. PCA per frame with signs aligned to the previous frame; t-SNE (and UMAP
+when umap-learn is installed) on request, in a child process that Cancel terminates.
+
+While a run trains the view follows it: on the window's throttled training records it re-reads probes.npz when
+the file changed (at most once a second, in a background task that also projects the new frames), and the time
+scrubber grows and stays on the newest frame unless it was moved back. Everything is read from the run folder,
+so it works the same after a restart."""
 
 from __future__ import annotations
 
 import base64
 import csv
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QPointF, Qt, Signal
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QPointF, Qt, QTimer, Signal
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
                                QSlider, QToolTip, QVBoxLayout, QWidget)
 
@@ -23,6 +29,8 @@ from workbench.gui.evaluation_view import image_pixmap
 KINDS = ("support", "query", "prototype")
 HOVER_RADIUS_PX = 10
 STAGES = {"": "before adaptation", "adapted_": "after adaptation"}
+RELOAD_SECONDS = 1.0  # while training, probes.npz is checked (and re-read if it changed) at most this often
+UMAP_MISSING = "UMAP needs the optional package umap-learn, which is not installed (pip install umap-learn)."
 
 
 def _frame_points(snapshot: dict[str, np.ndarray], meta: dict[str, np.ndarray], prefix: str) -> dict[str, Any]:
@@ -37,19 +45,23 @@ def _frame_points(snapshot: dict[str, np.ndarray], meta: dict[str, np.ndarray], 
             "row": np.concatenate([meta["support_row"], meta["query_row"], np.full(ways, -1)]).astype(np.int64)}
 
 
-def project_frames(snapshots: list[dict[str, np.ndarray]], meta: dict[str, np.ndarray], progress=None) -> dict:
+def project_frames(snapshots: list[dict[str, np.ndarray]], meta: dict[str, np.ndarray], progress=None,
+                   known: dict[str, list[dict[str, Any]]] | None = None) -> dict:
     """{stage prefix: [frame dicts with "xy"]} for each stage the snapshots have; PCA signs follow the previous
-    frame, so a replay moves smoothly instead of mirroring."""
+    frame, so a replay moves smoothly instead of mirroring. ``known``: frames already projected for the first
+    snapshots (a live reload), reused as they are."""
     from workbench.core.probes import pca_2d
 
     stages: dict[str, list[dict[str, Any]]] = {}
     for prefix in STAGES:
         if not snapshots or prefix + "support" not in snapshots[0]:
             continue
-        frames, previous = [], None
-        for k, snapshot in enumerate(snapshots):
-            frame = _frame_points(snapshot, meta, prefix)
-            frame["xy"], previous = pca_2d(frame["points"], previous)
+        frames = list((known or {}).get(prefix, []))[:len(snapshots)]
+        previous = frames[-1]["components"] if frames else None
+        for k in range(len(frames), len(snapshots)):
+            frame = _frame_points(snapshots[k], meta, prefix)
+            frame["xy"], frame["components"] = pca_2d(frame["points"], previous)
+            previous = frame["components"]
             frames.append(frame)
             if progress is not None:
                 progress(k + 1, len(snapshots), "projecting")
@@ -62,8 +74,10 @@ def _thumbnails(dataset, split_name: str, rows: np.ndarray) -> dict[int, np.ndar
     return {int(r): split.images[int(r)].cpu().numpy() for r in np.unique(rows) if r >= 0}
 
 
-def load_history(progress, store, run_id: str) -> dict[str, Any]:
-    """The run's saved snapshots, projected, with image thumbnails. Runs in a worker thread."""
+def load_history(progress, store, run_id: str, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's saved snapshots, projected, with image thumbnails. Runs in a worker thread. ``previous``: what
+    an earlier load of the same run gave; while the run trains, its frames and thumbnails are reused when its
+    steps still begin the history (a thinned history is projected afresh)."""
     from workbench.core import data
     from workbench.core.probes import PROBE_FILE, ProbeHistory
 
@@ -71,11 +85,20 @@ def load_history(progress, store, run_id: str) -> dict[str, Any]:
     history = ProbeHistory.load(run.path / PROBE_FILE)
     if not len(history):
         return {"run": run_id, "steps": [], "stages": {}, "info": {}, "thumbs": {}, "source": "history"}
-    stages = project_frames(history.snapshots, history.meta, progress)
-    dataset = data.load_dataset(run.config.dataset, progress)
     rows = np.concatenate([history.meta["support_row"], history.meta["query_row"]])
-    return {"run": run_id, "steps": history.steps, "stages": stages, "info": history.info,
-            "thumbs": _thumbnails(dataset, history.info.get("split", "val"), rows), "source": "history"}
+    known, thumbs = None, None
+    if previous and previous.get("run") == run_id and previous.get("source") == "history":
+        old_steps = list(previous.get("steps") or [])
+        if old_steps and history.steps[:len(old_steps)] == old_steps:
+            known = previous.get("stages")
+        if set(previous.get("thumbs") or {}) >= {int(r) for r in rows if r >= 0}:
+            thumbs = previous["thumbs"]
+    stages = project_frames(history.snapshots, history.meta, progress, known)
+    if thumbs is None:
+        dataset = data.load_dataset(run.config.dataset, progress)
+        thumbs = _thumbnails(dataset, history.info.get("split", "val"), rows)
+    return {"run": run_id, "steps": history.steps, "stages": stages, "info": history.info, "thumbs": thumbs,
+            "source": "history"}
 
 
 def embed_checkpoint(progress, store, run_id: str, kind: str = "best") -> dict[str, Any]:
@@ -99,10 +122,12 @@ def embed_checkpoint(progress, store, run_id: str, kind: str = "best") -> dict[s
             "thumbs": _thumbnails(dataset, split_name, rows), "source": f"{kind} checkpoint"}
 
 
-def tsne_frame(progress, points: np.ndarray, seed: int = 0) -> np.ndarray:
-    from workbench.core.probes import tsne_2d
+def layout_frame(progress, points: np.ndarray, method: str = "t-SNE", seed: int = 0) -> np.ndarray:
+    """t-SNE or UMAP of one frame in a child process; a cancelled task's progress callback raises, which
+    terminates the child (see probes.projection_2d)."""
+    from workbench.core.probes import projection_2d
 
-    return tsne_2d(points, seed, progress)
+    return projection_2d(points, method, seed, progress)
 
 
 def class_colours(ways: int) -> list[str]:
@@ -127,22 +152,52 @@ class ProjectorView(QWidget):
         self.frame_index = 0
         self.hover_index: int | None = None
         self.hover_text = ""
-        self._tsne: dict[tuple[str, int], np.ndarray] = {}  # (stage, frame) -> coordinates
-        self.task = BackgroundTask(self)
+        self._layouts: dict[tuple[str, str, int], np.ndarray] = {}  # (method, stage, step) -> coordinates
+        self._layout_key: tuple[str, str, int] | None = None  # what layout_task computes now
+        self._legend_key: tuple | None = None  # what the legend shows, so it is rebuilt only when that changes
+        # Following a training job: its run, the probes.npz mtime last read, when it was last checked.
+        self.live_job: int | None = None
+        self.live_run_id: str | None = None
+        self.live_path: Path | None = None
+        self.live_val_interval: int | None = None
+        self._live_mtime: tuple[int, int] | None = None
+        self._live_pending = False
+        self._last_live_check = -RELOAD_SECONDS
+        self._follow_newest = True
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.timeout.connect(self._check_live)
+        self.task = BackgroundTask(self)  # loads and embeds the user asked for
         self.task.progress.connect(self._on_progress)
         self.task.finished.connect(self._on_loaded)
         self.task.failed.connect(lambda message, _d: self._set_busy(False, f"Failed: {message}"))
         self.task.cancelled.connect(lambda: self._set_busy(False, "cancelled"))
-        self.tsne_task = BackgroundTask(self)
-        self.tsne_task.progress.connect(self._on_progress)
-        self.tsne_task.finished.connect(self._on_tsne)
-        self.tsne_task.failed.connect(lambda message, _d: self._set_busy(False, f"t-SNE failed: {message}"))
-        self.tsne_task.cancelled.connect(lambda: self._set_busy(False, "t-SNE cancelled"))
+        self.live_task = BackgroundTask(self)  # reloads while training: quiet, no busy state
+        self.live_task.finished.connect(self._on_live_loaded)
+        self.live_task.failed.connect(self._on_live_failed)
+        self.layout_task = BackgroundTask(self)  # t-SNE / UMAP in a child process
+        self.layout_task.progress.connect(self._on_progress)
+        self.layout_task.finished.connect(self._on_layout)
+        self.layout_task.failed.connect(self._on_layout_failed)
+        self.layout_task.cancelled.connect(lambda: self._set_busy(False, "Projection cancelled; PCA shown."))
         self._build()
         self.refresh_runs()
         app = QApplication.instance()
         if app is not None:  # also join threads when the app quits without MainWindow.shutdown()
             app.aboutToQuit.connect(self.shutdown)
+
+    @classmethod
+    def for_window(cls, window) -> "ProjectorView":
+        """A view that follows the window's training jobs live and its list of runs."""
+        view = cls(getattr(window, "store", None), theme=getattr(window, "theme", themes.LIGHT))
+        view.follow_window(window)
+        return view
+
+    def follow_window(self, window) -> None:
+        window.training_started.connect(self.on_training_started)
+        window.training_records.connect(self.on_training_records)
+        window.training_finished.connect(self.on_training_finished)
+        window.run_store_changed.connect(self.refresh_runs)
 
     # --- layout ---------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -168,7 +223,20 @@ class ProjectorView(QWidget):
         second.addWidget(self.stage_combo)
         second.addWidget(QLabel("Projection"))
         self.projection_combo = QComboBox()
-        self.projection_combo.addItems(["PCA", "t-SNE"])
+        self.projection_combo.addItems(["PCA", "t-SNE", "UMAP"])
+        self.projection_combo.setItemData(0, "Principal components of each frame; instant, follows training live",
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.projection_combo.setItemData(1, "t-SNE (scikit-learn) of the frame shown, computed on request in a "
+                                             "separate process; Cancel stops it", Qt.ItemDataRole.ToolTipRole)
+        from workbench.core.probes import umap_available
+
+        if umap_available():
+            self.projection_combo.setItemData(2, "UMAP (umap-learn) of the frame shown, computed on request in a "
+                                                 "separate process; Cancel stops it", Qt.ItemDataRole.ToolTipRole)
+        else:  # listed but disabled, so the option is discoverable and says why it is off
+            self.projection_combo.setItemText(2, "UMAP (not installed)")
+            self.projection_combo.setItemData(2, UMAP_MISSING, Qt.ItemDataRole.ToolTipRole)
+            self.projection_combo.model().item(2).setEnabled(False)
         self.projection_combo.currentIndexChanged.connect(self._on_projection_changed)
         second.addWidget(self.projection_combo)
         self.cancel_button = QPushButton("Cancel")
@@ -190,7 +258,7 @@ class ProjectorView(QWidget):
         self.step_label.setMinimumWidth(140)
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setEnabled(False)
-        self.slider.valueChanged.connect(self.show_frame)
+        self.slider.valueChanged.connect(self._on_slider)
         scrub.addWidget(QLabel("Time"))
         scrub.addWidget(self.slider, 1)
         scrub.addWidget(self.step_label)
@@ -236,13 +304,136 @@ class ProjectorView(QWidget):
             index = self.run_combo.findData(run_id)
         self.run_combo.setCurrentIndex(index)
 
-    def on_training_finished(self, _job_id: int, final: dict) -> None:
-        """Reload the history when the run on display has just finished a training session."""
+    # --- following a training run ---------------------------------------------------------------------
+    def on_training_started(self, job_id: int, info: dict) -> None:
+        """Show the run that starts training and follow its snapshots as they are written."""
+        run_id = (info or {}).get("run_id")
+        if not run_id:
+            return
+        self.live_job, self.live_run_id = job_id, run_id
+        self.live_path = Path(info["run_path"]) if info.get("run_path") else None
+        self.live_val_interval = None
+        try:
+            run = self.store.get(run_id)
+            self.live_path = self.live_path or run.path
+            self.live_val_interval = int(run.config.training.val_interval)
+        except Exception:  # a run folder being written may not read yet: the status text just says less
+            pass
+        self._live_mtime = None
+        self._follow_newest = True
         self.refresh_runs()
+        if self.run_combo.findData(run_id) >= 0:
+            self.select_run(run_id)
+        if self.data is None or self.data.get("run") != run_id or self.data.get("source") != "history":
+            self.task.cancel()  # whatever was loading for another run would replace the live frames
+            self._reset_projection()
+            self.data = None
+            self._clear()
+            self.slider.setEnabled(False)
+            self.step_label.setText("step –")
+        self.status_label.setText(self._live_text())
+        self._check_live()  # a resumed run already has snapshots
+
+    def on_training_records(self, job_id: int, payload) -> None:
+        if job_id != self.live_job:
+            return
+        validated = any(event.get("event") == "validation" for event in (payload or {}).get("events") or [])
+        if validated or not self._live_timer.isActive():
+            self._schedule_live_check()
+
+    def on_training_finished(self, job_id: int, final: dict) -> None:
+        """Read the last snapshots of the job followed; otherwise reload a run shown that has just finished."""
+        self.refresh_runs()
+        if job_id == self.live_job and self.live_job is not None:
+            self.live_job = None
+            self._live_timer.stop()
+            self._check_live(force=True)
+            return
         if self.data is not None and self.data.get("source") == "history" and \
                 (final or {}).get("run_id") == self.data.get("run") and not self.is_busy:
             self.load_selected()
 
+    @property
+    def is_following(self) -> bool:
+        """True while the run that trains (or just trained) is the one shown, so new snapshots replace it."""
+        if self.live_run_id is None or self.run_combo.currentData() != self.live_run_id:
+            return False
+        return self.data is None or (self.data.get("run") == self.live_run_id and self.data.get("source") == "history")
+
+    def _schedule_live_check(self) -> None:
+        wait = self._last_live_check + RELOAD_SECONDS - time.monotonic()
+        if wait <= 0:
+            self._check_live()
+        elif not self._live_timer.isActive():
+            self._live_timer.start(int(wait * 1000) + 1)
+
+    def _check_live(self, force: bool = False) -> None:
+        """Start re-reading probes.npz in the background if it changed since the last read (GUI thread: one stat)."""
+        if self.live_run_id is None or self.live_path is None:
+            return
+        if not self.is_following:  # the user looks at another run: nothing to reload
+            self._finish_following_if_done()
+            return
+        if self.task.is_running:  # the user loads something: try again later
+            if not self._live_timer.isActive():
+                self._live_timer.start(int(RELOAD_SECONDS * 1000))
+            return
+        if self.live_task.is_running:
+            self._live_pending = True  # checked again when the running read ends
+            return
+        self._last_live_check = time.monotonic()
+        from workbench.core.probes import PROBE_FILE
+
+        try:
+            stat = (self.live_path / PROBE_FILE).stat()
+            mtime = (stat.st_mtime_ns, stat.st_size)  # the size too: some file systems keep coarse times
+        except OSError:  # no snapshot yet
+            mtime = None
+        if mtime is None or (mtime == self._live_mtime and not force):
+            self._finish_following_if_done()
+            return
+        self._live_mtime = mtime
+        self._live_pending = False
+        self.live_task.start(load_history, self.store, self.live_run_id, self.data)
+
+    def _on_live_loaded(self, data: dict[str, Any]) -> None:
+        if self.is_following and data.get("run") == self.live_run_id:
+            if data["steps"]:
+                self._apply_data(data)
+            self.status_label.setText(self._live_text())
+        if self._live_pending or self.live_job is None:
+            self._schedule_live_check()  # the file may have changed while it was read; the final check ends it
+
+    def _on_live_failed(self, message: str, _details: str) -> None:
+        self._live_mtime = None  # read again at the next check
+        if self.is_following:
+            self.status_label.setText(f"Could not read the run's snapshots yet: {message}")
+        if self.live_job is None:
+            self._finish_following_if_done()
+
+    def _finish_following_if_done(self) -> None:
+        if self.live_job is None and not self.live_task.is_running:
+            self.live_run_id = None
+            self._live_timer.stop()
+
+    def _live_text(self) -> str:
+        count = len(self.data["steps"]) if self.data else 0
+        k = self.live_val_interval
+        if k == 0 and count == 0:
+            return ("Following the run as it trains: with val_interval = 0 it validates only at the end, so its "
+                    "one embedding snapshot appears when training ends.")
+        every = f"every {k} steps (the val_interval setting)" if k else "at each validation"
+        if k == 0:
+            every = "which val_interval = 0 runs only at the end"
+        if self.live_job is None:
+            return (f"Training ended: {count} snapshot(s), the probe task embedded at each validation, {every}. "
+                    f"Drag the time scrubber to replay them; hover a point for its image.")
+        newest = "the time scrubber follows the newest snapshot" if self._follow_newest else \
+            "drag the time scrubber to the right end to follow the newest snapshot again"
+        return (f"Following the run as it trains: {count} snapshot(s) so far; the probe task is embedded at each "
+                f"validation, {every}; {newest}. Hover a point for its image.")
+
+    # --- loading on request ---------------------------------------------------------------------------
     def load_selected(self) -> None:
         run_id = self.run_combo.currentData()
         if run_id:
@@ -257,11 +448,23 @@ class ProjectorView(QWidget):
 
     def cancel(self) -> None:
         self.task.cancel()
-        self.tsne_task.cancel()
+        if self.layout_task.is_running:
+            self._reset_projection()
+            if self.current_frame() is not None:
+                self.show_frame(self.frame_index)
+
+    def _reset_projection(self) -> None:
+        """Stop a running t-SNE/UMAP (the task's progress check then terminates its process) and go back to
+        PCA, so showing a frame does not start another one."""
+        self.layout_task.cancel()
+        self._layout_key = None
+        self.projection_combo.blockSignals(True)
+        self.projection_combo.setCurrentIndex(0)
+        self.projection_combo.blockSignals(False)
 
     @property
     def is_busy(self) -> bool:
-        return self.task.is_running or self.tsne_task.is_running
+        return self.task.is_running or self.layout_task.is_running
 
     def _set_busy(self, busy: bool, message: str) -> None:
         self.cancel_button.setEnabled(busy)
@@ -273,41 +476,70 @@ class ProjectorView(QWidget):
         self.status_label.setText(message)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress_bar.setRange(0, max(total, 1))
+        self.progress_bar.setRange(0, max(total, 0))  # 0..0: a busy indicator while a stage has no count
         self.progress_bar.setValue(done)
         self.status_label.setText(message)
 
     def _on_loaded(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self._tsne.clear()
-        self.projection_combo.blockSignals(True)
-        self.projection_combo.setCurrentIndex(0)
-        self.projection_combo.blockSignals(False)
         if not data["steps"]:
+            self.data = data
+            self._layouts.clear()
             self._set_busy(False, "")
             self._clear()
+            self.slider.setEnabled(False)
             self.status_label.setText(
                 "This run has no saved embedding history (runs record one at each validation). Press "
                 "'Embed best checkpoint' to embed the probe task with the saved model.")
             self.frames_loaded.emit(data)
             return
-        self._set_busy(False, f"{len(data['steps'])} snapshot(s) from the {data['source']}; probe task from the "
-                              f"{data['info'].get('split', 'val')} classes. Hover a point for its image.")
-        self.stage_combo.blockSignals(True)
-        self.stage_combo.clear()
-        for prefix in data["stages"]:
-            label = STAGES[prefix] if len(data["stages"]) > 1 else "compared embedding"
-            self.stage_combo.addItem(label, prefix)
-        self.stage_combo.setCurrentIndex(self.stage_combo.count() - 1)  # after adaptation when there is one
-        self.stage_combo.setEnabled(self.stage_combo.count() > 1)
-        self.stage_combo.blockSignals(False)
+        self._set_busy(False, "")
+        self._apply_data(data)
+        if self.is_following:
+            self.status_label.setText(self._live_text())
+        else:
+            self.status_label.setText(
+                f"{len(data['steps'])} snapshot(s) from the {data['source']}; probe task from the "
+                f"{data['info'].get('split', 'val')} classes. Hover a point for its image.")
+
+    def _apply_data(self, data: dict[str, Any]) -> None:
+        """Show loaded frames. A reload of the run shown keeps the stage, the projection and the frame the user
+        chose; the scrubber then stays on the newest frame if it was there."""
+        same = self.data is not None and self.data.get("steps") and self.data.get("run") == data["run"] and \
+            self.data.get("source") == data["source"]
+        shown_step = self.data["steps"][self.frame_index] if same and self.frame_index < len(self.data["steps"]) \
+            else None
+        if not same:
+            self._layouts.clear()
+            self._follow_newest = True
+            self._reset_projection()
+        self.data = data
+        prefixes = list(data["stages"])
+        if not same or prefixes != [self.stage_combo.itemData(i) for i in range(self.stage_combo.count())]:
+            self.stage_combo.blockSignals(True)
+            self.stage_combo.clear()
+            for prefix in prefixes:
+                self.stage_combo.addItem(STAGES[prefix] if len(prefixes) > 1 else "compared embedding", prefix)
+            self.stage_combo.setCurrentIndex(self.stage_combo.count() - 1)  # after adaptation when there is one
+            self.stage_combo.setEnabled(self.stage_combo.count() > 1)
+            self.stage_combo.blockSignals(False)
+        steps = data["steps"]
+        if self._follow_newest or shown_step is None:
+            frame = len(steps) - 1
+        else:  # stay on the step shown (or the nearest one left after thinning)
+            frame = int(np.argmin([abs(step - shown_step) for step in steps]))
         self.slider.blockSignals(True)
-        self.slider.setRange(0, len(data["steps"]) - 1)
-        self.slider.setValue(len(data["steps"]) - 1)
-        self.slider.setEnabled(len(data["steps"]) > 1)
+        self.slider.setRange(0, len(steps) - 1)
+        self.slider.setValue(frame)
+        self.slider.setEnabled(len(steps) > 1)
         self.slider.blockSignals(False)
-        self.show_frame(len(data["steps"]) - 1)
+        self.show_frame(frame)
         self.frames_loaded.emit(data)
+
+    def _on_slider(self, index: int) -> None:
+        self._follow_newest = index == self.slider.maximum()
+        self.show_frame(index)
+        if self.is_following:
+            self.status_label.setText(self._live_text())
 
     # --- drawing --------------------------------------------------------------------------------------
     def current_frame(self) -> dict[str, Any] | None:
@@ -322,9 +554,19 @@ class ProjectorView(QWidget):
         frame = self.current_frame()
         if frame is None:
             return None
-        if self.projection_combo.currentText() == "t-SNE":
-            return self._tsne.get((self.stage_combo.currentData() or "", self.frame_index), frame["xy"])
-        return frame["xy"]
+        key = self._layout_key_shown()
+        return self._layouts.get(key, frame["xy"]) if key is not None else frame["xy"]
+
+    @property
+    def projection(self) -> str:
+        """"PCA", "t-SNE" or "UMAP"."""
+        return ("PCA", "t-SNE", "UMAP")[max(0, self.projection_combo.currentIndex())]
+
+    def _layout_key_shown(self) -> tuple[str, str, int] | None:
+        if self.projection == "PCA" or self.data is None or not self.data["steps"]:
+            return None
+        step = self.data["steps"][min(self.frame_index, len(self.data["steps"]) - 1)]
+        return self.projection, self.stage_combo.currentData() or "", int(step)
 
     def class_name(self, label: int) -> str:
         info = self.data["info"] if self.data else {}
@@ -338,54 +580,46 @@ class ProjectorView(QWidget):
             self.plot.removeItem(item)
         self.scatter.clear()
         self.legend.clear()
+        self._legend_key = None
 
     def show_frame(self, index: int) -> None:
+        """Draw a frame. The plot items and the legend are reused from frame to frame (only the points change),
+        so scrubbing and live updates stay cheap on the GUI thread."""
         self.frame_index = int(index)
         frame = self.current_frame()
-        self._clear()
         if frame is None:
+            self._clear()
             return
         xy = self.current_xy()
         colours = class_colours(int(frame["label"].max()) + 1)
         t = self.theme
-        brushes = [pg.mkBrush(colours[c]) for c in frame["label"]]
         wrong = (frame["kind"] == 1) & (frame["label"] != frame["pred"])
-        style = {
-            "support": dict(symbol="o", size=9, pen=pg.mkPen(t.plot_background, width=0.5)),
-            "query": dict(symbol="o", size=11, brush=pg.mkBrush(0, 0, 0, 0)),
-            "prototype": dict(symbol="star", size=22, pen=pg.mkPen(t.plot_foreground, width=1)),
-        }
+        if not self.scatter:
+            for z, kind in enumerate(KINDS + ("wrong",)):
+                item = pg.ScatterPlotItem()
+                item.setZValue(z)
+                self.plot.addItem(item)
+                self.scatter[kind] = item
+        class_brushes = [pg.mkBrush(colour) for colour in colours]
+        no_brush = pg.mkBrush(0, 0, 0, 0)
         for k, kind in enumerate(KINDS):
-            mask = frame["kind"] == k
-            idx = np.flatnonzero(mask)
-            kwargs = dict(style[kind])
+            idx = np.flatnonzero(frame["kind"] == k)
+            labels = frame["label"][idx]
             if kind == "query":
-                pens = [pg.mkPen(colours[frame["label"][i]], width=2) for i in idx]
-                item = pg.ScatterPlotItem(x=xy[idx, 0], y=xy[idx, 1], pen=pens, **kwargs)
+                class_pens = [pg.mkPen(colour, width=2) for colour in colours]
+                style = dict(symbol="o", size=11, brush=no_brush, pen=[class_pens[c] for c in labels])
+            elif kind == "support":
+                style = dict(symbol="o", size=9, pen=pg.mkPen(t.plot_background, width=0.5),
+                             brush=[class_brushes[c] for c in labels])
             else:
-                item = pg.ScatterPlotItem(x=xy[idx, 0], y=xy[idx, 1], brush=[brushes[i] for i in idx], **kwargs)
-            item.setZValue(k)
-            self.plot.addItem(item)
-            self.scatter[kind] = item
-        if wrong.any():
-            idx = np.flatnonzero(wrong)
-            # A wide ring in the foreground colour stays visible whatever the class colour.
-            item = pg.ScatterPlotItem(x=xy[idx, 0], y=xy[idx, 1], symbol="o", size=21,
-                                      pen=pg.mkPen(t.plot_foreground, width=1.5), brush=pg.mkBrush(0, 0, 0, 0))
-            item.setZValue(3)
-            self.plot.addItem(item)
-            self.scatter["wrong"] = item
-        # Legend: one entry per class, then the marker meanings.
-        for c, colour in enumerate(colours):
-            sample = pg.ScatterPlotItem(symbol="o", size=9, brush=pg.mkBrush(colour), pen=None)
-            self.legend.addItem(sample, self.class_name(c))
-        for name, kwargs in (("support", dict(symbol="o", brush=pg.mkBrush(t.muted_text), pen=None)),
-                             ("query", dict(symbol="o", brush=pg.mkBrush(0, 0, 0, 0), pen=pg.mkPen(t.muted_text,
-                                                                                                    width=2))),
-                             ("prototype", dict(symbol="star", size=14, brush=pg.mkBrush(t.muted_text))),
-                             ("misclassified query", dict(symbol="o", size=14, brush=pg.mkBrush(0, 0, 0, 0),
-                                                          pen=pg.mkPen(t.plot_foreground, width=1.5)))):
-            self.legend.addItem(pg.ScatterPlotItem(**kwargs), name)
+                style = dict(symbol="star", size=22, pen=pg.mkPen(t.plot_foreground, width=1),
+                             brush=[class_brushes[c] for c in labels])
+            self.scatter[kind].setData(x=xy[idx, 0], y=xy[idx, 1], **style)
+        # A wide ring in the foreground colour stays visible whatever the class colour.
+        idx = np.flatnonzero(wrong)
+        self.scatter["wrong"].setData(x=xy[idx, 0], y=xy[idx, 1], symbol="o", size=21, brush=no_brush,
+                                      pen=pg.mkPen(t.plot_foreground, width=1.5))
+        self._update_legend(colours)
         # Room on the left for the legend, so it does not cover points.
         (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
         w, h = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
@@ -397,7 +631,26 @@ class ProjectorView(QWidget):
         self.step_label.setText(f"step {steps[self.frame_index]} ({self.frame_index + 1}/{len(steps)}) · "
                                 f"{100 * accuracy:.0f}% right{note}")
         self.frame_shown.emit(self.frame_index)
-        self._ensure_tsne()
+        self._ensure_layout()
+
+    def _update_legend(self, colours: list[str]) -> None:
+        """One entry per class, then the marker meanings; rebuilt only when the classes or the theme change."""
+        t = self.theme
+        names = [self.class_name(c) for c in range(len(colours))]
+        key = (tuple(colours), tuple(names), t.plot_foreground, t.muted_text)
+        if key == self._legend_key:
+            return
+        self.legend.clear()
+        self._legend_key = key
+        for colour, name in zip(colours, names):
+            self.legend.addItem(pg.ScatterPlotItem(symbol="o", size=9, brush=pg.mkBrush(colour), pen=None), name)
+        for name, kwargs in (("support", dict(symbol="o", brush=pg.mkBrush(t.muted_text), pen=None)),
+                             ("query", dict(symbol="o", brush=pg.mkBrush(0, 0, 0, 0), pen=pg.mkPen(t.muted_text,
+                                                                                                    width=2))),
+                             ("prototype", dict(symbol="star", size=14, brush=pg.mkBrush(t.muted_text))),
+                             ("misclassified query", dict(symbol="o", size=14, brush=pg.mkBrush(0, 0, 0, 0),
+                                                          pen=pg.mkPen(t.plot_foreground, width=1.5)))):
+            self.legend.addItem(pg.ScatterPlotItem(**kwargs), name)
 
     # --- hover ----------------------------------------------------------------------------------------
     def point_info(self, index: int) -> dict[str, Any]:
@@ -441,27 +694,38 @@ class ProjectorView(QWidget):
         view = self.plot
         QToolTip.showText(view.mapToGlobal(view.mapFromScene(scene_pos)), html, view)
 
-    # --- t-SNE ----------------------------------------------------------------------------------------
+    # --- t-SNE / UMAP ---------------------------------------------------------------------------------
     def _on_projection_changed(self, _index: int) -> None:
         if self.current_frame() is not None:
             self.show_frame(self.frame_index)
 
-    def _ensure_tsne(self) -> None:
-        """In t-SNE mode, start computing the shown frame's layout (PCA stands in until it arrives)."""
-        frame = self.current_frame()
-        key = (self.stage_combo.currentData() or "", self.frame_index)
-        if frame is None or self.projection_combo.currentText() != "t-SNE" or key in self._tsne:
+    def _ensure_layout(self) -> None:
+        """In t-SNE/UMAP mode, start computing the shown frame's layout (PCA stands in until it arrives)."""
+        frame, key = self.current_frame(), self._layout_key_shown()
+        if frame is None or key is None or key in self._layouts:
             return
-        if self.tsne_task.is_running and getattr(self, "_tsne_key", None) == key:
+        if self.layout_task.is_running and self._layout_key == key:
             return
-        self._tsne_key = key
-        self._set_busy(True, "t-SNE (scikit-learn) of this frame; PCA shown meanwhile…")
-        self.tsne_task.start(tsne_frame, frame["points"])  # supersedes a t-SNE of another frame
+        self._layout_key = key
+        self._set_busy(True, f"{key[0]} of this frame in a separate process; PCA shown meanwhile…")
+        self.layout_task.start(layout_frame, frame["points"], key[0])  # supersedes the layout of another frame
 
-    def _on_tsne(self, coords: np.ndarray) -> None:
-        self._tsne[self._tsne_key] = np.asarray(coords, np.float64)
-        self._set_busy(False, "t-SNE of this frame; each frame gets its own layout when shown.")
-        self.show_frame(self.frame_index)
+    def _on_layout(self, coords: np.ndarray) -> None:
+        key, self._layout_key = self._layout_key, None
+        if key is None:  # cancelled just as it finished
+            self._set_busy(False, "")
+            return
+        self._layouts[key] = np.asarray(coords, np.float64)
+        self._set_busy(False, f"{key[0]} of this frame; each frame gets its own layout when shown.")
+        if self.current_frame() is not None:
+            self.show_frame(self.frame_index)
+
+    def _on_layout_failed(self, message: str, _details: str) -> None:
+        method = self._layout_key[0] if self._layout_key else "Projection"
+        self._reset_projection()
+        self._set_busy(False, f"{method} failed: {message}")
+        if self.current_frame() is not None:
+            self.show_frame(self.frame_index)
 
     # --- export ---------------------------------------------------------------------------------------
     def export_png(self, path: str | Path) -> Path:
@@ -514,8 +778,13 @@ class ProjectorView(QWidget):
             self.status_label.setText(f"Saved {path}")
 
     def shutdown(self) -> bool:
-        ok = self.task.shutdown()
-        return self.tsne_task.shutdown() and ok
+        """Cancel everything (a t-SNE/UMAP process is terminated) and join the threads."""
+        self._live_timer.stop()
+        self.live_run_id = self.live_job = None
+        ok = True
+        for task in (self.task, self.live_task, self.layout_task):
+            ok = task.shutdown() and ok
+        return ok
 
     def closeEvent(self, event) -> None:
         self.shutdown()
