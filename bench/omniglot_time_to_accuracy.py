@@ -38,7 +38,7 @@ RECIPES = {
                  "dataset": {"rotations": True}},
     "maml": {"training": {"meta_batch": 4, "steps": 4000, "lr_schedule": "constant"}, "dataset": {"rotations": True}},
     "fomaml": {"training": {"meta_batch": 4, "steps": 6000, "lr_schedule": "constant"},
-               "dataset": {"rotations": True}, "hparams": {"head": "zero"}},
+               "dataset": {"rotations": True}},
 }
 
 

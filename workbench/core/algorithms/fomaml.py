@@ -12,13 +12,18 @@ from workbench.core.hparams import hparam
 
 @dataclass
 class FOMAMLHParams(InnerLoopHParams):
-    """MAML's settings without ``first_order`` (always on), and more inner steps by default: with one step the
-    first-order meta-gradient learned far slower on Omniglot (72% vs 82% 5-way 1-shot after 600 meta-steps),
-    and extra first-order steps are cheap."""
+    """MAML's settings without ``first_order`` (always on), more inner steps by default (with one step the
+    first-order meta-gradient learned far slower on Omniglot: 72% vs 82% 5-way 1-shot after 600 meta-steps, and
+    extra first-order steps are cheap) and a zero head by default (bench/omniglot_time_to_accuracy.py)."""
 
     train_inner_steps: int = hparam(
         5, "Inner gradient steps on the support set during meta-training. First order makes them cheap; with a "
         "single step first-order MAML learns slowly.", low=1, high=20)
+    head: str = hparam(
+        "zero", "Start of the classifier head in each task. zero (the default here): every task starts from a zero "
+        "head (the zero trick), so the first-order meta-gradient does not chase head rows tied to arbitrary label "
+        "order; on Omniglot 5-way 1-shot it reached 94.5% in 20 minutes of CPU training vs 87.3% with learned. "
+        "learned: one meta-learned row per training way, as in the original MAML.", choices=("learned", "zero"))
 
 
 @register
