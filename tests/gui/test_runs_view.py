@@ -653,3 +653,17 @@ def test_background_task_shutdown_joins_a_running_job_and_reports_nothing(qtbot)
     assert not task.is_running and task._jobs == {}
     QApplication.processEvents()  # the thread has ended, so any signal it queued is delivered now: none may be
     assert signals == []
+
+
+def test_background_task_connects_the_callbacks_given_to_its_constructor(qtbot):
+    seen = {"progress": [], "finished": [], "failed": []}
+    task = BackgroundTask(progress=lambda *args: seen["progress"].append(args), finished=seen["finished"].append,
+                          failed=lambda message, _details: seen["failed"].append(message))
+    try:
+        with qtbot.waitSignal(task.finished, timeout=10_000):
+            task.start(lambda report: report(1, 1, "done") or "result")
+        with qtbot.waitSignal(task.failed, timeout=10_000):
+            task.start(lambda report: 1 / 0)
+    finally:
+        assert task.shutdown(10_000)
+    assert seen == {"progress": [(1, 1, "done")], "finished": ["result"], "failed": ["ZeroDivisionError: division by zero"]}

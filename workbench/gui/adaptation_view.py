@@ -59,11 +59,9 @@ class AdaptationView(QWidget):
         self.store = store if store is not None else RunStore()
         self.theme = theme or themes.LIGHT
         self.result: dict[str, Any] | None = None
-        self.task = BackgroundTask(self)
-        self.task.progress.connect(self._on_progress)
-        self.task.finished.connect(self._on_finished)
-        self.task.failed.connect(lambda message, _details: self._set_busy(False, f"Failed: {message}"))
-        self.task.cancelled.connect(lambda: self._set_busy(False, "cancelled"))
+        self.task = BackgroundTask(self, progress=self._on_progress, finished=self._on_finished,
+                                   failed=lambda message, _details: self._set_busy(False, f"Failed: {message}"),
+                                   cancelled=lambda: self._set_busy(False, "cancelled"))
         self._build()
         self.refresh_runs()
         app = QApplication.instance()

@@ -2,11 +2,8 @@
 
 Usage::
 
-    task = BackgroundTask(parent)
-    task.progress.connect(lambda done, total, message: ...)
-    task.finished.connect(lambda result: ...)
-    task.failed.connect(lambda message, details: ...)
-    task.cancelled.connect(lambda: ...)
+    task = BackgroundTask(parent, progress=lambda done, total, message: ..., finished=lambda result: ...,
+                          failed=lambda message, details: ..., cancelled=lambda: ...)  # each optional
     task.start(evaluate_run, run_id)   # calls evaluate_run(progress_callback, run_id) in a QThread
 
 ``fn`` receives a progress callback ``(done, total, message)`` as its first argument; after ``cancel()`` that
@@ -86,8 +83,15 @@ class BackgroundTask(QObject):
     failed = Signal(str, str)  # message for the user, traceback details
     cancelled = Signal()
 
-    def __init__(self, parent: QObject | None = None):
+    def __init__(self, parent: QObject | None = None, *, progress: Callable[[int, int, str], Any] | None = None,
+                 finished: Callable[[Any], Any] | None = None, failed: Callable[[str, str], Any] | None = None,
+                 cancelled: Callable[[], Any] | None = None):
+        """The keyword arguments, when given, are connected to the signals of the same name."""
         super().__init__(parent)
+        for signal, slot in ((self.progress, progress), (self.finished, finished), (self.failed, failed),
+                             (self.cancelled, cancelled)):
+            if slot is not None:
+                signal.connect(slot)
         self._next_id = 0
         self._current: _Job | None = None
         self._jobs: dict[int, _Job] = {}  # every thread not yet joined, current or superseded

@@ -196,11 +196,8 @@ class DatasetPanel(QWidget):
         self._preview_seed = 0
         self._silent = False
         self.episode_problem_text: str | None = None
-        self._task = BackgroundTask(self)
-        self._task.progress.connect(self._on_load_progress)
-        self._task.finished.connect(self._on_loaded)
-        self._task.failed.connect(self._on_load_failed)
-        self._task.cancelled.connect(self._on_load_cancelled)
+        self._task = BackgroundTask(self, progress=self._on_load_progress, finished=self._on_loaded,
+                                    failed=self._on_load_failed, cancelled=self._on_load_cancelled)
         self._load_timer = QTimer(self)
         self._load_timer.setSingleShot(True)
         self._load_timer.setInterval(300)  # typing a path should not start a load per keystroke

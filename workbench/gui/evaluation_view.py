@@ -237,14 +237,11 @@ class EvaluationView(QWidget):
         self.sweep_shots = SHOT_SWEEP
         self._settings_run: str | None = None
 
-        self.task = BackgroundTask(self)
-        self.task.progress.connect(self._on_progress)
-        self.task.finished.connect(self._on_task_finished)
-        self.task.failed.connect(self._on_task_failed)
-        self.task.cancelled.connect(lambda: self._set_busy(False, "cancelled"))
-        self.examples_task = BackgroundTask(self)
-        self.examples_task.finished.connect(self._on_examples)
-        self.examples_task.failed.connect(lambda message, _details: self.examples_title.setText(message))
+        self.task = BackgroundTask(self, progress=self._on_progress, finished=self._on_task_finished,
+                                   failed=self._on_task_failed,
+                                   cancelled=lambda: self._set_busy(False, "cancelled"))
+        self.examples_task = BackgroundTask(self, finished=self._on_examples,
+                                            failed=lambda message, _details: self.examples_title.setText(message))
         self._build()
         self.refresh_runs()
         app = QApplication.instance()

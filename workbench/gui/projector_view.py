@@ -167,19 +167,16 @@ class ProjectorView(QWidget):
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
         self._live_timer.timeout.connect(self._check_live)
-        self.task = BackgroundTask(self)  # loads and embeds the user asked for
-        self.task.progress.connect(self._on_progress)
-        self.task.finished.connect(self._on_loaded)
-        self.task.failed.connect(lambda message, _d: self._set_busy(False, f"Failed: {message}"))
-        self.task.cancelled.connect(lambda: self._set_busy(False, "cancelled"))
-        self.live_task = BackgroundTask(self)  # reloads while training: quiet, no busy state
-        self.live_task.finished.connect(self._on_live_loaded)
-        self.live_task.failed.connect(self._on_live_failed)
-        self.layout_task = BackgroundTask(self)  # t-SNE / UMAP in a child process
-        self.layout_task.progress.connect(self._on_progress)
-        self.layout_task.finished.connect(self._on_layout)
-        self.layout_task.failed.connect(self._on_layout_failed)
-        self.layout_task.cancelled.connect(lambda: self._set_busy(False, "Projection cancelled; PCA shown."))
+        # Loads and embeds the user asked for.
+        self.task = BackgroundTask(self, progress=self._on_progress, finished=self._on_loaded,
+                                   failed=lambda message, _d: self._set_busy(False, f"Failed: {message}"),
+                                   cancelled=lambda: self._set_busy(False, "cancelled"))
+        # Reloads while training: quiet, no busy state.
+        self.live_task = BackgroundTask(self, finished=self._on_live_loaded, failed=self._on_live_failed)
+        # t-SNE / UMAP in a child process.
+        self.layout_task = BackgroundTask(
+            self, progress=self._on_progress, finished=self._on_layout, failed=self._on_layout_failed,
+            cancelled=lambda: self._set_busy(False, "Projection cancelled; PCA shown."))
         self._build()
         self.refresh_runs()
         app = QApplication.instance()

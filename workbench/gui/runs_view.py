@@ -514,11 +514,8 @@ class RunsView(QWidget):
         layout.addWidget(self.table, 1)
         layout.addWidget(self.progress_strip)
 
-        self.eval_task = BackgroundTask(self)
-        self.eval_task.progress.connect(self._on_eval_progress)
-        self.eval_task.finished.connect(self._on_eval_finished)
-        self.eval_task.failed.connect(self._on_eval_failed)
-        self.eval_task.cancelled.connect(self._on_eval_cancelled)
+        self.eval_task = BackgroundTask(self, progress=self._on_eval_progress, finished=self._on_eval_finished,
+                                        failed=self._on_eval_failed, cancelled=self._on_eval_cancelled)
 
         self.refresh()
 

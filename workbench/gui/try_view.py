@@ -320,9 +320,7 @@ class TryView(QWidget):
         self._last_dir = str(Path.home())
         self._stale = True
         self._theme = None
-        self.worker = BackgroundTask(self)
-        self.worker.finished.connect(self._on_result)
-        self.worker.failed.connect(self._on_failed)
+        self.worker = BackgroundTask(self, finished=self._on_result, failed=self._on_failed)
         self._refresh_timer = QTimer(self, singleShot=True, interval=0)
         self._refresh_timer.timeout.connect(self._start_compute)
         self._build()
