@@ -35,8 +35,9 @@ def make_config(args):
         "name": "bench-gui-responsiveness",
         "dataset": dataset,
         "algorithm": {"name": "protonet", "hparams": {"hidden": args.hidden}},
-        # Validation and checkpoints would dominate a short run; both measurements skip them alike.
-        "training": {"steps": args.steps, "val_interval": 0, "val_episodes": args.val_episodes,
+        # By default validation (and with it the embedding snapshots) and checkpoints are skipped alike by both
+        # measurements, as they would dominate a short run; --val-interval turns validation on for both.
+        "training": {"steps": args.steps, "val_interval": args.val_interval, "val_episodes": args.val_episodes,
                      "checkpoint_interval": args.steps, "device": "cpu", "threads": args.threads, "seed": 0},
     })
 
@@ -57,7 +58,7 @@ def train_headless(config, home: Path) -> dict:
     return {"steps_per_s": steps_per_s, "threads": trainer.threads, "elapsed_s": final.elapsed_s}
 
 
-def train_in_gui(config, home: Path, timeout_s: float, probe_latency: bool = True) -> dict:
+def train_in_gui(config, home: Path, timeout_s: float, probe_latency: bool = True, tab: str = "Training") -> dict:
     from PySide6.QtCore import QElapsedTimer, QEventLoop, Qt, QTimer
 
     from workbench.core.runs import RunStore
@@ -70,6 +71,10 @@ def train_in_gui(config, home: Path, timeout_s: float, probe_latency: bool = Tru
     window.resize(1400, 900)
     window.show()
     window.apply_config(config)
+    titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    if tab not in titles:
+        raise SystemExit(f"--tab {tab!r}: choose one of {', '.join(titles)}")
+    window.tabs.setCurrentIndex(titles.index(tab))  # the visible tab is the one that redraws as records arrive
 
     def spin_until(predicate, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -137,6 +142,9 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=15)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--val-episodes", type=int, default=20)
+    parser.add_argument("--val-interval", type=int, default=0,
+                        help="validate (and take an embedding snapshot) every N steps; 0: only at the end")
+    parser.add_argument("--tab", default="Training", help="the main-window tab visible while training, e.g. Embeddings")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for both runs (0 = automatic: the GUI then keeps one core free)")
     parser.add_argument("--repeats", type=int, default=1,
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
                 print(f"headless: {headless[-1]['steps_per_s']:.2f} steps/s ({headless[-1]['threads']} threads)",
                       flush=True)
                 run = train_in_gui(config, Path(scratch) / f"home-gui{repeat}{probe_latency}", args.timeout,
-                                   probe_latency)
+                                   probe_latency, args.tab)
                 (probed if probe_latency else plain).append(run)
                 latency = f", latency p99 {run['p99_ms']:.1f} ms" if probe_latency else " (no probe)"
                 print(f"GUI:      {run['steps_per_s']:.2f} steps/s, {run['updates']} record batches "
