@@ -87,7 +87,9 @@ def test_hparam_validation_names_the_field():
     with pytest.raises(ConfigError, match="algorithm.hparams.noise_kind"):
         cls.build_hparams({"noise_kind": "pairs"})
     with pytest.raises(ConfigError, match="algorithm.hparams.setting"):
-        cls.build_hparams({"setting": "episodic"})  # not implemented, so not offered
+        cls.build_hparams({"setting": "meta-dataset"})
+    assert cls.build_hparams({"setting": "episodic"}).setting == "episodic"
+    assert cls.info()["training_input"] == "episodes"  # the episodic setting needs them; classification ignores them
     assert cls.build_hparams({"label_noise": "0.2", "weighting": "false"}).weighting is False
     assert cls.info()["family"] == "optimization"
 
@@ -186,3 +188,164 @@ def test_cli_label_noise_flag_trains_and_eval_reports_weights(capsys, noisy_data
     code = cli.main(["train", "--algorithm", "protonet", "--label-noise", "0.3", *flags, "--quiet"])
     out, err = capsys.readouterr()
     assert code != 0 and "label_noise" in err
+
+
+# --- the episodic setting ---------------------------------------------------------------------------------
+def make_episodic(dataset, seed: int = 0, lr: float = 1e-3, **hparams):
+    cls = get_algorithm("meta-weight-net")
+    values = {"setting": "episodic", "hidden": 8, "weight_net_hidden": 16, "train_inner_steps": 2,
+              "test_inner_steps": 3, "history_interval": 5, "label_noise": 0.4}
+    values.update(hparams)
+    split = dataset.split("train")
+    torch.manual_seed(seed)
+    algorithm = cls(cls.build_hparams(values), ModelSpec(dataset.spec.channels, dataset.spec.image_size, 3,
+                                                         split.num_classes))
+    algorithm.attach_training_data(split, dataset.spec, seed)
+    algorithm.configure_optimizers(lr, 100, "constant")
+    return algorithm
+
+
+def episodes_of(dataset, count: int, shots: int = 5, queries: int = 3, seed: int = 0, split: str = "train"):
+    from workbench.core.data import EpisodeSampler
+
+    sampler = EpisodeSampler(dataset.split(split), dataset.spec, 3, shots, queries, seed=seed)
+    return [sampler.sample() for _ in range(count)]
+
+
+def test_episodic_step_meta_learns_both_the_start_and_the_weight_net():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    algorithm = make_episodic(dataset)
+    assert algorithm.gradient_based and set(algorithm.modules()) == {"model", "weight_net"}
+    weight_net_before = [p.detach().clone() for p in algorithm.weight_net.parameters()]
+    model_before = [p.detach().clone() for p in algorithm.episodic.model.parameters()]
+    out = algorithm.meta_train_step(episodes_of(dataset, 2))
+    assert out["meta_grad_norm"] > 0 and 0 < out["weight_mean"] < 1
+    assert "weight_noisy" in out and "weight_clean" in out
+    assert any(not torch.equal(a, b) for a, b in zip(weight_net_before, algorithm.weight_net.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(model_before, algorithm.episodic.model.parameters()))
+    assert algorithm.history["steps"].tolist() == [1]
+    assert algorithm.history["thumbnails"].shape[1:] == (1, 16, 16)
+
+
+def test_episodic_meta_gradient_of_the_weight_net_flows_through_the_inner_loop():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    algorithm = make_episodic(dataset)
+    episode = episodes_of(dataset, 1)[0]
+    learner = algorithm.episodic
+    fast = learner.adapt_fast(episode.support_x, episode.support_y, 3, 2, 0.4, create_graph=True)
+    query_loss = torch.nn.functional.cross_entropy(
+        torch.func.functional_call(learner.model, fast, (episode.query_x,)), episode.query_y)
+    grads = torch.autograd.grad(query_loss, list(algorithm.weight_net.parameters()))
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert float(sum(g.abs().sum() for g in grads)) > 0
+
+
+def test_episodic_baseline_is_plain_maml_on_noisy_supports():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    baseline = make_episodic(dataset, weighting=False)
+    before = [p.detach().clone() for p in baseline.weight_net.parameters()]
+    out = baseline.meta_train_step(episodes_of(dataset, 2))
+    assert out["weight_mean"] == 1.0 and "meta_grad_norm" not in out
+    assert all(torch.equal(a, b) for a, b in zip(before, baseline.weight_net.parameters()))
+    # Its inner loop is MAML's: the same start adapts to the same fast weights as MAML's unweighted one.
+    from workbench.core.algorithms.functional import sgd_inner_loop
+
+    episode = episodes_of(dataset, 1, seed=3)[0]
+    adapted = baseline.adapt(episode.support_x, episode.support_y, 3, steps=2)
+    maml = baseline.episodic.maml
+    expected = sgd_inner_loop(maml.model, maml.task_params(3, detach=True), episode.support_x, episode.support_y,
+                              2, baseline.hparams.test_inner_lr, create_graph=False)
+    assert all(torch.allclose(adapted["params"][k], expected[k], atol=1e-6) for k in expected)
+    assert np.all(baseline.history["curves"] == 1)  # the view shows the weights used: all 1
+
+
+def test_episodic_weights_share_each_labelled_class_and_start_from_equal_losses():
+    from workbench.core.algorithms.meta_weight_net_episodic import normalized_per_class
+
+    weights = torch.tensor([0.9, 0.1, 0.5, 0.5, 0.2])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    factors = normalized_per_class(weights, labels, normalize=True)
+    # Each labelled class keeps a third of the step; within a class the weights shift it between samples.
+    assert torch.allclose(factors, torch.tensor([0.3, 1 / 30, 1 / 6, 1 / 6, 1 / 3]))
+    assert torch.allclose(normalized_per_class(weights, labels, normalize=False), weights / 5)
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    algorithm = make_episodic(dataset)
+    assert algorithm.hparams.head == "zero" and algorithm.hparams.normalize_weights
+    episode = episodes_of(dataset, 1)[0]
+    record = []
+    algorithm.episodic.adapt(episode.support_x, episode.support_y, 3, steps=2, record=record)
+    # The zero head: every loss of the first inner step is log(ways), those after it differ.
+    assert torch.allclose(record[0][0], torch.full_like(record[0][0], float(np.log(3))), atol=1e-5)
+    assert float(record[1][0].std()) > 1e-3
+    # Without weighting the inner loss is the plain mean, also on supports whose labels are unbalanced.
+    baseline = make_episodic(dataset, weighting=False)
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 0, 0, 1, 2])
+    assert torch.allclose(baseline.episodic.support_loss()(logits, targets),
+                          torch.nn.functional.cross_entropy(logits, targets))
+
+
+def test_episodic_adapt_predict_embed_trace_and_checkpoint():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    algorithm = make_episodic(dataset)
+    for _ in range(2):
+        algorithm.meta_train_step(episodes_of(dataset, 1))
+    episode = episodes_of(dataset, 1, split="test")[0]
+    with torch.no_grad():  # as evaluation calls it
+        adapted = algorithm.adapt(episode.support_x, episode.support_y, 3)
+        probs = algorithm.predict(adapted, episode.query_x)
+    assert probs.shape == (9, 3) and torch.allclose(probs.sum(-1), torch.ones(9))
+    assert algorithm.embed(episode.query_x, adapted).shape[0] == 9
+    trace = algorithm.adaptation_trace(episode.support_x, episode.support_y, episode.query_x, episode.query_y, 3,
+                                       steps=3)
+    assert [t["step"] for t in trace] == [0, 1, 2, 3] and trace[-1]["support_loss"] < trace[0]["support_loss"]
+    restored = make_episodic(dataset, seed=5)
+    restored.load_state_dict(algorithm.state_dict())
+    assert restored.steps_done == 2
+    again = restored.predict(restored.adapt(episode.support_x, episode.support_y, 3), episode.query_x)
+    assert torch.allclose(again, probs, atol=1e-5)
+
+
+def test_episodic_weighting_learns_lower_weights_for_corrupted_supports():
+    dataset = synthetic_dataset(train_classes=8, per_class=20, image_size=16, noise=30.0)
+    # These easy blobs fit the majority label within one inner step at lr 0.4, so corrupted supports keep high
+    # losses from the second step on.
+    algorithm = make_episodic(dataset, lr=3e-3, weight_net_lr=1e-2, train_inner_steps=3, train_inner_lr=0.4,
+                              test_inner_lr=0.4, history_interval=80)
+    for step in range(80):
+        algorithm.meta_train_step(episodes_of(dataset, 1, seed=step))
+    history = algorithm.history
+    assert history["noisy_mean"][-1] < 0.85 * history["clean_mean"][-1], (history["clean_mean"],
+                                                                           history["noisy_mean"])
+    # Evaluation episodes with corrupted supports give the same picture on unseen classes.
+    from workbench.core.data import FixedEpisodes
+
+    fixed = FixedEpisodes(dataset.split("test"), dataset.spec, 3, 5, 3, 6, seed=1)
+    extras = algorithm.evaluation_extras(fixed)
+    weights = extras["weights"]
+    assert weights["setting"] == "episodic" and weights["noisy_mean"] < weights["clean_mean"], weights
+    assert 0 <= extras["noisy_supports"]["accuracy"] <= 1 and extras["noisy_supports"]["episodes"] == 6
+    assert algorithm.evaluation_extras(fixed) == extras  # corruption of evaluation supports is seeded
+
+
+def test_cli_setting_flag_trains_episodic_and_eval_reports_weights(capsys, noisy_data):
+    flags = ["--image-size", "16", "--ways", "3", "--shots", "5", "--queries", "2", "--steps", "4",
+             "--val-interval", "2", "--val-episodes", "2", "--checkpoint-interval", "2", "--eval-episodes", "3",
+             "--device", "cpu", "--threads", "1"]
+    code = cli.main(["train", "--algorithm", "meta-weight-net", "--setting", "episodic", "--label-noise", "0.4",
+                     *flags, "--hparam", "hidden=8", "--hparam", "train_inner_steps=2", "--hparam",
+                     "test_inner_steps=2", "--hparam", "history_interval=2", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    run = RunStore().get(json.loads(out)["run"])
+    assert run.config.algorithm.hparams["setting"] == "episodic"
+    history = np.load(run.path / "weight_history.npz")
+    assert history["steps"].tolist() == [1, 2, 4] and str(history["setting"]) == "episodic"
+    code = cli.main(["eval", run.id, "--episodes", "3", "--device", "cpu", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads(out)
+    weights = result["weights"]
+    assert 0 < weights["clean_mean"] < 1 and 0 < weights["noisy_mean"] < 1
+    assert 0 <= result["noisy_supports"]["accuracy"] <= 1
+    code = cli.main(["train", "--algorithm", "meta-weight-net", "--setting", "meta-dataset", *flags, "--quiet"])
+    assert code != 0 and "algorithm.hparams.setting" in capsys.readouterr().err

@@ -181,6 +181,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-noise", metavar="RATE", dest="label_noise", default=None,
                         help="Fraction of corrupted training labels, for algorithms that learn under label noise "
                         "(meta-weight-net); same as --hparam label_noise=RATE.")
+    parser.add_argument("--setting", metavar="SETTING", default=None,
+                        help="Setting of an algorithm that has several (meta-weight-net: classification or "
+                        "episodic); same as --hparam setting=SETTING.")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="set_values",
                         help="Any config field, e.g. --set training.lr_schedule=constant (repeatable).")
     groups = {"dataset": parser.add_argument_group("dataset and episodes"),
@@ -273,6 +276,8 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
         algorithm["name"] = args.algorithm
     if getattr(args, "label_noise", None) is not None:
         algorithm.setdefault("hparams", {})["label_noise"] = args.label_noise
+    if getattr(args, "setting", None) is not None:
+        algorithm.setdefault("hparams", {})["setting"] = args.setting
     for item in getattr(args, "hparam", None) or []:
         key, value = _split_assignment(item, "--hparam")
         algorithm.setdefault("hparams", {})[key] = value

@@ -297,9 +297,14 @@ class WeightsView(QWidget):
         noise = float(history.get("label_noise", np.nan))
         weighting = bool(history.get("weighting", True))
         kind = str(history.get("noise_kind", ""))
-        details = [f"{100 * noise:.0f}% {kind} label noise" if math.isfinite(noise) else "",
+        episodic = str(history.get("setting", "")) == "episodic"
+        details = [f"{100 * noise:.0f}% {kind} label noise" + (" on support sets" if episodic else "")
+                   if math.isfinite(noise) else "",
                    "learned weighting" if weighting else "baseline without weighting (all weights 1)"]
         self.title.setText(f"<b>{title}</b>: " + ", ".join(d for d in details if d))
+        self.strip_caption.setText(
+            ("Support images of fixed training tasks" if episodic else "Training images") +
+            " sorted by weight (lowest first); red frame: corrupted label, green: correct label.")
         self.stack.setCurrentIndex(1)
         self._fit_loss_range(history)
         self.slider.blockSignals(True)
@@ -353,10 +358,15 @@ class WeightsView(QWidget):
         clean, noisy = float(history["clean_mean"][index]), float(history["noisy_mean"][index])
         ratio = (f" (noisy/clean {noisy / clean:.2f})" if math.isfinite(clean) and math.isfinite(noisy) and clean > 0
                  else "")
+        if str(history.get("setting", "")) == "episodic":
+            accuracy = (f"query accuracy of fixed training tasks adapted on their noisy supports "
+                        f"<b>{100 * test:.1f}%</b>")
+            samples = "support samples (weights of inner steps 1 and later)"
+        else:
+            accuracy, samples = f"clean test accuracy <b>{100 * test:.1f}%</b>", "samples"
         self.summary.setText(
-            f"At step {step:,}: mean weight of clean samples <b>{percent('clean_mean')}</b>, of noisy samples "
-            f"<b>{percent('noisy_mean')}</b>{ratio}; clean test accuracy <b>{100 * test:.1f}%</b>. "
-            f"Dashed: the curve at the first snapshot.")
+            f"At step {step:,}: mean weight of clean {samples} <b>{percent('clean_mean')}</b>, of noisy ones "
+            f"<b>{percent('noisy_mean')}</b>{ratio}; {accuracy}. Dashed: the curve at the first snapshot.")
         thumbnails = history.get("thumbnails")
         if thumbnails is not None and thumbnails.ndim == 4 and len(thumbnails):
             self.strip.setPixmap(thumbnail_strip(thumbnails, history["thumb_weights"][index].astype(np.float32),
