@@ -38,6 +38,17 @@ def _isolated_workbench_dirs(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (small models; the other core stays free), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def workbench_home() -> Path:
     return Path(os.environ["WORKBENCH_HOME"])
 

@@ -18,12 +18,7 @@ from workbench.core.noise import corrupt_labels, long_tail_counts, make_noisy_pr
 from workbench.core.runs import RunStore
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_algorithm(dataset, seed: int = 0, lr: float = 3e-3, steps: int = 100, **hparams):

@@ -29,12 +29,7 @@ CLASS_A, CLASS_B = TEST_CLASSES[0], TEST_CLASSES[40 + 7]
 SUPPORT_SAMPLES = (0, 1, 2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,17 +27,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from workbench.core.errors import EpisodeError
+from workbench.core.progress import Cancelled, ProgressCallback, no_progress
 
 if TYPE_CHECKING:
     import torch
 
     from workbench.core.algorithms.base import Algorithm
-    from workbench.core.data.base import FewShotDataset, ProgressCallback
+    from workbench.core.data.base import FewShotDataset
     from workbench.core.data.episodes import Episode, FixedEpisodes
 
-
-def no_progress(done: int, total: int, message: str) -> None:
-    return None
 
 PROBE_SEED = 1234  # fixed, so every snapshot of a run (and every run) sees the same probe tasks
 PROBE_FILE = "probes.npz"
@@ -291,14 +289,15 @@ def umap_available() -> bool:
     return importlib.util.find_spec("umap") is not None
 
 
-def _fit_projection(method: str, points: np.ndarray, seed: int, verbose: bool) -> np.ndarray:
+def _fit_projection(method: str, points: np.ndarray, seed: int) -> np.ndarray:
+    """Runs in the child process; t-SNE prints its progress (verbose), which :class:`_ProgressLines` reads."""
     x = np.asarray(points, np.float32)
     if method == "t-SNE":
         from sklearn.manifold import TSNE
 
         perplexity = float(max(2.0, min(30.0, (len(x) - 1) / 3)))
         return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                    max_iter=TSNE_ITERATIONS, verbose=2 if verbose else 0).fit_transform(x)
+                    max_iter=TSNE_ITERATIONS, verbose=2).fit_transform(x)
     if method == "UMAP":
         if not umap_available():
             raise ImportError("UMAP needs the optional package umap-learn (pip install umap-learn)")
@@ -307,15 +306,6 @@ def _fit_projection(method: str, points: np.ndarray, seed: int, verbose: bool) -
         neighbours = int(max(2, min(15, len(x) - 1)))
         return umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed).fit_transform(x)
     raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
-
-
-def tsne_2d(points: np.ndarray, seed: int = 0, progress: ProgressCallback = no_progress) -> np.ndarray:
-    """t-SNE (scikit-learn) of ``points`` in this process; it cannot be interrupted, so interactive callers use
-    :func:`projection_2d`."""
-    progress(0, 1, "t-SNE")
-    coords = _fit_projection("t-SNE", points, seed, verbose=False)
-    progress(1, 1, "t-SNE done")
-    return coords
 
 
 class _ProgressLines:
@@ -355,7 +345,7 @@ def _projection_child(method: str, seed: int, connection) -> None:
         package = "scikit-learn" if method == "t-SNE" else "umap-learn"
         connection.send(("progress", 0, 0, f"{method}: loading {package}"))
         with contextlib.redirect_stdout(_ProgressLines(connection)):
-            coords = _fit_projection(method, points, seed, verbose=True)
+            coords = _fit_projection(method, points, seed)
         connection.send(("result", np.asarray(coords, np.float64)))
     except BaseException as exc:  # everything goes back to the parent, which raises it there
         text = str(exc)
@@ -375,8 +365,6 @@ def projection_2d(points: np.ndarray, method: str = "t-SNE", seed: int = 0,
     ``RuntimeError`` when the child fails or dies. As with any spawned process, the child re-imports the main
     script: a script that calls this needs the ``if __name__ == "__main__":`` guard (the ``workbench`` entry
     points have it; the frozen app calls ``multiprocessing.freeze_support()``)."""
-    from workbench.core.data.base import Cancelled
-
     if method not in PROJECTIONS:
         raise ValueError(f"unknown projection {method!r}; choose one of {', '.join(PROJECTIONS)}")
     x = np.ascontiguousarray(points, np.float32)

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QApplication, QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar,
-                               QPushButton, QSpinBox, QStackedWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
+                               QStackedWidget, QVBoxLayout, QWidget)
 
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
@@ -64,9 +64,6 @@ class AdaptationView(QWidget):
                                    cancelled=lambda: self._set_busy(False, "cancelled"))
         self._build()
         self.refresh_runs()
-        app = QApplication.instance()
-        if app is not None:  # also join threads when the app quits without MainWindow.shutdown()
-            app.aboutToQuit.connect(self.shutdown)
 
     def _build(self) -> None:
         controls = QHBoxLayout()

@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from workbench.core.data.base import Cancelled
 from workbench.core.errors import WorkbenchError
@@ -95,6 +95,9 @@ class BackgroundTask(QObject):
         self._next_id = 0
         self._current: _Job | None = None
         self._jobs: dict[int, _Job] = {}  # every thread not yet joined, current or superseded
+        app = QCoreApplication.instance()
+        if app is not None:  # join the threads when the app quits, even if the owner never calls shutdown()
+            app.aboutToQuit.connect(self.shutdown)
 
     # --- public API ---------------------------------------------------------------------------
     def start(self, fn: Callable[..., Any], *args, **kwargs) -> int:

@@ -14,10 +14,10 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
-from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QFormLayout, QGridLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
-                               QScrollArea, QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QTabWidget,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFormLayout, QGridLayout, QHBoxLayout, QHeaderView,
+                               QLabel, QListWidget, QListWidgetItem, QProgressBar, QPushButton, QScrollArea,
+                               QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout,
+                               QWidget)
 
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
@@ -244,9 +244,6 @@ class EvaluationView(QWidget):
                                             failed=lambda message, _details: self.examples_title.setText(message))
         self._build()
         self.refresh_runs()
-        app = QApplication.instance()
-        if app is not None:  # also join threads when the app quits without MainWindow.shutdown()
-            app.aboutToQuit.connect(self.shutdown)
 
     # --- layout -------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -656,7 +653,7 @@ class EvaluationView(QWidget):
                 table.setItem(r, c, item)
         shown, total = len(indexes), confusion.shape[0]
         self.confusion_note.setText(
-            f"Rows: true class, columns: predicted class; colour: share of the row's queries. "
+            "Rows: true class, columns: predicted class; colour: share of the row's queries. "
             + (f"Showing the {shown} of {total} classes with the most errors." if shown < total else
                f"{total} classes."))
 

@@ -458,7 +458,8 @@ class MainWindow(QMainWindow):
     def _episode_problem(self, config: ExperimentConfig) -> str | None:
         dataset = self.dataset_panel.dataset
         checks = []
-        if get_algorithm(config.algorithm.name).training_input == "episodes":
+        algorithm_cls = get_algorithm(config.algorithm.name)
+        if algorithm_cls.training_input_for(algorithm_cls.build_hparams(config.algorithm.hparams)) == "episodes":
             overridden = (config.training.train_ways, config.training.train_shots, config.training.train_queries)
             prefix = "Training episodes (train ways/shots/queries): " if any(overridden) else ""
             checks.append(("train", config.train_ways, config.train_shots, config.train_queries, prefix))

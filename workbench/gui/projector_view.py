@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QPointF, Qt, QTimer, Signal
-from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-                               QSlider, QToolTip, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSlider,
+                               QToolTip, QVBoxLayout, QWidget)
 
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
@@ -179,9 +179,6 @@ class ProjectorView(QWidget):
             cancelled=lambda: self._set_busy(False, "Projection cancelled; PCA shown."))
         self._build()
         self.refresh_runs()
-        app = QApplication.instance()
-        if app is not None:  # also join threads when the app quits without MainWindow.shutdown()
-            app.aboutToQuit.connect(self.shutdown)
 
     @classmethod
     def for_window(cls, window) -> "ProjectorView":

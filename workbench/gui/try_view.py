@@ -301,6 +301,21 @@ class QueryRow(QFrame):
             self.bar_widgets[name] = bar
 
 
+def _scrolling_column(spacing: int) -> tuple[QVBoxLayout, QScrollArea]:
+    """A vertical list that scrolls: widgets added to the returned layout stack from the top."""
+    column = QVBoxLayout()
+    column.setSpacing(spacing)
+    holder = QWidget()
+    holder_layout = QVBoxLayout(holder)
+    holder_layout.setContentsMargins(0, 0, 0, 0)
+    holder_layout.addLayout(column)
+    holder_layout.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setWidget(holder)
+    return column, scroll
+
+
 class TryView(QWidget):
     """Model chooser, class cards, queries with predictions, a sketch pad and an adaptation plot."""
 
@@ -357,16 +372,7 @@ class TryView(QWidget):
         top.addWidget(self.task_button)
 
         # classes
-        self.cards_layout = QVBoxLayout()
-        self.cards_layout.setSpacing(6)
-        cards_holder = QWidget()
-        holder_layout = QVBoxLayout(cards_holder)
-        holder_layout.setContentsMargins(0, 0, 0, 0)
-        holder_layout.addLayout(self.cards_layout)
-        holder_layout.addStretch(1)
-        cards_scroll = QScrollArea()
-        cards_scroll.setWidgetResizable(True)
-        cards_scroll.setWidget(cards_holder)
+        self.cards_layout, cards_scroll = _scrolling_column(spacing=6)
         add_class = QPushButton("Add class")
         add_class.clicked.connect(lambda: self.add_class())
         classes_box = QVBoxLayout()
@@ -400,16 +406,7 @@ class TryView(QWidget):
         q_header.addWidget(drop_hint, 1)
         for button in (add_q, paste_q, clear_q):
             q_header.addWidget(button)
-        self.rows_layout = QVBoxLayout()
-        self.rows_layout.setSpacing(4)
-        rows_holder = QWidget()
-        rows_holder_layout = QVBoxLayout(rows_holder)
-        rows_holder_layout.setContentsMargins(0, 0, 0, 0)
-        rows_holder_layout.addLayout(self.rows_layout)
-        rows_holder_layout.addStretch(1)
-        rows_scroll = QScrollArea()
-        rows_scroll.setWidgetResizable(True)
-        rows_scroll.setWidget(rows_holder)
+        self.rows_layout, rows_scroll = _scrolling_column(spacing=4)
         rows_scroll.setAcceptDrops(False)
         self.query_rows: list[QueryRow] = []
         queries_box = QVBoxLayout()

@@ -101,6 +101,12 @@ class Algorithm(ABC):
         return build(cls.HParams, values, "algorithm.hparams")
 
     @classmethod
+    def training_input_for(cls, hparams: Any) -> str:
+        """What the trainer feeds ``meta_train_step`` under these hyperparameters: "episodes" or "batches".
+        By default the class's ``training_input``; an algorithm whose settings change it overrides this."""
+        return cls.training_input
+
+    @classmethod
     def full_hparams(cls, values: dict | None) -> dict:
         return to_dict(cls.build_hparams(values))
 

@@ -28,8 +28,8 @@ from torch import nn
 
 from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family, accuracy
-from workbench.core.algorithms.functional import (Params, detached, forward_with, named_params, sgd_inner_loop,
-                                                  sgd_step, sub_params)
+from workbench.core.algorithms.functional import (LossFn, Params, detached, forward_with, named_params,
+                                                  sgd_inner_loop, sgd_step, sub_params)
 from workbench.core.hparams import hparam
 from workbench.core.models.conv4 import Conv4Classifier
 
@@ -142,15 +142,16 @@ class MAML(Algorithm):
         self.step_schedulers()
         return {"loss": total_loss, "accuracy": total_acc}
 
-    def adapt(self, support_x, support_y, ways, steps: int | None = None):
-        """Fine-tune from the learned start on the support set; returns the fast weights (detached)."""
+    def adapt(self, support_x, support_y, ways, steps: int | None = None, loss_fn: LossFn = F.cross_entropy):
+        """Fine-tune from the learned start on the support set; returns the fast weights (detached).
+        ``loss_fn`` is the support loss (Meta-Weight-Net's episodic setting passes a weighted one)."""
         self.model.eval()
         steps = self.hparams.test_inner_steps if steps is None else steps
         support_x, support_y = support_x.to(self.device), support_y.to(self.device)
         # Adaptation needs gradients even when the caller evaluates under no_grad.
         with torch.enable_grad():
             fast = sgd_inner_loop(self.model, self.task_params(ways, detach=True), support_x, support_y, steps,
-                                  self.hparams.test_inner_lr, create_graph=False)
+                                  self.hparams.test_inner_lr, create_graph=False, loss_fn=loss_fn)
         return {"params": detached(fast), "ways": ways, "support_x": support_x}
 
     def _logits(self, params: Params, x: torch.Tensor, support_x: torch.Tensor | None) -> torch.Tensor:
@@ -173,7 +174,8 @@ class MAML(Algorithm):
         params = adapted["params"] if adapted is not None else named_params(self.model)
         return forward_with(self.model.features, sub_params(params, "features"), x.to(self.device))
 
-    def adaptation_trace(self, support_x, support_y, query_x, query_y, ways, steps=None):
+    def adaptation_trace(self, support_x, support_y, query_x, query_y, ways, steps=None,
+                         loss_fn: LossFn = F.cross_entropy):
         self.model.eval()
         steps = self.hparams.test_inner_steps if steps is None else steps
         support_x, support_y = support_x.to(self.device), support_y.to(self.device)
@@ -187,10 +189,11 @@ class MAML(Algorithm):
                     query_loss = float(F.cross_entropy(query_logits, query_y))
                 if step < steps:
                     new_params, support_loss, _ = sgd_step(self.model, params, support_x, support_y,
-                                                           self.hparams.test_inner_lr, create_graph=False)
+                                                           self.hparams.test_inner_lr, create_graph=False,
+                                                           loss_fn=loss_fn)
                 else:
                     with torch.no_grad():
-                        support_loss = F.cross_entropy(forward_with(self.model, params, support_x), support_y)
+                        support_loss = loss_fn(forward_with(self.model, params, support_x), support_y)
                 trace.append({"step": step, "support_loss": float(support_loss.detach()), "query_loss": query_loss,
                               "query_accuracy": accuracy(query_logits, query_y)})
                 if step < steps:

@@ -6,7 +6,7 @@ Two settings (hparam ``setting``):
 - ``classification``: ordinary classification with corrupted labels (or class imbalance). The trainer hands the
   algorithm its meta-train split once (``attach_training_data``); the algorithm carves a fixed problem out of it
   (see :mod:`workbench.core.noise`) and draws its own batches, because it must know which samples are noisy; the
-  trainer's episodes are ignored. The classifier trains with SGD at ``classifier_lr`` by default (not
+  trainer's batches are ignored. The classifier trains with SGD at ``classifier_lr`` by default (not
   training.lr): on glyphs with 40% noise that beat the unweighted classifier on every seed, Adam did not.
 - ``episodic``: MAML on the trainer's episodes whose support labels are corrupted; the inner loop weights the
   support samples with the net and the clean query loss meta-learns both (see
@@ -151,10 +151,14 @@ class MetaWeightNet(Algorithm):
                    "their loss, and the clean query loss, differentiated through the inner steps, meta-learns "
                    "both the initialization and the MLP. See the Sample weights view.")
     HParams = MetaWeightNetHParams
-    # The trainer decides from the class alone: episodes serve the episodic setting; the classification setting
-    # ignores them and draws from its own noisy problem.
-    training_input = "episodes"
+    training_input = "episodes"  # the episodic setting's; see training_input_for
     gradient_based = True  # per instance below: only the episodic setting has an inner loop
+
+    @classmethod
+    def training_input_for(cls, hparams) -> str:
+        # The classification setting draws its own batches from the noisy problem and ignores the trainer's;
+        # small plain batches cost the trainer less than episodes, and need no valid episode setting.
+        return "episodes" if hparams.setting == "episodic" else "batches"
 
     def __init__(self, hparams, model_spec, device="cpu"):
         super().__init__(hparams, model_spec, device)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.algorithms.base import ModelSpec, accuracy
-from workbench.core.algorithms.functional import detached, forward_with, sgd_inner_loop, sgd_step
+from workbench.core.algorithms.functional import forward_with, sgd_inner_loop
 from workbench.core.algorithms.maml import MAML, MAMLHParams
 from workbench.core.data.base import ClassSplit, PreprocessSpec
 from workbench.core.data.episodes import Episode, EpisodeSampler
@@ -182,12 +182,7 @@ class EpisodicLearner:
     def adapt(self, support_x, support_y, ways: int, steps: int | None = None,
               record: WeightRecord | None = None) -> dict[str, Any]:
         """Weighted fine-tuning from the learned start on the given support set; fast weights detached."""
-        self.model.eval()
-        steps = self.hparams.test_inner_steps if steps is None else steps
-        support_x, support_y = support_x.to(self.device), support_y.to(self.device)
-        with torch.enable_grad():  # adaptation needs gradients even when the caller evaluates under no_grad
-            fast = self.adapt_fast(support_x, support_y, ways, steps, self.hparams.test_inner_lr, False, record)
-        return {"params": detached(fast), "ways": ways, "support_x": support_x}
+        return self.maml.adapt(support_x, support_y, ways, steps, loss_fn=self.support_loss(record))
 
     def predict(self, adapted, query_x) -> torch.Tensor:
         return self.maml.predict(adapted, query_x)
@@ -196,27 +191,9 @@ class EpisodicLearner:
         return self.maml.embed(x, adapted)
 
     def adaptation_trace(self, support_x, support_y, query_x, query_y, ways: int, steps: int | None = None):
-        """As MAML's, with the weighted support loss (its weighted mean when weights are normalized)."""
-        self.model.eval()
-        steps = self.hparams.test_inner_steps if steps is None else steps
-        support_x, support_y = support_x.to(self.device), support_y.to(self.device)
-        query_x, query_y = query_x.to(self.device), query_y.to(self.device)
-        params = self.maml.task_params(ways, detach=True)
-        loss_fn = self.support_loss()
-        trace = []
-        for step in range(steps + 1):
-            probs = self.predict({"params": params, "support_x": support_x}, query_x)
-            query_loss = float(F.nll_loss(probs.clamp_min(1e-12).log(), query_y))
-            with torch.enable_grad():
-                if step < steps:
-                    params, support_loss, _ = sgd_step(self.model, params, support_x, support_y,
-                                                       self.hparams.test_inner_lr, False, loss_fn)
-                    params = {name: value.detach().requires_grad_(True) for name, value in params.items()}
-                else:
-                    support_loss = loss_fn(forward_with(self.model, params, support_x), support_y)
-            trace.append({"step": step, "support_loss": float(support_loss.detach()), "query_loss": query_loss,
-                          "query_accuracy": accuracy(probs, query_y)})
-        return trace
+        """As MAML's, with the weighted support loss."""
+        return self.maml.adaptation_trace(support_x, support_y, query_x, query_y, ways, steps,
+                                          loss_fn=self.support_loss())
 
     # --- measuring the weighting ---------------------------------------------------------------------------
     def noisy_support_run(self, episodes, seed_of: Callable[[int], int]) -> dict[str, Any]:

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workbench.core.errors import WorkbenchError
+from workbench.core.progress import Cancelled, ProgressCallback, no_progress  # noqa: F401 (re-exported)
 
 SPLITS = ("train", "val", "test")
 SPLIT_TITLES = {"train": "meta-train", "val": "meta-validation", "test": "meta-test"}
-
-# progress(done, total, message); a callback may raise Cancelled to stop long work.
-ProgressCallback = Callable[[int, int, str], None]
-
-
-class Cancelled(WorkbenchError):
-    """Long work (loading, downloading, evaluating) was cancelled by the user."""
-
-
-def no_progress(done: int, total: int, message: str) -> None:
-    return None
-
 
 @dataclass(frozen=True)
 class PreprocessSpec:

@@ -184,7 +184,7 @@ class Trainer:
         train_split = self.dataset.split("train")
         algorithm_cls = get_algorithm(config.algorithm.name)
         hparams = algorithm_cls.build_hparams(config.algorithm.hparams)
-        if algorithm_cls.training_input == "batches":
+        if algorithm_cls.training_input_for(hparams) == "batches":
             batch_size = int(getattr(hparams, "batch_size", 64))
             self.sampler: data.EpisodeSampler | BatchSampler = BatchSampler(train_split, spec, batch_size,
                                                                             training.seed)
