@@ -34,6 +34,9 @@ class AlwaysFirst:
         probs[:, 0] = 1.0
         return probs
 
+    def evaluation_extras(self, episodes):
+        return {}
+
 
 class PixelNearestMean(AlwaysFirst):
     """A training-free classifier: nearest class mean in pixel space."""
@@ -136,7 +139,7 @@ def test_to_dict_round_trip_and_large_confusion_is_left_to_the_arrays(monkeypatc
         result.per_class_accuracy)
     assert np.array_equal(back.confusion, result.confusion)
     assert np.array_equal(back.query_records["pred"], result.query_records["pred"])
-    import workbench.core.evaluation as evaluation
+    import workbench.core.kinds.classification as evaluation
 
     monkeypatch.setattr(evaluation, "CONFUSION_JSON_LIMIT", 2)
     assert result.to_dict()["confusion"] is None

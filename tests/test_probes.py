@@ -14,7 +14,7 @@ import torch
 
 from conftest import synthetic_dataset, tiny_dataset_config
 from workbench.core import probes
-from workbench.core.checkpoints import load_model
+from workbench.core.runs import load_model
 from workbench.core.data import Cancelled
 from workbench.core.runs import RunStore
 from workbench.core.training import Trainer

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import tiny_dataset_config
-from workbench.core.checkpoints import load_model, read_checkpoint
+from workbench.core.checkpoints import read_checkpoint
+from workbench.core.runs import load_model
 from workbench.core.errors import CheckpointError, ConfigError, RunNotFound, WorkbenchError
 from workbench.core.runs import RunStore, default_home
 
@@ -222,11 +223,12 @@ def test_non_checkpoints_are_refused(tmp_path):
 def test_checkpoint_from_another_architecture_is_refused():
     run = RunStore().create(tiny_dataset_config())
     payload = _payload(run, 1.0)
-    payload["hparams"] = {**payload["hparams"], "hidden": 16}  # weights are for hidden=8
+    hparams = payload["config"]["algorithm"]["hparams"]
+    payload["config"]["algorithm"]["hparams"] = {**hparams, "hidden": 16}  # weights are for hidden=8
     run.save_checkpoint(payload, "best")
     with pytest.raises(CheckpointError, match="do not match the 'protonet' architecture"):
         load_model(run)
-    payload["algorithm"] = "no-such-method"
+    payload["config"]["algorithm"]["name"] = "no-such-method"
     run.save_checkpoint(payload, "best")
     with pytest.raises(CheckpointError, match="'no-such-method'"):
         load_model(run)

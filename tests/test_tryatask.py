@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from fixtures_data import png_header_only
-from workbench.core.checkpoints import load_model, read_checkpoint
+from workbench.core.checkpoints import read_checkpoint
+from workbench.core.runs import load_model
 from workbench.core.data.glyphs import DEFAULT_PARAMS, render_glyph
 from workbench.core.errors import CheckpointError
 from workbench.core.tryatask import (DEMO_DIR, Task, TaskError, TaskImage, bundled_models, classify, orient,

@@ -2,6 +2,10 @@
 
 Checkpoints hold only plain containers, numbers, strings and tensors, so they load with
 ``torch.load(weights_only=True)``: a file carrying pickled code is refused, never executed.
+
+Format 2 stores the run's config once (the algorithm, its hyperparameters, the kind and the data settings are
+read from it); format 1, written before experiment kinds, also stored the algorithm's name and hyperparameters
+at the top level. Both load.
 """
 
 from __future__ import annotations
@@ -17,13 +21,17 @@ import torch
 from workbench.core.data.base import PreprocessSpec
 from workbench.core.errors import CheckpointError, WorkbenchError
 
+from workbench.core.algorithms import algorithm_names, get_algorithm
+from workbench.core.config import ExperimentConfig
+from workbench.core.models.spec import ModelSpec
+
 if TYPE_CHECKING:
     from workbench.core.algorithms.base import Algorithm
-    from workbench.core.config import ExperimentConfig
-    from workbench.core.runs import Run, RunStore
 
-CHECKPOINT_FORMAT = 1
-REQUIRED_KEYS = ("format", "algorithm", "hparams", "model_spec", "preprocess", "state")
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+REQUIRED_KEYS = {1: ("format", "algorithm", "hparams", "model_spec", "preprocess", "state"),
+                 2: ("format", "config", "model_spec", "preprocess", "state")}
 
 
 def rng_state(sampler_generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -47,10 +55,11 @@ def restore_rng_state(state: dict[str, Any], sampler_generator: torch.Generator 
             pass  # fewer GPUs than when saved: the run continues, just not bit-identically
 
 
-def make_payload(algorithm: "Algorithm", config: "ExperimentConfig", spec: PreprocessSpec, *, step: int,
+def make_payload(algorithm: "Algorithm", config: ExperimentConfig, spec: PreprocessSpec, *, step: int,
                  best_val_accuracy: float | None, rng: dict[str, Any] | None = None,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint dict (see the engine API contract); state tensors are moved to the CPU."""
+                 extra: dict[str, Any] | None = None, config_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict; state tensors are moved to the CPU. ``config_dict``: ``config.to_dict()`` when the
+    caller already has it (the trainer builds it once per run)."""
     def to_cpu(value):
         if isinstance(value, torch.Tensor):
             return value.detach().cpu()
@@ -60,15 +69,11 @@ def make_payload(algorithm: "Algorithm", config: "ExperimentConfig", spec: Prepr
             return type(value)(to_cpu(v) for v in value)
         return value
 
-    from workbench.core.hparams import to_dict
-
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "algorithm": algorithm.name,
-        "hparams": to_dict(algorithm.hparams),
         "model_spec": algorithm.model_spec.to_dict(),
         "preprocess": spec.to_dict(),
-        "config": config.to_dict(),
+        "config": config_dict if config_dict is not None else config.to_dict(),
         "state": to_cpu(algorithm.state_dict()),
         "optimizer": to_cpu(algorithm.optimizer_state()),
         "step": int(step),
@@ -99,20 +104,49 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except (EOFError, RuntimeError, ValueError, OSError, AttributeError, IndexError, KeyError, TypeError) as exc:
         reason = "the file is empty or cut short" if isinstance(exc, EOFError) else str(exc).splitlines()[0][:200]
         raise CheckpointError(f"{path}: not a workbench checkpoint ({reason})") from None
-    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
+    if not isinstance(payload, dict) or "format" not in payload:
         raise CheckpointError(f"{path}: not a workbench checkpoint (it lacks the workbench fields "
-                              f"{', '.join(REQUIRED_KEYS)})")
-    if payload["format"] != CHECKPOINT_FORMAT:
+                              f"{', '.join(REQUIRED_KEYS[CHECKPOINT_FORMAT])})")
+    if payload["format"] not in READABLE_FORMATS:
         raise CheckpointError(f"{path}: checkpoint format {payload['format']!r} is not supported by this "
-                              f"version (it reads format {CHECKPOINT_FORMAT}); update the workbench")
+                              f"version (it reads formats {', '.join(map(str, READABLE_FORMATS))}); update the "
+                              "workbench")
+    missing = [key for key in REQUIRED_KEYS[payload["format"]] if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: not a workbench checkpoint (it lacks the workbench fields "
+                              f"{', '.join(missing)})")
     return payload
+
+
+def payload_algorithm(payload: dict[str, Any]) -> str:
+    """The name of the algorithm that wrote a checkpoint (either format)."""
+    if payload["format"] == 1:
+        return str(payload["algorithm"])
+    return str((payload["config"].get("algorithm") or {}).get("name", ""))
+
+
+def payload_hparams(payload: dict[str, Any]) -> dict[str, Any]:
+    if payload["format"] == 1:
+        return dict(payload["hparams"])
+    return dict((payload["config"].get("algorithm") or {}).get("hparams") or {})
+
+
+def payload_config(payload: dict[str, Any]) -> ExperimentConfig | None:
+    """The run's config from a checkpoint, or None when it is from a version whose settings no longer
+    validate (the model itself may still load)."""
+    if not payload.get("config"):
+        return None
+    try:
+        return ExperimentConfig.from_dict(payload["config"])
+    except (WorkbenchError, KeyError, TypeError, ValueError):
+        return None
 
 
 @dataclass
 class LoadedModel:
     algorithm: "Algorithm"
     spec: PreprocessSpec
-    config: "ExperimentConfig | None"
+    config: ExperimentConfig | None
     payload: dict[str, Any]
 
     @property
@@ -123,17 +157,18 @@ class LoadedModel:
 def algorithm_from_payload(payload: dict[str, Any], device: torch.device | str = "cpu",
                            source: str = "checkpoint") -> "Algorithm":
     """Rebuild the algorithm a checkpoint describes and load its weights."""
-    from workbench.core.algorithms import algorithm_names, get_algorithm
-    from workbench.core.algorithms.base import ModelSpec
-
-    name = payload["algorithm"]
+    name = payload_algorithm(payload)
     if name not in algorithm_names():
         raise CheckpointError(f"{source}: made by algorithm '{name}', which this workbench does not have "
                               f"(it has {', '.join(algorithm_names())})")
     cls = get_algorithm(name)
+    hparams_dict = cls.upgrade_hparams(payload_hparams(payload))
     try:
-        hparams = cls.build_hparams(payload["hparams"])
-        model_spec = ModelSpec.from_dict(payload["model_spec"])
+        hparams = cls.build_hparams(hparams_dict)
+        spec_dict = dict(payload["model_spec"])
+        if "kind" not in spec_dict:  # format 1: the kind follows from the settings, as for its config
+            spec_dict["kind"] = cls.legacy_kind(payload_hparams(payload)) or "classification"
+        model_spec = ModelSpec.from_dict(spec_dict)
     except (WorkbenchError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: its settings do not fit the installed '{name}' ({exc})") from None
     algorithm = cls(hparams, model_spec, torch.device(device))
@@ -143,37 +178,14 @@ def algorithm_from_payload(payload: dict[str, Any], device: torch.device | str =
         detail = " ".join(str(exc).split())[:400]
         raise CheckpointError(f"{source}: the weights do not match the '{name}' architecture "
                               f"({model_spec.in_channels} channel(s), {model_spec.image_size}px, hparams "
-                              f"{payload['hparams']}): {detail}") from None
+                              f"{hparams_dict}): {detail}") from None
     return algorithm
 
 
-def load_model(source: "str | Path | Run", device: torch.device | str = "cpu", *, kind: str = "best",
-               store: "RunStore | None" = None) -> LoadedModel:
-    """A ready model (eval mode) from a run (object, id, name or folder) or a .pt file.
-
-    ``kind`` picks the run's "best" or "last" checkpoint; "best" falls back to "last" when a run
-    stopped before its first validation.
-    """
-    from workbench.core.runs import Run, RunStore
-
-    if isinstance(source, Run):
-        payload, label = _run_payload(source, kind)
-    else:
-        path = Path(str(source)).expanduser()
-        if path.is_file():
-            payload, label = read_checkpoint(path), str(path)
-        elif path.suffix == ".pt":
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        else:
-            run = (store or RunStore()).get(str(source))
-            payload, label = _run_payload(run, kind)
-    config = None
-    try:
-        from workbench.core.config import ExperimentConfig
-
-        config = ExperimentConfig.from_dict(payload["config"]) if payload.get("config") else None
-    except (WorkbenchError, KeyError, TypeError, ValueError):
-        config = None  # settings from an older version; the model itself still loads
+def load_checkpoint_file(payload: dict[str, Any], device: torch.device | str = "cpu",
+                         label: str = "checkpoint") -> LoadedModel:
+    """A ready model (eval mode) from a checkpoint's payload."""
+    config = payload_config(payload)
     device = torch.device(device)
     algorithm = algorithm_from_payload(payload, device, label)
     if config is not None:
@@ -183,10 +195,3 @@ def load_model(source: "str | Path | Run", device: torch.device | str = "cpu", *
             pass
     algorithm.eval()
     return LoadedModel(algorithm, PreprocessSpec.from_dict(payload["preprocess"]), config, payload)
-
-
-def _run_payload(run: "Run", kind: str) -> tuple[dict[str, Any], str]:
-    label = f"run {run.id}"
-    if kind == "best" and not run.has_checkpoint("best") and run.has_checkpoint("last"):
-        kind = "last"
-    return run.load_checkpoint(kind), f"{label} ({kind} checkpoint)"

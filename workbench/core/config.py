@@ -14,36 +14,42 @@ from typing import Any
 
 import tomli_w
 
+from workbench.core.data import dataset_info, dataset_names, datasets_for_kind
 from workbench.core.device import DEVICE_CHOICES
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import build, hparam, to_dict
+from workbench.core.kinds import DEFAULT_KIND, get_kind_class
+from workbench.core.recipes import find_recipe
 
-DATASET_NAMES = ("glyphs", "omniglot", "folder", "mini-imagenet", "cifar-fs", "fc100")
-
+SECTIONS = ("dataset", "algorithm", "training", "evaluation", "task")
 
 @dataclass
 class DatasetConfig:
-    name: str = hparam("glyphs", "Which dataset to sample episodes from.", choices=DATASET_NAMES)
+    # The choices are the catalog's (plugins add datasets), checked in ExperimentConfig.from_dict.
+    name: str = hparam("glyphs", "Which dataset to sample tasks from.")
     root: str = hparam("", "Folder (or zip) holding the data; not needed for the built-in glyphs.")
     split: str = hparam("default", "Class split protocol. Omniglot: 'lake' (background/evaluation) or 'vinyals' "
                         "(1,200 training characters); 'default' picks the dataset's usual one.",
                         choices=("default", "lake", "vinyals", "ratio"))
-    image_size: int = hparam(0, "Side of the square images fed to the model; 0 uses the dataset's default "
-                             "(28 for glyphs and Omniglot, 84 for mini-ImageNet, 32 for CIFAR).", low=0, high=512)
+    image_size: int = hparam(0, "Side of the square images fed to the model; 0 uses the dataset's default.",
+                             low=0, high=512)
     rotations: bool = hparam(False, "Rotation class augmentation: each training class also appears rotated by "
                              "90, 180 and 270 degrees as three new classes (x4).")
     download: bool = hparam(False, "Download the dataset through torchvision when it is not found under root.")
     split_seed: int = hparam(0, "Seed for splitting classes by ratio when a folder has no train/val/test subfolders.",
                              low=0, high=2**31 - 1)
     ways: int = hparam(5, "N-way: classes per episode.", low=2, high=100)
-    shots: int = hparam(1, "K-shot: labelled support images per class.", low=1, high=100)
-    queries: int = hparam(15, "Q-query: query images per class in each episode.", low=1, high=100)
+    shots: int = hparam(1, "K-shot: labelled support examples per class (regression: support points per task).",
+                        low=1, high=100)
+    queries: int = hparam(15, "Q-query: query examples per class in each episode (regression: query points per "
+                          "task).", low=1, high=1000)
 
 
 @dataclass
 class AlgorithmConfig:
     name: str = "protonet"
     hparams: dict[str, Any] = field(default_factory=dict)
+    recipe: str = ""  # the recipe the run started from ("" for none); its fields are already in the sections
 
 
 @dataclass
@@ -83,6 +89,8 @@ class EvaluationConfig:
 @dataclass
 class ExperimentConfig:
     name: str = ""
+    kind: str = DEFAULT_KIND
+    task: dict[str, Any] = field(default_factory=dict)  # the kind's own settings, validated by kind.Options
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -93,10 +101,15 @@ class ExperimentConfig:
         from workbench.core.algorithms import get_algorithm
 
         hparams = get_algorithm(self.algorithm.name).full_hparams(self.algorithm.hparams)
+        algorithm: dict[str, Any] = {"name": self.algorithm.name, "hparams": hparams}
+        if self.algorithm.recipe:
+            algorithm["recipe"] = self.algorithm.recipe
         return {
             "name": self.name,
+            "kind": self.kind,
+            "task": to_dict(get_kind_class(self.kind).build_options(self.task)),
             "dataset": to_dict(self.dataset),
-            "algorithm": {"name": self.algorithm.name, "hparams": hparams},
+            "algorithm": algorithm,
             "training": to_dict(self.training),
             "evaluation": to_dict(self.evaluation),
         }
@@ -111,33 +124,40 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
-        from workbench.core.algorithms import get_algorithm, algorithm_names
-
-        data = dict(data)
-        known = {"name", "dataset", "algorithm", "training", "evaluation"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown section; known sections are {', '.join(sorted(known))}")
-        for section in ("dataset", "algorithm", "training", "evaluation"):
-            if section in data and not isinstance(data[section], dict):
-                raise ConfigError(section, "must be a table of settings")
+        """Validate a config dict (TOML, flags, a form). Sections left out take the named recipe's values, then
+        the declared defaults; a config without ``kind`` is few-shot classification (the first format)."""
+        data = _checked_sections(data)
         algo = dict(data.get("algorithm", {}))
-        algo_name = str(algo.pop("name", "protonet"))
-        if algo_name not in algorithm_names():
-            raise ConfigError("algorithm.name", f"unknown algorithm '{algo_name}'; choose one of "
-                              f"{', '.join(algorithm_names())}")
-        hparams = algo.pop("hparams", {}) or {}
+        algorithm_cls = _algorithm_class(str(algo.pop("name", "protonet")))
+        hparams = dict(algo.pop("hparams", {}) or {})
+        recipe_name = str(algo.pop("recipe", "") or "")
         if algo:
             raise ConfigError(f"algorithm.{sorted(algo)[0]}", "unknown setting; put algorithm settings under "
                               "[algorithm.hparams]")
-        typed = get_algorithm(algo_name).build_hparams(hparams)  # validates, naming the field
+        kind = str(data.get("kind") or algorithm_cls.legacy_kind(hparams) or DEFAULT_KIND)
+        kind_cls = get_kind_class(kind)
+        if not algorithm_cls.supports(kind):
+            raise ConfigError("algorithm.name", f"'{algorithm_cls.name}' does not support the {kind_cls.title.lower()} "
+                              f"kind; it supports {', '.join(algorithm_cls.kinds)}")
+        hparams = algorithm_cls.upgrade_hparams(hparams)
+        sections = {name: dict(data.get(name) or {}) for name in ("dataset", "training", "evaluation", "task")}
+        sections["dataset"].setdefault("name", kind_cls.default_dataset)
+        if recipe_name:
+            recipe = find_recipe(algorithm_cls, recipe_name, kind, str(sections["dataset"]["name"]))
+            for section, values in recipe.sections().items():
+                target = hparams if section == "hparams" else sections[section]
+                for key, value in values.items():
+                    target.setdefault(key, value)
+        typed = algorithm_cls.build_hparams(hparams)  # validates, naming the field
         config = cls(
-            name=str(data.get("name", "")),
-            dataset=build(DatasetConfig, data.get("dataset"), "dataset"),
+            name=str(data.get("name", "")), kind=kind,
+            task=to_dict(kind_cls.build_options(sections["task"])),
+            dataset=build(DatasetConfig, sections["dataset"], "dataset"),
             # Keep only the keys given, but as validated values ("0.4" from a flag becomes 0.4).
-            algorithm=AlgorithmConfig(algo_name, {key: getattr(typed, key) for key in hparams}),
-            training=build(TrainingConfig, data.get("training"), "training"),
-            evaluation=build(EvaluationConfig, data.get("evaluation"), "evaluation"),
+            algorithm=AlgorithmConfig(algorithm_cls.name, {key: getattr(typed, key) for key in hparams},
+                                      recipe_name),
+            training=build(TrainingConfig, sections["training"], "training"),
+            evaluation=build(EvaluationConfig, sections["evaluation"], "evaluation"),
         )
         config.check()
         return config
@@ -165,18 +185,31 @@ class ExperimentConfig:
         for section, values in sections.items():
             if section == "name":
                 data["name"] = values
+            elif section == "kind":
+                if values != data["kind"]:
+                    data["kind"], data["task"] = values, {}
             elif section == "algorithm":
                 values = dict(values)
                 if "name" in values and values["name"] != data["algorithm"]["name"]:
                     data["algorithm"] = {"name": values["name"], "hparams": {}}
                 data["algorithm"]["hparams"].update(values.get("hparams", {}))
+                if "recipe" in values:
+                    data["algorithm"]["recipe"] = values["recipe"]
             else:
                 data[section].update(values)
         return ExperimentConfig.from_dict(data)
 
     def check(self) -> None:
         """Cross-field checks that single-field ranges cannot express."""
-        if self.dataset.name != "glyphs" and not self.dataset.root and not self.dataset.download:
+        info = dataset_info(self.dataset.name)
+        if info is None:
+            raise ConfigError("dataset.name", f"unknown dataset '{self.dataset.name}'; choose one of "
+                              f"{', '.join(dataset_names())}")
+        if self.kind not in info.kinds:
+            raise ConfigError("dataset.name", f"'{self.dataset.name}' does not serve the "
+                              f"{get_kind_class(self.kind).title.lower()} kind; use one of "
+                              f"{', '.join(datasets_for_kind(self.kind)) or 'none installed'}")
+        if info.needs_root and not self.dataset.root and not self.dataset.download:
             raise ConfigError("dataset.root", f"the '{self.dataset.name}' dataset needs a folder; set dataset.root "
                               "(--data-root) or allow downloading")
 
@@ -196,7 +229,27 @@ class ExperimentConfig:
     def eval_episodes(self) -> int:
         if self.evaluation.episodes:
             return self.evaluation.episodes
-        return 1000 if self.dataset.name in ("omniglot", "glyphs") else 600
+        return get_kind_class(self.kind)(None).test_task_count(self.dataset.name)
+
+
+def _checked_sections(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    known = {"name", "kind", *SECTIONS}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown section; known sections are {', '.join(sorted(known))}")
+    for section in SECTIONS:
+        if section in data and not isinstance(data[section], dict):
+            raise ConfigError(section, "must be a table of settings")
+    return data
+
+
+def _algorithm_class(name: str):
+    from workbench.core.algorithms import algorithm_names, get_algorithm
+
+    if name not in algorithm_names():
+        raise ConfigError("algorithm.name", f"unknown algorithm '{name}'; choose one of {', '.join(algorithm_names())}")
+    return get_algorithm(name)
 
 
 def config_fields() -> dict[str, list]:
@@ -210,7 +263,8 @@ def copy_config(config: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(
         config,
         dataset=dataclasses.replace(config.dataset),
-        algorithm=AlgorithmConfig(config.algorithm.name, dict(config.algorithm.hparams)),
+        algorithm=AlgorithmConfig(config.algorithm.name, dict(config.algorithm.hparams), config.algorithm.recipe),
+        task=dict(config.task),
         training=dataclasses.replace(config.training),
         evaluation=dataclasses.replace(config.evaluation),
     )

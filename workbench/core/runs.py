@@ -31,7 +31,7 @@ from workbench.core.fileio import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
     from workbench.core.config import ExperimentConfig
-    from workbench.core.evaluation import EvalResult
+    from workbench.core.kinds.classification import EvalResult
 
 STATUSES = ("created", "running", "paused", "stopped", "finished", "failed", "diverged")
 CHECKPOINT_KINDS = ("last", "best")
@@ -61,6 +61,7 @@ class RunRecord:
     created: str = ""
     updated: str = ""
     status: str = "created"
+    kind: str = "classification"
     algorithm: str = ""
     dataset: str = ""
     ways: int = 0
@@ -68,8 +69,10 @@ class RunRecord:
     steps_done: int = 0
     steps_total: int = 0
     best_val_accuracy: float | None = None
+    best_val_mse: float | None = None  # regression kinds; best_val_ci95 is then its interval
     best_val_ci95: float | None = None
     test_accuracy: float | None = None
+    test_mse: float | None = None  # regression kinds report MSE; test_ci95 is then its interval
     test_ci95: float | None = None
     test_ways: int | None = None
     test_shots: int | None = None
@@ -86,7 +89,7 @@ class RunRecord:
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RunRecord)]
-_NULLABLE = {"best_val_accuracy", "best_val_ci95", "test_accuracy", "test_ci95", "test_ways", "test_shots"}
+_NULLABLE = {"best_val_accuracy", "best_val_mse", "best_val_ci95", "test_accuracy", "test_mse", "test_ci95", "test_ways", "test_shots"}
 
 
 def _column_type(field: dataclasses.Field) -> str:
@@ -218,7 +221,7 @@ class RunStore:
         stamp = now_iso()
         record = RunRecord(
             id=run_id, name=config.name, created=stamp, updated=stamp, status="created",
-            algorithm=config.algorithm.name, dataset=config.dataset.name, ways=config.dataset.ways,
+            kind=config.kind, algorithm=config.algorithm.name, dataset=config.dataset.name, ways=config.dataset.ways,
             shots=config.dataset.shots, steps_done=0, steps_total=config.training.steps,
             device=config.training.device, path=str(path))
         self._upsert(record)
@@ -342,7 +345,7 @@ class RunStore:
             raise ValueError(f"cannot update run fields {unknown or ['id']}")
         if "status" in fields and fields["status"] not in STATUSES:
             raise ValueError(f"unknown run status {fields['status']!r}")
-        for key in ("best_val_accuracy", "best_val_ci95", "test_accuracy", "test_ci95"):
+        for key in ("best_val_accuracy", "best_val_mse", "best_val_ci95", "test_accuracy", "test_mse", "test_ci95"):
             if key in fields:
                 fields[key] = _clean_float(fields[key])
         fields.setdefault("updated", now_iso())
@@ -505,8 +508,7 @@ class Run:
                 np.savez_compressed(handle, **result.arrays())
 
         atomic_write(folder / f"{stem}.npz", write_arrays)
-        self.store.update(self.id, test_accuracy=result.accuracy, test_ci95=result.ci95, test_ways=result.ways,
-                          test_shots=result.shots)
+        self.store.update(self.id, **result.index_fields())
         return path
 
     def evaluations(self) -> list[dict]:
@@ -523,8 +525,9 @@ class Run:
         return out
 
     def load_evaluation(self, file_or_stem: str | Path) -> "EvalResult":
-        """A saved evaluation with its arrays (per-episode accuracy, confusion, query records)."""
-        from workbench.core.evaluation import EvalResult
+        """A saved evaluation with its arrays (per-episode accuracy, confusion, query records); the kind that
+        made it reads it back."""
+        from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 
         path = Path(file_or_stem)
         if not path.is_absolute():
@@ -538,7 +541,7 @@ class Run:
 
             with np.load(arrays_path, allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
-        return EvalResult.from_dict(data, arrays)
+        return get_kind_class(data.get("kind") or DEFAULT_KIND).result_from_dict(data, arrays)
 
     # --- status ---------------------------------------------------------------------------------
     def claim(self) -> None:
@@ -554,3 +557,31 @@ class Run:
 
     def update(self, **fields: Any) -> RunRecord:
         return self.store.update(self.id, **fields)
+
+
+def load_model(source: "str | Path | Run", device: Any = "cpu", *, kind: str = "best",
+               store: "RunStore | None" = None):
+    """A ready model (eval mode) from a run (object, id, name or folder) or a .pt file.
+
+    ``kind`` picks the run's "best" or "last" checkpoint; "best" falls back to "last" when a run
+    stopped before its first validation.
+    """
+    from workbench.core.checkpoints import load_checkpoint_file, read_checkpoint
+
+    if isinstance(source, Run):
+        payload, label = _run_payload(source, kind)
+    else:
+        path = Path(str(source)).expanduser()
+        if path.is_file():
+            payload, label = read_checkpoint(path), str(path)
+        elif path.suffix == ".pt":
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        else:
+            payload, label = _run_payload((store or RunStore()).get(str(source)), kind)
+    return load_checkpoint_file(payload, device, label)
+
+
+def _run_payload(run: "Run", kind: str) -> tuple[dict[str, Any], str]:
+    if kind == "best" and not run.has_checkpoint("best") and run.has_checkpoint("last"):
+        kind = "last"
+    return run.load_checkpoint(kind), f"run {run.id} ({kind} checkpoint)"

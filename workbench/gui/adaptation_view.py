@@ -34,7 +34,7 @@ def trained_inner_steps(algorithm) -> int | None:
 def compute_adaptation(progress, store, run_id: str, steps: int, tasks: int, checkpoint: str = "best") -> dict:
     """Load the run, build its probe tasks and trace both starts. Runs in a worker thread."""
     from workbench.core import data, probes
-    from workbench.core.checkpoints import load_model
+    from workbench.core.runs import load_model
 
     run = store.get(run_id)
     loaded = load_model(run, "cpu", kind=checkpoint)

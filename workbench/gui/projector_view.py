@@ -104,7 +104,7 @@ def load_history(progress, store, run_id: str, previous: dict[str, Any] | None =
 def embed_checkpoint(progress, store, run_id: str, kind: str = "best") -> dict[str, Any]:
     """One frame: the probe task embedded by the run's saved checkpoint. Runs in a worker thread."""
     from workbench.core import data, probes
-    from workbench.core.checkpoints import load_model
+    from workbench.core.runs import load_model
 
     run = store.get(run_id)
     loaded = load_model(run, "cpu", kind=kind)

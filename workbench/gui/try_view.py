@@ -31,7 +31,7 @@ _MODEL_CACHE: dict[str, object] = {}
 
 
 def _load_cached(source: str):
-    from workbench.core.checkpoints import load_model
+    from workbench.core.runs import load_model
     from workbench.core.tryatask import resolve_model_source
 
     if source not in _MODEL_CACHE:

@@ -52,7 +52,7 @@ def parse_support(values: list[str]) -> list[tuple[str, str]]:
 def run(args) -> int:
     import torch
 
-    from workbench.core.checkpoints import load_model
+    from workbench.core.runs import load_model
     from workbench.core.device import resolve_device
     from workbench.core.tryatask import Task, classify, resolve_model_source
 

@@ -1,15 +1,17 @@
 """The algorithm interface. Each algorithm is one module that subclasses :class:`Algorithm` and registers itself.
 
-An algorithm declares its family, a description and its hyperparameters (a dataclass of
-:func:`workbench.core.hparams.hparam` fields). It owns its networks and optimizers and implements:
+An algorithm declares, as data on the class: its family, the experiment kinds it supports (``kinds``), a
+description, its hyperparameters (a dataclass of :func:`workbench.core.hparams.hparam` fields), its recipes
+(complete training setups) and its capabilities (which optional hooks it implements, so views know what it
+feeds). It owns its networks and optimizers and implements:
 
-- ``meta_train_step(batch)``: one outer update; ``batch`` is a list of episodes, or a
+- ``meta_train_step(batch)``: one outer update; ``batch`` is a list of tasks (episodes), or a
   :class:`LabeledBatch` for algorithms whose ``training_input`` is ``"batches"`` (pre-training baselines);
-- ``adapt(support_x, support_y, ways)``: a support set gives a task-specific classifier;
-- ``predict(adapted, query_x)``: class probabilities for queries;
+- ``adapt(support_x, support_y, ways)``: a support set gives a task-specific model;
+- ``predict(adapted, query_x)``: the kind's predictions for queries (class probabilities, regression values).
 
-and the hooks views need: ``embed`` (features the method compares in), ``adaptation_trace``
-(per-inner-step losses for gradient-based methods) and ``weight_function`` (learned sample weights).
+Its kind (``self.kind``) supplies the loss, the head and the metric, so one implementation serves several kinds.
+The optional hooks are declared here, each with the capability that announces it (:data:`HOOKS`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,22 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from workbench.core.data.episodes import LabeledBatch
 from workbench.core.hparams import HParamSpec, build, specs, to_dict
+from workbench.core.kinds import get_kind
+from workbench.core.models.spec import ModelSpec
+from workbench.core.recipes import Recipe
+
+# Optional hooks and the capability flag that says an algorithm implements each. Views and the trainer check the
+# flag, never the method: a capability is declared data (see ``Algorithm.capabilities``).
+HOOKS = {
+    "embeddings": "embed",  # features the method compares in: the Embeddings view, try-a-task maps
+    "adaptation": "adaptation_trace",  # per-inner-step losses: the Adaptation view
+    "sample_weights": "weight_function",  # learned weight(loss): the Sample weights view
+    "training_data": "attach_training_data",  # builds its own problem from the training data before training
+    "run_folder": "set_run_folder",  # mirrors view data (histories) into the run folder
+    "evaluation_extras": "evaluation_extras",  # adds its own numbers to an evaluation
+}
 
 
 class Family(str, Enum):
@@ -39,36 +56,6 @@ class Family(str, Enum):
                 "baseline": "Baselines"}[self.value]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What an algorithm needs to know about the data to build its networks."""
-
-    in_channels: int
-    image_size: int
-    ways: int  # ways of training episodes (size of MAML's head)
-    num_train_classes: int  # classes in meta-train (size of a pre-training head)
-
-    def to_dict(self) -> dict:
-        return {"in_channels": self.in_channels, "image_size": self.image_size, "ways": self.ways,
-                "num_train_classes": self.num_train_classes}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        return cls(int(data["in_channels"]), int(data["image_size"]), int(data["ways"]),
-                   int(data["num_train_classes"]))
-
-
-@dataclass
-class LabeledBatch:
-    """A plain classification batch over all meta-train classes (for pre-training baselines)."""
-
-    x: torch.Tensor
-    y: torch.Tensor  # global class ids in 0..num_train_classes-1
-
-    def to(self, device) -> "LabeledBatch":
-        return LabeledBatch(self.x.to(device, non_blocking=True), self.y.to(device))
-
-
 @dataclass
 class NoHParams:
     """For algorithms with nothing to tune."""
@@ -81,12 +68,18 @@ class Algorithm(ABC):
     summary: ClassVar[str]  # one line
     description: ClassVar[str]  # one paragraph, shown in the GUI
     HParams: ClassVar[type] = NoHParams
+    kinds: ClassVar[tuple[str, ...]] = ("classification",)  # experiment kinds it supports
+    capabilities: ClassVar[frozenset[str]] = frozenset()  # keys of HOOKS it implements
+    recipes: ClassVar[tuple[Recipe, ...]] = ()  # complete training setups; see workbench.core.recipes
     training_input: ClassVar[str] = "episodes"  # or "batches"
     gradient_based: ClassVar[bool] = False  # has an inner loop, so adaptation_trace is meaningful
+    # The hyperparameter holding its test-time adaptation steps, if it has one (the Adaptation view reads it).
+    adaptation_steps_hparam: ClassVar[str] = ""
 
     def __init__(self, hparams: Any, model_spec: ModelSpec, device: torch.device | str = "cpu"):
         self.hparams = hparams
         self.model_spec = model_spec
+        self.kind = get_kind(model_spec.kind)
         self.device = torch.device(device)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
@@ -111,10 +104,31 @@ class Algorithm(ABC):
         return to_dict(cls.build_hparams(values))
 
     @classmethod
+    def legacy_kind(cls, hparams: dict[str, Any]) -> str | None:
+        """The kind a config of the first format (no ``kind``) meant, from its hyperparameters; None: the
+        default kind. An algorithm whose settings once chose the kind (a flag that became a kind) overrides it."""
+        return None
+
+    @classmethod
+    def upgrade_hparams(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """Saved hyperparameters of an older version as this version's (renamed or retired keys)."""
+        return values
+
+    @classmethod
+    def supports(cls, kind: str) -> bool:
+        return kind in cls.kinds
+
+    @classmethod
+    def has(cls, capability: str) -> bool:
+        return capability in cls.capabilities
+
+    @classmethod
     def info(cls) -> dict:
         return {"name": cls.name, "title": cls.title, "family": cls.family.value, "summary": cls.summary,
-                "description": cls.description, "gradient_based": cls.gradient_based,
-                "training_input": cls.training_input,
+                "description": cls.description, "kinds": list(cls.kinds), "capabilities": sorted(cls.capabilities),
+                "gradient_based": cls.gradient_based, "training_input": cls.training_input,
+                "adaptation_steps_hparam": cls.adaptation_steps_hparam,
+                "recipes": [recipe.to_dict() for recipe in cls.recipes],
                 "hparams": [{"name": s.name, "type": s.type.__name__, "default": s.default, "help": s.help,
                              "low": s.low, "high": s.high, "choices": list(s.choices) if s.choices else None}
                             for s in cls.hparam_specs()]}
@@ -184,20 +198,32 @@ class Algorithm(ABC):
     def predict(self, adapted: Any, query_x: torch.Tensor) -> torch.Tensor:
         """Class probabilities [len(query_x), ways] for queries under an adapted classifier."""
 
-    # --- hooks for views ---------------------------------------------------------------------------
+    # --- optional hooks (announce each in ``capabilities``; see HOOKS) ------------------------------------
     def embed(self, x: torch.Tensor, adapted: Any = None) -> torch.Tensor:
-        """Features the method compares in (metric) or penultimate features (gradient-based, after
+        """[embeddings] Features the method compares in (metric) or penultimate features (gradient-based, after
         adaptation when ``adapted`` is given)."""
         raise NotImplementedError(f"{self.name} does not expose embeddings")
 
     def adaptation_trace(self, support_x, support_y, query_x, query_y, ways: int,
                          steps: int | None = None) -> list[dict[str, float]]:
-        """Per inner step (0 = the meta-learned start): support loss, query loss and query accuracy."""
+        """[adaptation] Per inner step (0 = the meta-learned start): support loss, query loss and the kind's
+        metric on the queries (``query_accuracy`` for classification, ``query_mse`` for regression)."""
         return []
 
     def weight_function(self, losses: torch.Tensor) -> torch.Tensor | None:
-        """Learned sample weight for each loss value, or None if the algorithm learns no weighting."""
+        """[sample_weights] Learned sample weight for each loss value, or None if it learns no weighting."""
         return None
+
+    def attach_training_data(self, dataset: Any, config: Any) -> None:
+        """[training_data] Called by the trainer before training, with the loaded dataset and the run's config,
+        for algorithms that build their own problem from the training data (e.g. the noisy-label problem)."""
+
+    def set_run_folder(self, folder: Any) -> None:
+        """[run_folder] Called by the trainer once the run folder exists (where view data may be mirrored)."""
+
+    def evaluation_extras(self, tasks: Any) -> dict[str, Any]:
+        """[evaluation_extras] Algorithm-specific numbers added to an evaluation on ``tasks``."""
+        return {}
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str):
@@ -210,6 +236,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, schedule:
     if schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 4), gamma=0.5)
     raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+def check_declarations(cls: type[Algorithm]) -> None:
+    """Raise TypeError if a class's declarations are incomplete or contradict its code."""
+    for attribute in ("name", "title", "family", "summary", "description"):
+        if not getattr(cls, attribute, None):
+            raise TypeError(f"algorithm {cls.__name__} does not declare '{attribute}'")
+    if not isinstance(cls.family, Family):
+        raise TypeError(f"algorithm {cls.name}: family must be a Family, not {cls.family!r}")
+    unknown = sorted(set(cls.capabilities) - set(HOOKS))
+    if unknown:
+        raise TypeError(f"algorithm {cls.name}: unknown capabilities {unknown}; known are {', '.join(HOOKS)}")
+    for capability, hook in HOOKS.items():
+        overridden = getattr(cls, hook) is not getattr(Algorithm, hook)
+        if capability in cls.capabilities and not overridden:
+            raise TypeError(f"algorithm {cls.name} declares '{capability}' but does not implement {hook}()")
+    if cls.adaptation_steps_hparam and cls.adaptation_steps_hparam not in {s.name for s in cls.hparam_specs()}:
+        raise TypeError(f"algorithm {cls.name}: adaptation_steps_hparam '{cls.adaptation_steps_hparam}' is not "
+                        "one of its hyperparameters")
+    cls.hparam_specs()  # a malformed HParams dataclass fails here
+    for recipe in cls.recipes:
+        recipe.check(cls)
 
 
 def accuracy(logits_or_probs: torch.Tensor, targets: torch.Tensor) -> float:

@@ -43,6 +43,8 @@ class Finetune(PretrainBaseline):
                    "the support images' features; optionally the encoder is fine-tuned too. Simple and often "
                    "surprisingly competitive with meta-learning, especially with more shots.")
     HParams = FinetuneHParams
+    capabilities = frozenset({"embeddings", "adaptation"})
+    adaptation_steps_hparam = "finetune_steps"
     gradient_based = True  # fitting the new head is an inner loop, so adaptation_trace is meaningful
 
     def _fit(self, support_x, support_y, ways, steps: int,

@@ -90,6 +90,8 @@ class MAML(Algorithm):
                    "statistics of each batch (transductive), as in the paper. Slower than metric methods: every "
                    "inner step adds a backward pass.")
     HParams = MAMLHParams
+    capabilities = frozenset({"embeddings", "adaptation"})
+    adaptation_steps_hparam = "test_inner_steps"
     gradient_based = True
 
     def __init__(self, hparams, model_spec, device="cpu"):

@@ -56,11 +56,6 @@ THUMBNAIL_SIZE = 32
 @dataclass
 class MetaWeightNetHParams:
     hidden: int = hparam(64, "Filters per Conv-4 block of the classifier.", low=8, high=256)
-    setting: str = hparam("classification", "classification: a standard classifier over a fixed subset of the "
-                          "meta-train classes, trained on corrupted labels with a small clean meta set. episodic: "
-                          "MAML on the training episodes with corrupted support labels; the inner loop weights "
-                          "the support samples, the clean queries are the meta set.",
-                          choices=("classification", "episodic"))
     num_classes: int = hparam(40, "Classification: meta-train classes (fixed by the seed) that form the problem.",
                               low=2, high=1000)
     label_noise: float = hparam(0.4, "Fraction of training labels corrupted (classification: fixed by the seed; "
@@ -151,21 +146,34 @@ class MetaWeightNet(Algorithm):
                    "their loss, and the clean query loss, differentiated through the inner steps, meta-learns "
                    "both the initialization and the MLP. See the Sample weights view.")
     HParams = MetaWeightNetHParams
-    training_input = "episodes"  # the episodic setting's; see training_input_for
+    # noisy-labels: the classification setting; classification: the episodic setting (few-shot episodes with
+    # corrupted support labels).
+    kinds = ("noisy-labels", "classification")
+    capabilities = frozenset({"sample_weights", "training_data", "run_folder", "evaluation_extras", "embeddings",
+                              "adaptation"})
+    adaptation_steps_hparam = "test_inner_steps"
+    training_input = "episodes"  # the episodic setting's; the noisy-labels kind feeds batches
     gradient_based = True  # per instance below: only the episodic setting has an inner loop
 
     @classmethod
-    def training_input_for(cls, hparams) -> str:
-        # The classification setting draws its own batches from the noisy problem and ignores the trainer's;
-        # small plain batches cost the trainer less than episodes, and need no valid episode setting.
-        return "episodes" if hparams.setting == "episodic" else "batches"
+    def legacy_kind(cls, hparams: dict) -> str | None:
+        # Before kinds, hparam "setting" chose: "classification" (the default) is now the noisy-labels kind.
+        return "classification" if hparams.get("setting") == "episodic" else "noisy-labels"
+
+    @classmethod
+    def upgrade_hparams(cls, values: dict) -> dict:
+        return {key: value for key, value in values.items() if key != "setting"}
+
+    @property
+    def setting(self) -> str:
+        return "episodic" if self.model_spec.kind == "classification" else "classification"
 
     def __init__(self, hparams, model_spec, device="cpu"):
         super().__init__(hparams, model_spec, device)
         self.weight_net = WeightNet(hparams.weight_net_hidden).to(self.device)
         self.episodic: EpisodicLearner | None = None
         self.classifier: Classifier | None = None
-        if hparams.setting == "episodic":
+        if self.setting == "episodic":
             self.episodic = EpisodicLearner(hparams, model_spec, self.device, self.weight_net)
         else:
             self.classifier = Classifier(model_spec.in_channels, hparams.hidden, model_spec.image_size,
@@ -199,9 +207,10 @@ class MetaWeightNet(Algorithm):
         self.schedulers = [make_scheduler(classifier_opt, total_steps, schedule), None]
 
     # --- data -----------------------------------------------------------------------------------
-    def attach_training_data(self, split: ClassSplit, spec: PreprocessSpec, seed: int) -> None:
+    def attach_training_data(self, dataset, config) -> None:
         """Called by the trainer before training: carve the noisy problem out of the meta-train split (episodic:
         keep the split for the probe tasks of the history)."""
+        split, spec, seed = dataset.split("train"), dataset.spec, config.training.seed
         hp = self.hparams
         self.spec = spec
         self.generator = torch.Generator().manual_seed(seed + 2)
@@ -400,7 +409,7 @@ class MetaWeightNet(Algorithm):
     def write_history(self) -> None:
         if self.run_folder is None or not self.run_folder.is_dir():
             return
-        atomic_write_bytes(self.run_folder / HISTORY_FILE, history_bytes(self.history, self.hparams))
+        atomic_write_bytes(self.run_folder / HISTORY_FILE, history_bytes(self.history, self.hparams, self.setting))
 
     def evaluation_extras(self, episodes) -> dict[str, Any]:
         """Mean learned weight of clean and noisy training samples, and clean test accuracy, at the last
@@ -423,7 +432,7 @@ class MetaWeightNet(Algorithm):
                    if self.episodic is None else {})}
 
     def _episodic_extras(self, episodes) -> dict[str, Any]:
-        from workbench.core.evaluation import mean_ci95
+        from workbench.core.stats import mean_ci95
 
         hp = self.hparams
         base_seed = int(getattr(episodes, "seed", 0))
@@ -514,12 +523,12 @@ def _thumbnail_arrays(images: torch.Tensor, noisy, labels, true_labels) -> dict[
             "thumb_labels": np.asarray(labels, np.int64), "thumb_true_labels": np.asarray(true_labels, np.int64)}
 
 
-def history_bytes(history: dict[str, Any], hparams=None) -> bytes:
+def history_bytes(history: dict[str, Any], hparams=None, setting: str = "classification") -> bytes:
     """The history as an .npz file (what the Sample weights view reads)."""
     buffer = io.BytesIO()
     extra = {"loss_grid": LOSS_GRID}
     if hparams is not None:
         extra.update(label_noise=np.float32(hparams.label_noise), weighting=np.bool_(hparams.weighting),
-                     noise_kind=np.str_(hparams.noise_kind), setting=np.str_(hparams.setting))
+                     noise_kind=np.str_(hparams.noise_kind), setting=np.str_(setting))
     np.savez_compressed(buffer, **{key: np.asarray(value) for key, value in history.items()}, **extra)
     return buffer.getvalue()

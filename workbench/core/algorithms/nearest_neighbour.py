@@ -48,6 +48,7 @@ class NearestNeighbour(PretrainBaseline):
                    "cosine similarity by default) in the frozen feature space. Nothing is fitted per task, so it is "
                    "instant; it shows how much of few-shot accuracy comes from a good embedding alone.")
     HParams = NearestNeighbourHParams
+    capabilities = frozenset({"embeddings"})
 
     def adapt(self, support_x, support_y, ways):
         return {"support_features": self.features(support_x), "support_y": support_y.to(self.device), "ways": ways}

@@ -51,6 +51,7 @@ class ProtoNet(Algorithm):
                    "softmax over negative squared distances to the prototypes. Training is episodic and needs no "
                    "inner loop, so it is fast and a strong baseline; training with more ways than testing helps.")
     HParams = ProtoNetHParams
+    capabilities = frozenset({"embeddings"})
 
     def __init__(self, hparams, model_spec, device="cpu"):
         super().__init__(hparams, model_spec, device)

@@ -71,6 +71,17 @@ def check_episode_setting(split: ClassSplit, ways: int, shots: int, queries: int
     return eligible
 
 
+@dataclass
+class LabeledBatch:
+    """A plain labelled batch over all training classes (for pre-training baselines)."""
+
+    x: torch.Tensor
+    y: torch.Tensor  # global class ids (or regression targets)
+
+    def to(self, device) -> "LabeledBatch":
+        return LabeledBatch(self.x.to(device, non_blocking=True), self.y.to(device))
+
+
 class EpisodeSampler:
     """Draws episodes from one split with its own seeded generator."""
 

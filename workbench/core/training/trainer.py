@@ -21,13 +21,14 @@ import torch
 
 from workbench.core import data
 from workbench.core.algorithms import get_algorithm
-from workbench.core.algorithms.base import LabeledBatch, ModelSpec
-from workbench.core.checkpoints import make_payload, restore_rng_state, rng_state
+from workbench.core.checkpoints import make_payload, payload_algorithm, restore_rng_state, rng_state
 from workbench.core.config import ExperimentConfig
-from workbench.core.data.base import Cancelled, ClassSplit, PreprocessSpec, ProgressCallback, no_progress
+from workbench.core.data.base import Cancelled, ProgressCallback, no_progress
+from workbench.core.data.episodes import LabeledBatch
 from workbench.core.device import configure_cpu_threads, resolve_device, tune_cpu_allocator
-from workbench.core.errors import CheckpointError, ConfigError, DatasetError, WorkbenchError
-from workbench.core.evaluation import EvalResult, evaluate
+from workbench.core.errors import CheckpointError, ConfigError, WorkbenchError
+from workbench.core.kinds import get_kind
+from workbench.core import snapshots
 from workbench.core.runs import Run, RunStore
 
 # The trainer reads time through this name so tests can fake the wall clock.
@@ -52,30 +53,55 @@ def _finite_or_none(value: float | None) -> float | None:
 
 @dataclass
 class StepRecord:
+    """One training record. ``score`` fields hold the kind's metric (``metric``: "accuracy", "mse", ...); the
+    JSON forms name them after it (``accuracy``/``val_accuracy`` for classification, ``mse``/``val_mse`` for
+    regression), as metrics.jsonl always has."""
+
     step: int  # meta-steps completed (1-based)
     total_steps: int
     loss: float
-    accuracy: float
+    score: float
     lr: float
     elapsed_s: float  # training wall-clock time, pauses excluded, summed over resumed sessions
     steps_per_s: float
     eta_s: float | None
     event: str = "step"  # "step" | "validation" | "finished" | "stopped" | "budget" | "diverged"
-    val_accuracy: float | None = None
+    val_score: float | None = None
     val_ci95: float | None = None
-    best_val_accuracy: float | None = None
+    best_val_score: float | None = None
     message: str = ""
     extras: dict[str, float] = field(default_factory=dict)
+    metric: str = "accuracy"
 
     @property
     def is_final(self) -> bool:
         return self.event in FINAL_EVENTS
 
+    # Classification's names, which every reader of the first version uses.
+    @property
+    def accuracy(self) -> float:
+        return self.score
+
+    @property
+    def val_accuracy(self) -> float | None:
+        return self.val_score
+
+    @property
+    def best_val_accuracy(self) -> float | None:
+        return self.best_val_score
+
+    def _named_fields(self) -> list[tuple[str, str]]:
+        """(JSON key, attribute) of every float field."""
+        metric = self.metric
+        return [("loss", "loss"), (metric, "score"), ("lr", "lr"), ("elapsed_s", "elapsed_s"),
+                ("steps_per_s", "steps_per_s"), ("eta_s", "eta_s"), (f"val_{metric}", "val_score"),
+                ("val_ci95", "val_ci95"), (f"best_val_{metric}", "best_val_score")]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values; NaN and infinities become None."""
-        out: dict[str, Any] = {"step": self.step, "total_steps": self.total_steps}
-        for key in _FLOAT_FIELDS:
-            out[key] = _finite_or_none(getattr(self, key))
+        out: dict[str, Any] = {"step": self.step, "total_steps": self.total_steps, "metric": self.metric}
+        for key, attribute in self._named_fields():
+            out[key] = _finite_or_none(getattr(self, attribute))
         out["event"] = self.event
         out["message"] = self.message
         out["extras"] = {k: _finite_or_none(v) for k, v in self.extras.items()}
@@ -84,10 +110,12 @@ class StepRecord:
     def compact(self) -> dict[str, Any]:
         """to_dict() without empty fields: one metrics.jsonl line. Built by hand: it runs every step."""
         out: dict[str, Any] = {"step": self.step, "total_steps": self.total_steps, "event": self.event}
-        for key in _FLOAT_FIELDS:
-            value = getattr(self, key)
+        if self.metric != "accuracy":
+            out["metric"] = self.metric
+        for key, attribute in self._named_fields():
+            value = getattr(self, attribute)
             if value is not None and math.isfinite(value):
-                out[key] = round(value, 3) if key in _ROUNDED_FIELDS else value
+                out[key] = round(value, 3) if attribute in _ROUNDED_FIELDS else value
         if self.message:
             out["message"] = self.message
         if self.extras:
@@ -95,8 +123,6 @@ class StepRecord:
         return out
 
 
-_FLOAT_FIELDS = ("loss", "accuracy", "lr", "elapsed_s", "steps_per_s", "eta_s", "val_accuracy", "val_ci95",
-                 "best_val_accuracy")
 _ROUNDED_FIELDS = {"elapsed_s", "steps_per_s", "eta_s"}
 
 
@@ -122,22 +148,6 @@ def preserved_rng(device: torch.device):
             torch.mps.set_rng_state(mps_state)
 
 
-class BatchSampler:
-    """Plain labelled batches over all meta-train classes, for pre-training baselines."""
-
-    def __init__(self, split: ClassSplit, spec: PreprocessSpec, batch_size: int, seed: int):
-        if len(split) == 0:
-            raise DatasetError("the meta-train split has no images")
-        self.split = split
-        self.spec = spec
-        self.batch_size = batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def sample(self) -> LabeledBatch:
-        rows = torch.randint(len(self.split), (self.batch_size,), generator=self.generator)
-        return LabeledBatch(self.spec.normalize(self.split.images[rows]), self.split.labels[rows])
-
-
 def _flatten(config_dict: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in config_dict.items():
@@ -153,8 +163,9 @@ class Trainer:
     """Meta-trains one run. Build it (loads data, builds the model, creates or reopens the run),
     then iterate :meth:`steps` or call :meth:`run_all`.
 
-    With ``resume=run_id`` the run's saved config is used; ``config`` may then be None, or carry
-    changes listed in ``RESUMABLE_CHANGES`` (more steps, another device or time budget).
+    The run's kind supplies the training tasks, the validation tasks and the metric; the algorithm takes its loss
+    and head from the same kind. With ``resume=run_id`` the run's saved config is used; ``config`` may then be
+    None, or carry changes listed in ``RESUMABLE_CHANGES`` (more steps, another device or time budget).
     """
 
     def __init__(self, config: ExperimentConfig | None = None, store: RunStore | None = None, *,
@@ -169,61 +180,69 @@ class Trainer:
         elif config is None:
             raise ValueError("Trainer needs a config (or resume=run_id)")
         self.config = config
-        training = config.training
+        self.config_dict = config.to_dict()  # built once: every checkpoint stores it
+        self._set_up_device(reserve_gui_core)
+        seed_everything(config.training.seed)
+        # Everything that can reject the config happens before a run folder exists.
+        self._build_experiment(progress)
+        self._reset_progress()
+        if run is not None:
+            self.run = run
+            self._restore_from_checkpoint()
+            if config_changed:
+                run.save_config(config)
+                self.store.update(run.id, steps_total=config.training.steps, device=config.training.device)
+        else:
+            self.run = self.store.create(config)
+        if self.algorithm.has("run_folder"):  # where an algorithm may mirror view data (weight history)
+            self.algorithm.set_run_folder(self.run.path)
+        # Applied when steps() starts, so torch work done in between (e.g. by a GUI) cannot shift the run.
+        self._start_rng_state = torch.get_rng_state()
+        self._reset_session()
+
+    # --- setup helpers ----------------------------------------------------------------------------
+    def _set_up_device(self, reserve_gui_core: bool) -> None:
+        training = self.config.training
         self.device = resolve_device(training.device)
         if self.device.type == "cpu":
             self.threads = configure_cpu_threads(training.threads, reserve_gui_core)
             tune_cpu_allocator()
         else:
             self.threads = torch.get_num_threads()
-        seed_everything(training.seed)
 
-        # Everything that can reject the config happens before a run folder exists.
+    def _build_experiment(self, progress: ProgressCallback) -> None:
+        """Data, tasks, model and optimizers, all from the config's kind and algorithm."""
+        config, training = self.config, self.config.training
+        self.kind = get_kind(config.kind, config.task)
+        self.metric = self.kind.metric
         self.dataset = data.load_dataset(config.dataset, progress)
-        spec = self.dataset.spec
-        train_split = self.dataset.split("train")
         algorithm_cls = get_algorithm(config.algorithm.name)
         hparams = algorithm_cls.build_hparams(config.algorithm.hparams)
+        self._trains_on_batches = (algorithm_cls.training_input_for(hparams) == "batches"
+                                   or self.kind.trains_on == "labelled batches")
         if algorithm_cls.training_input_for(hparams) == "batches":
-            batch_size = int(getattr(hparams, "batch_size", 64))
-            self.sampler: data.EpisodeSampler | BatchSampler = BatchSampler(train_split, spec, batch_size,
-                                                                            training.seed)
+            self.sampler = self.kind.batch_sampler(self.dataset, config, int(getattr(hparams, "batch_size", 64)))
         else:
-            self.sampler = data.EpisodeSampler(train_split, spec, config.train_ways, config.train_shots,
-                                               config.train_queries, seed=training.seed, split_name="train",
-                                               dataset_name=self.dataset.name)
+            self.sampler = self.kind.train_sampler(self.dataset, config)
         self.validation_note = ""
-        self.val_episodes = self._make_validation_episodes()
-        self.model_spec = ModelSpec(in_channels=spec.channels, image_size=spec.image_size, ways=config.train_ways,
-                                    num_train_classes=train_split.num_classes)
+        self.val_episodes = self._make_validation_tasks()
+        self.model_spec = self.kind.model_spec(self.dataset, config)
         self.algorithm = algorithm_cls(hparams, self.model_spec, self.device)
-        attach_data = getattr(self.algorithm, "attach_training_data", None)
-        if callable(attach_data):  # algorithms that build their own problem from the split (Meta-Weight-Net)
-            attach_data(train_split, spec, training.seed)
+        if self.algorithm.has("training_data"):  # algorithms that build their own problem (Meta-Weight-Net)
+            self.algorithm.attach_training_data(self.dataset, config)
         self.algorithm.configure_optimizers(training.lr, training.steps, training.lr_schedule)
 
+    def _reset_progress(self) -> None:
         self.step = 0
-        self.best_val_accuracy: float | None = None
+        self.best_val_score: float | None = None
         self.best_val_ci95: float | None = None
         self.best_step: int | None = None
-        self.last_validation: EvalResult | None = None
+        self.last_validation: Any = None
         self.last_checkpoint_step: int | None = None
         self._elapsed_before = 0.0  # training time of earlier sessions of a resumed run
         self.resume_message = ""
-        if run is not None:
-            self.run = run
-            self._restore_from_checkpoint()
-            if config_changed:
-                run.save_config(config)
-                self.store.update(run.id, steps_total=training.steps, device=training.device)
-        else:
-            self.run = self.store.create(config)
-        set_run_folder = getattr(self.algorithm, "set_run_folder", None)
-        if callable(set_run_folder):  # where an algorithm may mirror view data (weight history)
-            set_run_folder(self.run.path)
-        # Applied when steps() starts, so torch work done in between (e.g. by a GUI) cannot shift the run.
-        self._start_rng_state = torch.get_rng_state()
 
+    def _reset_session(self) -> None:
         self._run_event = threading.Event()
         self._run_event.set()
         self._stop_event = threading.Event()
@@ -237,11 +256,16 @@ class Trainer:
         self._session_first_step = 0
         self._paused_total = 0.0
         self._last_loss = float("nan")
-        self._last_accuracy = float("nan")
+        self._last_score = float("nan")
         self._steps_per_s = 0.0
+        self._snapshot_recorders: list | None = None
         self.final_record: StepRecord | None = None
 
-    # --- setup helpers ----------------------------------------------------------------------------
+    @property
+    def best_val_accuracy(self) -> float | None:
+        """The best validation score (classification's name for it)."""
+        return self.best_val_score
+
     def _resumed_config(self, run: Run, config: ExperimentConfig | None) -> tuple[ExperimentConfig, bool]:
         """The config to resume with, and whether it differs from the saved one (allowed changes only)."""
         saved = run.config
@@ -254,24 +278,23 @@ class Trainer:
                                   f"{new.get(key)!r}); start a new run for a different experiment")
         return config, old != new
 
-    def _make_validation_episodes(self) -> data.FixedEpisodes | None:
+    def _make_validation_tasks(self):
         config = self.config
-        split = self.dataset.split("val")
-        if split.num_classes == 0:
+        if not self.kind.has_validation(self.dataset):
             self.validation_note = ("the dataset has no meta-validation classes, so no validation runs; the "
                                     "best checkpoint is the last one")
             return None
-        return data.FixedEpisodes(split, self.dataset.spec, config.dataset.ways, config.dataset.shots,
-                                  config.dataset.queries, config.training.val_episodes, config.evaluation.seed,
-                                  split_name="val", dataset_name=self.dataset.name)
+        return self.kind.fixed_tasks(self.dataset, config, "val", config.training.val_episodes,
+                                     config.evaluation.seed)
 
     def _restore_from_checkpoint(self) -> None:
         run = self.run
         total = self.config.training.steps
         if run.has_checkpoint("last"):
             payload = run.load_checkpoint("last")
-            if payload["algorithm"] != self.algorithm.name:
-                raise CheckpointError(f"run {run.id}: its last checkpoint was made by '{payload['algorithm']}', "
+            made_by = payload_algorithm(payload)
+            if made_by != self.algorithm.name:
+                raise CheckpointError(f"run {run.id}: its last checkpoint was made by '{made_by}', "
                                       f"not '{self.algorithm.name}'")
             try:
                 self.algorithm.load_state_dict(payload["state"])
@@ -281,7 +304,7 @@ class Trainer:
                                       f"{' '.join(str(exc).split())[:300]}") from None
             restore_rng_state(payload.get("rng") or {}, self.sampler.generator)
             self.step = int(payload["step"])
-            self.best_val_accuracy = payload.get("best_val_accuracy")
+            self.best_val_score = payload.get("best_val_score", payload.get("best_val_accuracy"))
             self.best_val_ci95 = payload.get("best_val_ci95")
             self.best_step = payload.get("best_step")
             self._elapsed_before = float(payload.get("elapsed_s", 0.0))
@@ -330,7 +353,7 @@ class Trainer:
         return float(optimizers[0].param_groups[0]["lr"]) if optimizers else self.config.training.lr
 
     def _next_batch(self):
-        if isinstance(self.sampler, BatchSampler):
+        if self._trains_on_batches:
             return self.sampler.sample().to(self.device)
         meta_batch = self.config.training.meta_batch
         return [self.sampler.sample().to(self.device) for _ in range(meta_batch)]
@@ -349,72 +372,9 @@ class Trainer:
         """The training loop. Each yield is a pause and cancel point; the last record has a final event."""
         if self._started:
             raise RuntimeError("Trainer.steps() can only run once; make a new Trainer (resume=run_id) to continue")
-        self._started = True
-        training = self.config.training
-        total = training.steps
-        budget_s = training.max_minutes * 60.0
-        self._session_start = self._last_flush = clock()
-        self._session_first_step = self.step
-        torch.set_rng_state(self._start_rng_state)
-        self.run.claim()
-        self.run.set_status("running", self.resume_message, device=str(self.device), steps_total=total,
-                            steps_done=self.step)
-        self.algorithm.train()
-        if self.step == 0:
-            # A first good checkpoint: a run that diverges or crashes early still has one.
-            self._save_checkpoint("last")
-        final_event, message = "finished", ""
-        steps_per_s = self._steps_per_s = 0.0
+        self._begin_session()
         try:
-            while self.step < total:
-                if not self._run_event.is_set():
-                    self._wait_while_paused()
-                if self._stop_event.is_set():
-                    final_event, message = "stopped", f"stopped by the user after {self.step} steps"
-                    break
-                if budget_s and self._active_elapsed() >= budget_s:
-                    final_event = "budget"
-                    message = f"time budget of {training.max_minutes:g} min spent after {self.step} steps"
-                    break
-                started = clock()
-                out = self.algorithm.meta_train_step(self._next_batch())
-                loss = float(out["loss"])
-                if not math.isfinite(loss):
-                    final_event, message = "diverged", self._diverged_message(self.step + 1, f"the loss became {loss}")
-                    break
-                self.step += 1
-                now = clock()
-                duration = max(now - started, 1e-9)
-                # Smoothed rate: steady for the ETA, yet follows a change of pace.
-                steps_per_s = 1.0 / duration if steps_per_s == 0.0 else 0.9 * steps_per_s + 0.1 / duration
-                self._steps_per_s = steps_per_s
-                active = now - self._session_start - self._paused_total
-                eta = (total - self.step) / steps_per_s
-                if budget_s:
-                    eta = min(eta, max(0.0, budget_s - active))
-                accuracy = float(out.get("accuracy", float("nan")))
-                self._last_loss, self._last_accuracy = loss, accuracy
-                extras = {k: float(v) for k, v in out.items()
-                          if k not in ("loss", "accuracy") and isinstance(v, (int, float))} if len(out) > 2 else {}
-                record = StepRecord(self.step, total, loss, accuracy, self._current_lr(),
-                                    self._elapsed_before + active, steps_per_s, eta, "step",
-                                    best_val_accuracy=self.best_val_accuracy, extras=extras)
-                self._pending.append(record)
-                if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= FLUSH_SECONDS:
-                    self._flush_metrics()
-                yield record
-                if training.val_interval and self.step % training.val_interval == 0:
-                    validation = self._validate()
-                    if validation is not None:
-                        yield validation
-                if self.step % training.checkpoint_interval == 0 and self.step < total:
-                    # Metrics first: after a crash they then cover every step up to the checkpoint.
-                    self._flush_metrics()
-                    if not self._save_checkpoint("last"):
-                        final_event, message = "diverged", self._diverged_message(self.step, "the weights became "
-                                                                                  "NaN or infinite")
-                        break
-                    self.run.update(steps_done=self.step)
+            final_event, message = yield from self._loop()
             yield from self._finish(final_event, message)
         except GeneratorExit:
             # The consumer closed the loop early: save what we have.
@@ -433,6 +393,79 @@ class Trainer:
                 self.run.release()
             raise
 
+    def _begin_session(self) -> None:
+        self._started = True
+        self._session_start = self._last_flush = clock()
+        self._session_first_step = self.step
+        torch.set_rng_state(self._start_rng_state)
+        self.run.claim()
+        self.run.set_status("running", self.resume_message, device=str(self.device),
+                            steps_total=self.config.training.steps, steps_done=self.step)
+        self.algorithm.train()
+        if self.step == 0:
+            # A first good checkpoint: a run that diverges or crashes early still has one.
+            self._save_checkpoint("last")
+
+    def _reason_to_stop(self) -> tuple[str, str] | None:
+        """Checked before each meta-step: a stop request or a spent time budget."""
+        training = self.config.training
+        if self._stop_event.is_set():
+            return "stopped", f"stopped by the user after {self.step} steps"
+        if training.max_minutes and self._active_elapsed() >= training.max_minutes * 60.0:
+            return "budget", f"time budget of {training.max_minutes:g} min spent after {self.step} steps"
+        return None
+
+    def _loop(self) -> Iterator[StepRecord]:
+        """Meta-steps until the end, a stop or a budget; returns (final event, message)."""
+        training = self.config.training
+        while self.step < training.steps:
+            if not self._run_event.is_set():
+                self._wait_while_paused()
+            reason = self._reason_to_stop()
+            if reason is not None:
+                return reason
+            started = clock()
+            out = self.algorithm.meta_train_step(self._next_batch())
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                return "diverged", self._diverged_message(self.step + 1, f"the loss became {loss}")
+            self.step += 1
+            yield self._step_record(out, loss, started)
+            if training.val_interval and self.step % training.val_interval == 0:
+                validation = self._validate()
+                if validation is not None:
+                    yield validation
+            if self.step % training.checkpoint_interval == 0 and self.step < training.steps:
+                # Metrics first: after a crash they then cover every step up to the checkpoint.
+                self._flush_metrics()
+                if not self._save_checkpoint("last"):
+                    return "diverged", self._diverged_message(self.step, "the weights became NaN or infinite")
+                self.run.update(steps_done=self.step)
+        return "finished", ""
+
+    def _step_record(self, out: dict[str, float], loss: float, started: float) -> StepRecord:
+        training = self.config.training
+        now = clock()
+        duration = max(now - started, 1e-9)
+        # Smoothed rate: steady for the ETA, yet follows a change of pace.
+        rate = self._steps_per_s
+        self._steps_per_s = rate = 1.0 / duration if rate == 0.0 else 0.9 * rate + 0.1 / duration
+        active = now - self._session_start - self._paused_total
+        eta = (training.steps - self.step) / rate
+        if training.max_minutes:
+            eta = min(eta, max(0.0, training.max_minutes * 60.0 - active))
+        metric = self.metric.key
+        score = float(out.get(metric, out.get("score", float("nan"))))
+        self._last_loss, self._last_score = loss, score
+        extras = {k: float(v) for k, v in out.items()
+                  if k not in ("loss", metric, "score") and isinstance(v, (int, float))} if len(out) > 2 else {}
+        record = StepRecord(self.step, training.steps, loss, score, self._current_lr(), self._elapsed_before + active,
+                            rate, eta, "step", best_val_score=self.best_val_score, extras=extras, metric=metric)
+        self._pending.append(record)
+        if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= FLUSH_SECONDS:
+            self._flush_metrics()
+        return record
+
     def _finish(self, event: str, message: str) -> Iterator[StepRecord]:
         if event in ("finished", "budget") and self._last_val_step != self.step and not self._stop_event.is_set():
             validation = self._validate()
@@ -442,6 +475,10 @@ class Trainer:
             event, message = "stopped", f"stopped by the user after {self.step} steps"
         record = self._finalize(event, message)
         yield record
+
+    def _best_fields(self) -> dict[str, float | None]:
+        """The run-index columns of the best validation score."""
+        return {f"best_val_{self.metric.key}": self.best_val_score, "best_val_ci95": self.best_val_ci95}
 
     def _finalize(self, event: str, message: str) -> StepRecord:
         """Save the checkpoint and status, then build the final record (saved before it is yielded)."""
@@ -454,16 +491,16 @@ class Trainer:
             message = message or f"finished {self.step} steps"
         active = self._active_elapsed()
         steps_done = self.step
-        record = StepRecord(steps_done, self.config.training.steps, self._last_loss, self._last_accuracy,
+        last = self.last_validation
+        record = StepRecord(steps_done, self.config.training.steps, self._last_loss, self._last_score,
                             self._current_lr(), self._elapsed_before + active,
                             ((steps_done - self._session_first_step) / active) if active > 0 else 0.0, 0.0, event,
-                            val_accuracy=self.last_validation.accuracy if self.last_validation else None,
-                            val_ci95=self.last_validation.ci95 if self.last_validation else None,
-                            best_val_accuracy=self.best_val_accuracy, message=message)
+                            val_score=last.value if last is not None else None,
+                            val_ci95=last.ci95 if last is not None else None,
+                            best_val_score=self.best_val_score, message=message, metric=self.metric.key)
         self._pending.append(record)
         self._flush_metrics()
-        self.run.set_status(status, message, steps_done=steps_done, best_val_accuracy=self.best_val_accuracy,
-                            best_val_ci95=self.best_val_ci95)
+        self.run.set_status(status, message, steps_done=steps_done, **self._best_fields())
         self.final_record = record
         self._finalized = True
         self.run.release()
@@ -488,20 +525,13 @@ class Trainer:
         if not self._stop_event.is_set():
             self.run.set_status("running", "", steps_done=self.step)
 
-    def _record_probe_snapshot(self) -> None:
-        """Embed the fixed probe task into <run>/probes.npz for the Embeddings view; never stops training."""
-        try:
-            from workbench.core import probes
-
-            if getattr(self, "_probe", None) is None:
-                fixed = probes.config_probe_episodes(self.dataset, self.config, 1)
-                self._probe = (fixed[0], fixed.split.class_names, probes.probe_split_name(
-                    self.dataset, self.config.dataset.ways))
-            episode, class_names, split_name = self._probe
-            probes.record_probe_snapshot(self.run.path, self.algorithm, episode, self.step, class_names, split_name)
-        except Exception as exc:  # e.g. an algorithm without embed(): the view explains the missing history
-            self._probe = (None, [], str(exc)) if getattr(self, "_probe", None) is None else self._probe
-            return
+    def _record_view_snapshots(self) -> None:
+        """History for the views of training that its kind lists (embeddings, fit, ...); never stops training."""
+        if self._snapshot_recorders is None:
+            self._snapshot_recorders = snapshots.recorders_for(self.kind.views, self.dataset, self.config,
+                                                               self.run.path)
+        for recorder in self._snapshot_recorders:
+            recorder.record(self.algorithm, self.step)
 
     def _validate(self) -> StepRecord | None:
         if self.val_episodes is None:
@@ -514,33 +544,38 @@ class Trainer:
         try:
             with preserved_rng(self.device):
                 torch.manual_seed(self.config.training.seed + 1)  # stochastic adaptation: same every time
-                result = evaluate(self.algorithm, self.val_episodes, self.device, cancel_on_stop, split="val")
-                self._record_probe_snapshot()
+                result = self.kind.evaluate(self.algorithm, self.val_episodes, self.device, cancel_on_stop,
+                                            split="val")
+                self._record_view_snapshots()
         except Cancelled:
             return None
         finally:
             self.algorithm.train()
         self.last_validation = result
         self._last_val_step = self.step
-        improved = self.best_val_accuracy is None or result.accuracy > self.best_val_accuracy
-        if improved:
-            previous = (self.best_val_accuracy, self.best_val_ci95, self.best_step)
-            self.best_val_accuracy, self.best_val_ci95, self.best_step = result.accuracy, result.ci95, self.step
-            if not self._save_checkpoint("best"):
-                self.best_val_accuracy, self.best_val_ci95, self.best_step = previous
-                improved = False
-        text = f"validation at step {self.step}: {100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}%"
+        improved = self._keep_if_best(result)
+        text = f"validation at step {self.step}: {self.metric.format(result.value, result.ci95)}"
         if improved:
             text += " (new best)"
-        record = StepRecord(self.step, self.config.training.steps, self._last_loss, self._last_accuracy,
+        record = StepRecord(self.step, self.config.training.steps, self._last_loss, self._last_score,
                             self._current_lr(), self._elapsed_before + self._active_elapsed(), self._steps_per_s,
-                            None, "validation", val_accuracy=result.accuracy, val_ci95=result.ci95,
-                            best_val_accuracy=self.best_val_accuracy, message=text)
+                            None, "validation", val_score=result.value, val_ci95=result.ci95,
+                            best_val_score=self.best_val_score, message=text, metric=self.metric.key)
         self._pending.append(record)
         self._flush_metrics()
-        self.run.update(steps_done=self.step, best_val_accuracy=self.best_val_accuracy,
-                        best_val_ci95=self.best_val_ci95)
+        self.run.update(steps_done=self.step, **self._best_fields())
         return record
+
+    def _keep_if_best(self, result) -> bool:
+        """Save the best checkpoint when the validation improved on the best so far."""
+        if not self.metric.better(result.value, self.best_val_score):
+            return False
+        previous = (self.best_val_score, self.best_val_ci95, self.best_step)
+        self.best_val_score, self.best_val_ci95, self.best_step = result.value, result.ci95, self.step
+        if not self._save_checkpoint("best"):
+            self.best_val_score, self.best_val_ci95, self.best_step = previous
+            return False
+        return True
 
     def _weights_finite(self) -> bool:
         for module in self.algorithm.modules().values():
@@ -555,9 +590,10 @@ class Trainer:
             return False
         elapsed = self._elapsed_before + (self._active_elapsed() if self._started else 0.0)
         payload = make_payload(self.algorithm, self.config, self.dataset.spec, step=self.step,
-                               best_val_accuracy=self.best_val_accuracy, rng=rng_state(self.sampler.generator),
+                               best_val_accuracy=self.best_val_score, rng=rng_state(self.sampler.generator),
                                extra={"best_val_ci95": self.best_val_ci95, "best_step": self.best_step,
-                                      "elapsed_s": float(elapsed)})
+                                      "elapsed_s": float(elapsed), "metric": self.metric.key},
+                               config_dict=self.config_dict)
         self.run.save_checkpoint(payload, kind)
         if kind == "last":
             self.last_checkpoint_step = self.step
