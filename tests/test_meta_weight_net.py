@@ -4,6 +4,7 @@ and CLI integration (history file, --label-noise, eval extras)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,11 @@ from workbench.core.runs import RunStore
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _seeded(seed: int):
+    """The part of a run's config that attach_training_data reads."""
+    return SimpleNamespace(training=SimpleNamespace(seed=seed))
+
+
 def make_algorithm(dataset, seed: int = 0, lr: float = 3e-3, steps: int = 100, **hparams):
     cls = get_algorithm("meta-weight-net")
     values = {"hidden": 8, "num_classes": 6, "meta_per_class": 2, "test_per_class": 2, "batch_size": 32,
@@ -29,8 +35,8 @@ def make_algorithm(dataset, seed: int = 0, lr: float = 3e-3, steps: int = 100, *
     split = dataset.split("train")
     torch.manual_seed(seed)
     algorithm = cls(cls.build_hparams(values), ModelSpec(dataset.spec.channels, dataset.spec.image_size, 5,
-                                                         split.num_classes))
-    algorithm.attach_training_data(split, dataset.spec, seed)
+                                                         split.num_classes, kind="noisy-labels"))
+    algorithm.attach_training_data(dataset, _seeded(seed))
     algorithm.configure_optimizers(lr, steps, "constant")
     return algorithm
 
@@ -81,10 +87,10 @@ def test_hparam_validation_names_the_field():
         cls.build_hparams({"label_noise": 0.95})
     with pytest.raises(ConfigError, match="algorithm.hparams.noise_kind"):
         cls.build_hparams({"noise_kind": "pairs"})
-    with pytest.raises(ConfigError, match="algorithm.hparams.setting"):
-        cls.build_hparams({"setting": "meta-dataset"})
-    assert cls.build_hparams({"setting": "episodic"}).setting == "episodic"
-    assert cls.info()["training_input"] == "episodes"  # the episodic setting needs them; classification ignores them
+    # The two settings are kinds now; configs of the first format name them as hparam "setting".
+    assert cls.info()["kinds"] == ["noisy-labels", "classification"]
+    assert cls.legacy_kind({}) == "noisy-labels" and cls.legacy_kind({"setting": "episodic"}) == "classification"
+    assert "setting" not in cls.upgrade_hparams({"setting": "episodic", "hidden": 8})
     assert cls.build_hparams({"label_noise": "0.2", "weighting": "false"}).weighting is False
     assert cls.info()["family"] == "optimization"
 
@@ -188,14 +194,14 @@ def test_cli_label_noise_flag_trains_and_eval_reports_weights(capsys, noisy_data
 # --- the episodic setting ---------------------------------------------------------------------------------
 def make_episodic(dataset, seed: int = 0, lr: float = 1e-3, **hparams):
     cls = get_algorithm("meta-weight-net")
-    values = {"setting": "episodic", "hidden": 8, "weight_net_hidden": 16, "train_inner_steps": 2,
+    values = {"hidden": 8, "weight_net_hidden": 16, "train_inner_steps": 2,
               "test_inner_steps": 3, "history_interval": 5, "label_noise": 0.4}
     values.update(hparams)
     split = dataset.split("train")
     torch.manual_seed(seed)
     algorithm = cls(cls.build_hparams(values), ModelSpec(dataset.spec.channels, dataset.spec.image_size, 3,
-                                                         split.num_classes))
-    algorithm.attach_training_data(split, dataset.spec, seed)
+                                                         split.num_classes, kind="classification"))
+    algorithm.attach_training_data(dataset, _seeded(seed))
     algorithm.configure_optimizers(lr, 100, "constant")
     return algorithm
 
@@ -332,7 +338,7 @@ def test_cli_setting_flag_trains_episodic_and_eval_reports_weights(capsys, noisy
     out, err = capsys.readouterr()
     assert code == 0, err
     run = RunStore().get(json.loads(out)["run"])
-    assert run.config.algorithm.hparams["setting"] == "episodic"
+    assert run.config.kind == "classification"  # --setting episodic is the few-shot kind
     history = np.load(run.path / "weight_history.npz")
     assert history["steps"].tolist() == [1, 2, 4] and str(history["setting"]) == "episodic"
     code = cli.main(["eval", run.id, "--episodes", "3", "--device", "cpu", "--json"])
@@ -342,5 +348,5 @@ def test_cli_setting_flag_trains_episodic_and_eval_reports_weights(capsys, noisy
     weights = result["weights"]
     assert 0 < weights["clean_mean"] < 1 and 0 < weights["noisy_mean"] < 1
     assert 0 <= result["noisy_supports"]["accuracy"] <= 1
-    code = cli.main(["train", "--algorithm", "meta-weight-net", "--setting", "meta-dataset", *flags, "--quiet"])
-    assert code != 0 and "algorithm.hparams.setting" in capsys.readouterr().err
+    code = cli.main(["train", "--algorithm", "meta-weight-net", "--kind", "meta-dataset", *flags, "--quiet"])
+    assert code != 0 and "unknown experiment kind 'meta-dataset'" in capsys.readouterr().err

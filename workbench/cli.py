@@ -38,7 +38,9 @@ FLAG_NAMES = {
     ("evaluation", "episodes"): "--eval-episodes",
     ("evaluation", "seed"): "--eval-seed",
 }
-SUBCOMMANDS = ("train", "eval", "runs", "algorithms", "datasets", "demo", "tour", "try")
+SUBCOMMANDS = ("train", "eval", "runs", "kinds", "algorithms", "datasets", "plugins", "demo", "tour", "try")
+# Meta-Weight-Net's --setting from before experiment kinds, as kinds.
+LEGACY_SETTINGS = {"classification": "noisy-labels", "episodic": "classification"}
 # Commands implemented elsewhere, imported only when used: module and what to call it in messages.
 DELEGATED = {"tour": ("workbench.gui.tour", "the guided tour"), "try": ("workbench.tryatask.cli", "'try a task'")}
 
@@ -175,15 +177,22 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="TOML", help="Experiment config file (as written by --export-config or "
                         "the GUI); flags override its values.")
     parser.add_argument("--name", help="A name for the run (shown in `workbench runs`).")
+    parser.add_argument("--kind", help="Experiment kind (see `workbench kinds`): classification (the default), "
+                        "regression, noisy-labels.")
     parser.add_argument("--algorithm", help="Algorithm to train (see `workbench algorithms`).")
+    parser.add_argument("--recipe", help="A named training setup of the algorithm (see `workbench algorithms`); "
+                        "flags override its fields. Default: the algorithm's recommended recipe for the kind and "
+                        "dataset; 'none' uses the bare declared defaults.")
+    parser.add_argument("--task", action="append", default=[], metavar="KEY=VALUE", dest="task_values",
+                        help="A setting of the experiment kind (the [task] section), repeatable.")
     parser.add_argument("--hparam", action="append", default=[], metavar="KEY=VALUE",
                         help="An algorithm hyperparameter, e.g. --hparam hidden=32 (repeatable).")
     parser.add_argument("--label-noise", metavar="RATE", dest="label_noise", default=None,
                         help="Fraction of corrupted training labels, for algorithms that learn under label noise "
                         "(meta-weight-net); same as --hparam label_noise=RATE.")
-    parser.add_argument("--setting", metavar="SETTING", default=None,
-                        help="Setting of an algorithm that has several (meta-weight-net: classification or "
-                        "episodic); same as --hparam setting=SETTING.")
+    parser.add_argument("--setting", metavar="SETTING", default=None, choices=("classification", "episodic"),
+                        help="Meta-Weight-Net's settings as they were named before experiment kinds: "
+                        "classification is --kind noisy-labels, episodic is --kind classification.")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="set_values",
                         help="Any config field, e.g. --set training.lr_schedule=constant (repeatable).")
     groups = {"dataset": parser.add_argument_group("dataset and episodes"),
@@ -242,7 +251,7 @@ def _absolute_root(root: str, relative_to: list[Path]) -> str:
 
 def config_from_args(args: argparse.Namespace, base: dict | None = None):
     """The effective ExperimentConfig: defaults < --config file (or ``base``) < flags."""
-    from workbench.core.config import ExperimentConfig
+    from workbench.core.config import ExperimentConfig, with_recommended_recipe
     from workbench.core.errors import ConfigError
 
     data: dict[str, Any] = dict(base or {})
@@ -277,7 +286,14 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
     if getattr(args, "label_noise", None) is not None:
         algorithm.setdefault("hparams", {})["label_noise"] = args.label_noise
     if getattr(args, "setting", None) is not None:
-        algorithm.setdefault("hparams", {})["setting"] = args.setting
+        data["kind"] = LEGACY_SETTINGS[args.setting]
+    if getattr(args, "kind", None):
+        data["kind"] = args.kind
+    if getattr(args, "recipe", None):
+        algorithm["recipe"] = args.recipe
+    for item in getattr(args, "task_values", None) or []:
+        key, value = _split_assignment(item, "--task")
+        data.setdefault("task", {})[key] = value
     for item in getattr(args, "hparam", None) or []:
         key, value = _split_assignment(item, "--hparam")
         algorithm.setdefault("hparams", {})[key] = value
@@ -292,14 +308,14 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
             if algorithm.get("name", "protonet") != value:
                 algorithm.clear()
             algorithm["name"] = value
-        elif len(parts) == 2 and parts[0] in ("dataset", "training", "evaluation"):
+        elif len(parts) == 2 and parts[0] in ("dataset", "training", "evaluation", "task"):
             if parts == ["dataset", "root"]:
                 value = _absolute_root(value, [Path.cwd()])
             data.setdefault(parts[0], {})[parts[1]] = value
         else:
             raise ConfigError(key, "use section.field with a section of dataset, training, evaluation or "
                               "algorithm.hparams (e.g. --set training.lr=0.001)")
-    config = ExperimentConfig.from_dict(data)
+    config = ExperimentConfig.from_dict(with_recommended_recipe(data))
     # Round-trip once so every value is typed and every hyperparameter is explicit.
     return ExperimentConfig.from_dict(config.to_dict())
 
@@ -366,10 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+")
     _add_output_flags(compare)
 
-    algorithms = commands.add_parser("algorithms", help="List the algorithms.")
+    kinds = commands.add_parser("kinds", help="List the experiment kinds.")
+    _add_output_flags(kinds)
+    algorithms = commands.add_parser("algorithms", help="List the algorithms with their kinds, capabilities and "
+                                     "recipes.")
+    algorithms.add_argument("--kind", help="Only the algorithms that support this kind.")
     _add_output_flags(algorithms)
     datasets = commands.add_parser("datasets", help="List the datasets.")
+    datasets.add_argument("--kind", help="Only the datasets that serve this kind.")
     _add_output_flags(datasets)
+    plugins = commands.add_parser("plugins", help="List the installed plugins (with the errors of broken ones).")
+    _add_output_flags(plugins)
 
     demo = commands.add_parser("demo", help="Train ProtoNet on the built-in glyphs for a few seconds and evaluate it.")
     demo.add_argument("--steps", type=int, default=300, help="Meta-training steps (default 300).")
@@ -656,10 +679,27 @@ def cmd_runs(args) -> int:
     raise AssertionError(action)
 
 
+def cmd_kinds(args) -> int:
+    from workbench.core.catalog import kinds_info
+
+    infos = kinds_info()
+    if args.json:
+        _emit_json(infos)
+        return EXIT_OK
+    for item in infos:
+        print(f"  {item['name']:<16} {item['title']} (trains on {item['trains_on']}; reports "
+              f"{item['metric']['title']}; datasets: {', '.join(item['datasets']) or 'none'})")
+    return EXIT_OK
+
+
 def cmd_algorithms(args) -> int:
     from workbench.core.algorithms import algorithms_by_family
 
-    grouped = algorithms_by_family()
+    if args.kind:
+        from workbench.core.kinds import get_kind_class
+
+        get_kind_class(args.kind)  # an unknown kind is an error naming the known ones
+    grouped = algorithms_by_family(args.kind)
     infos = [{**cls.info(), "family_title": family.title} for family, classes in grouped.items() for cls in classes]
     if args.json:
         _emit_json(infos)
@@ -670,20 +710,22 @@ def cmd_algorithms(args) -> int:
         print(f"{family.title}:")
         for cls in classes:
             print(f"  {cls.name:<20} {cls.summary}")
+            print(f"  {'':<20} kinds: {', '.join(cls.kinds)}; recipes: "
+                  f"{', '.join(sorted({r.name for r in cls.recipes})) or 'none'}")
     return EXIT_OK
 
 
 def cmd_datasets(args) -> int:
-    from workbench.core.data import CATALOG
+    from workbench.core.catalog import datasets_info
 
     infos = []
-    for info in CATALOG.values():
+    for info in datasets_info(args.kind):
         try:
-            available = importlib.util.find_spec(f"workbench.core.data.{info.module}") is not None
+            module = info["name"] and _dataset_module(info["name"])
+            available = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):
             available = False
-        infos.append({"name": info.name, "title": info.title, "description": info.description,
-                      "needs_root": info.needs_root, "downloadable": info.downloadable, "available": available})
+        infos.append({**info, "available": available})
     if args.json:
         _emit_json(infos)
         return EXIT_OK
@@ -695,7 +737,31 @@ def cmd_datasets(args) -> int:
             flags.append("can --download")
         if not item["available"]:
             flags.append("not installed")
-        print(f"  {item['name']:<14} {item['title']}" + (f" [{', '.join(flags)}]" if flags else ""))
+        print(f"  {item['name']:<14} {item['title']} ({', '.join(item['kinds'])})" +
+              (f" [{', '.join(flags)}]" if flags else ""))
+    return EXIT_OK
+
+
+def _dataset_module(name: str) -> str:
+    from workbench.core.data import dataset_info
+
+    return dataset_info(name).module_path
+
+
+def cmd_plugins(args) -> int:
+    from workbench.core.catalog import load_everything
+
+    entries = load_everything()
+    if args.json:
+        _emit_json([entry.to_dict() for entry in entries])
+        return EXIT_OK
+    if not entries:
+        print("No plugins installed. Packages add algorithms, datasets and kinds through the entry-point groups "
+              "workbench.algorithms, workbench.datasets and workbench.kinds (see docs/write-an-algorithm.md).")
+        return EXIT_OK
+    for entry in entries:
+        status = "ok" if entry.ok else f"BROKEN: {entry.error}"
+        print(f"  {entry.group:<10} {entry.name:<24} {entry.distribution or '?':<24} {status}")
     return EXIT_OK
 
 
@@ -795,8 +861,12 @@ def _dispatch(args, argv: list[str]) -> int:
         return cmd_eval(args)
     if command == "runs":
         return cmd_runs(args)
+    if command == "kinds":
+        return cmd_kinds(args)
     if command == "algorithms":
         return cmd_algorithms(args)
+    if command == "plugins":
+        return cmd_plugins(args)
     if command == "datasets":
         return cmd_datasets(args)
     if command == "demo":

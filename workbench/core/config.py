@@ -232,6 +232,29 @@ class ExperimentConfig:
         return get_kind_class(self.kind)(None).test_task_count(self.dataset.name)
 
 
+def with_recommended_recipe(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` naming the algorithm's recommended recipe for its kind and dataset when it names none (a new
+    experiment without flags gets a good setup); ``recipe = "none"`` keeps the bare declared defaults."""
+    data = {key: (dict(value) if isinstance(value, dict) else value) for key, value in data.items()}
+    algorithm = dict(data.get("algorithm") or {})
+    if algorithm.get("recipe") == "none":
+        algorithm.pop("recipe")
+        data["algorithm"] = algorithm
+        return data
+    if algorithm.get("recipe"):
+        return data
+    from workbench.core.recipes import recommended_recipe
+
+    algorithm_cls = _algorithm_class(str(algorithm.get("name", "protonet")))
+    kind = str(data.get("kind") or algorithm_cls.legacy_kind(dict(algorithm.get("hparams") or {})) or DEFAULT_KIND)
+    dataset = (data.get("dataset") or {}).get("name") or get_kind_class(kind).default_dataset
+    recipe = recommended_recipe(algorithm_cls, kind, str(dataset))
+    if recipe is not None:
+        algorithm["recipe"] = recipe.name
+        data["algorithm"] = algorithm
+    return data
+
+
 def _checked_sections(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     known = {"name", "kind", *SECTIONS}
