@@ -207,7 +207,7 @@ def test_ctrl_c_stops_cleanly_and_saves(capsys, use_synthetic_data, monkeypatch)
 def test_unexpected_errors_exit_1_with_a_traceback(capsys, monkeypatch):
     import workbench.core.algorithms as algorithms
 
-    def broken():
+    def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(algorithms, "algorithms_by_family", broken)

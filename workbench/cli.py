@@ -249,11 +249,8 @@ def _absolute_root(root: str, relative_to: list[Path]) -> str:
     return str((relative_to[0] / path).resolve())
 
 
-def config_from_args(args: argparse.Namespace, base: dict | None = None):
-    """The effective ExperimentConfig: defaults < --config file (or ``base``) < flags."""
-    from workbench.core.config import ExperimentConfig, with_recommended_recipe
-    from workbench.core.errors import ConfigError
-
+def _base_data(args: argparse.Namespace, base: dict | None) -> dict[str, Any]:
+    """The config file (or ``base``) as a dict of copied sections, a relative data root made absolute."""
     data: dict[str, Any] = dict(base or {})
     file_dir = None
     if getattr(args, "config", None):
@@ -264,6 +261,12 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
     if isinstance(data.get("dataset"), dict) and data["dataset"].get("root") and file_dir is not None:
         # A relative root in a config file means: next to the file (else the working folder).
         data["dataset"]["root"] = _absolute_root(str(data["dataset"]["root"]), [file_dir, Path.cwd()])
+    return data
+
+
+def _apply_field_flags(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    from workbench.core.errors import ConfigError
+
     for section, spec, flag, dest in _field_flags():
         value = getattr(args, dest, None)
         if value is None:
@@ -273,16 +276,17 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
         if not isinstance(data.setdefault(section, {}), dict):
             raise ConfigError(section, "must be a table of settings")
         data[section][spec.name] = value
-    if getattr(args, "name", None) is not None:
-        data["name"] = args.name
-    algorithm = data.setdefault("algorithm", {})
-    if not isinstance(algorithm, dict):
-        raise ConfigError("algorithm", "must be a table of settings")
+
+
+def _choose_algorithm(algorithm: dict[str, Any], name: str) -> None:
+    if algorithm.get("name", "protonet") != name:
+        algorithm.clear()  # hyperparameters (and the recipe) of another algorithm do not carry over
+    algorithm["name"] = name
+
+
+def _apply_algorithm_flags(args: argparse.Namespace, data: dict[str, Any], algorithm: dict[str, Any]) -> None:
     if getattr(args, "algorithm", None):
-        if algorithm.get("name", "protonet") != args.algorithm:
-            # Hyperparameters of another algorithm do not carry over.
-            algorithm.clear()
-        algorithm["name"] = args.algorithm
+        _choose_algorithm(algorithm, args.algorithm)
     if getattr(args, "label_noise", None) is not None:
         algorithm.setdefault("hparams", {})["label_noise"] = args.label_noise
     if getattr(args, "setting", None) is not None:
@@ -297,24 +301,45 @@ def config_from_args(args: argparse.Namespace, base: dict | None = None):
     for item in getattr(args, "hparam", None) or []:
         key, value = _split_assignment(item, "--hparam")
         algorithm.setdefault("hparams", {})[key] = value
+
+
+def _apply_set_flags(args: argparse.Namespace, data: dict[str, Any], algorithm: dict[str, Any]) -> None:
+    from workbench.core.errors import ConfigError
+
     for item in getattr(args, "set_values", None) or []:
         key, value = _split_assignment(item, "--set")
         parts = key.split(".")
-        if parts == ["name"]:
-            data["name"] = value
+        if parts in (["name"], ["kind"]):
+            data[parts[0]] = value
         elif len(parts) == 3 and parts[:2] == ["algorithm", "hparams"]:
             algorithm.setdefault("hparams", {})[parts[2]] = value
         elif parts == ["algorithm", "name"]:
-            if algorithm.get("name", "protonet") != value:
-                algorithm.clear()
-            algorithm["name"] = value
+            _choose_algorithm(algorithm, value)
+        elif parts == ["algorithm", "recipe"]:
+            algorithm["recipe"] = value
         elif len(parts) == 2 and parts[0] in ("dataset", "training", "evaluation", "task"):
             if parts == ["dataset", "root"]:
                 value = _absolute_root(value, [Path.cwd()])
             data.setdefault(parts[0], {})[parts[1]] = value
         else:
-            raise ConfigError(key, "use section.field with a section of dataset, training, evaluation or "
+            raise ConfigError(key, "use section.field with a section of dataset, training, evaluation, task or "
                               "algorithm.hparams (e.g. --set training.lr=0.001)")
+
+
+def config_from_args(args: argparse.Namespace, base: dict | None = None):
+    """The effective ExperimentConfig: defaults < recipe < --config file (or ``base``) < flags."""
+    from workbench.core.config import ExperimentConfig, with_recommended_recipe
+    from workbench.core.errors import ConfigError
+
+    data = _base_data(args, base)
+    _apply_field_flags(args, data)
+    if getattr(args, "name", None) is not None:
+        data["name"] = args.name
+    algorithm = data.setdefault("algorithm", {})
+    if not isinstance(algorithm, dict):
+        raise ConfigError("algorithm", "must be a table of settings")
+    _apply_algorithm_flags(args, data, algorithm)
+    _apply_set_flags(args, data, algorithm)
     config = ExperimentConfig.from_dict(with_recommended_recipe(data))
     # Round-trip once so every value is typed and every hyperparameter is explicit.
     return ExperimentConfig.from_dict(config.to_dict())
@@ -352,6 +377,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_flags(evaluate)
     _add_output_flags(evaluate)
 
+    _add_runs_parser(commands)
+    kinds = commands.add_parser("kinds", help="List the experiment kinds.")
+    _add_output_flags(kinds)
+    algorithms = commands.add_parser("algorithms", help="List the algorithms with their kinds, capabilities and "
+                                     "recipes.")
+    algorithms.add_argument("--kind", help="Only the algorithms that support this kind.")
+    _add_output_flags(algorithms)
+    datasets = commands.add_parser("datasets", help="List the datasets.")
+    datasets.add_argument("--kind", help="Only the datasets that serve this kind.")
+    _add_output_flags(datasets)
+    plugins = commands.add_parser("plugins", help="List the installed plugins (with the errors of broken ones).")
+    _add_output_flags(plugins)
+
+    demo = commands.add_parser("demo", help="Train ProtoNet on the built-in glyphs for a few seconds and evaluate it.")
+    demo.add_argument("--steps", type=int, default=300, help="Meta-training steps (default 300).")
+    demo.add_argument("--episodes", type=int, default=300, help="Test episodes (default 300).")
+    demo.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
+    _add_output_flags(demo)
+
+    commands.add_parser("tour", help="Open the GUI, run a short training and save a screenshot of each panel and view (--out DIR).", add_help=False).add_argument(
+        "rest", nargs=argparse.REMAINDER)
+    commands.add_parser("try", help="Try a trained model on your own images.", add_help=False).add_argument(
+        "rest", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _add_runs_parser(commands) -> None:
     runs = commands.add_parser("runs", help="List and manage runs.", description="List runs (default), or show, "
                                "rename, delete, resume or compare them.")
     _add_output_flags(runs)
@@ -382,29 +434,6 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("runs", nargs="+")
     _add_output_flags(compare)
 
-    kinds = commands.add_parser("kinds", help="List the experiment kinds.")
-    _add_output_flags(kinds)
-    algorithms = commands.add_parser("algorithms", help="List the algorithms with their kinds, capabilities and "
-                                     "recipes.")
-    algorithms.add_argument("--kind", help="Only the algorithms that support this kind.")
-    _add_output_flags(algorithms)
-    datasets = commands.add_parser("datasets", help="List the datasets.")
-    datasets.add_argument("--kind", help="Only the datasets that serve this kind.")
-    _add_output_flags(datasets)
-    plugins = commands.add_parser("plugins", help="List the installed plugins (with the errors of broken ones).")
-    _add_output_flags(plugins)
-
-    demo = commands.add_parser("demo", help="Train ProtoNet on the built-in glyphs for a few seconds and evaluate it.")
-    demo.add_argument("--steps", type=int, default=300, help="Meta-training steps (default 300).")
-    demo.add_argument("--episodes", type=int, default=300, help="Test episodes (default 300).")
-    demo.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
-    _add_output_flags(demo)
-
-    commands.add_parser("tour", help="Open the GUI, run a short training and save a screenshot of each panel and view (--out DIR).", add_help=False).add_argument(
-        "rest", nargs=argparse.REMAINDER)
-    commands.add_parser("try", help="Try a trained model on your own images.", add_help=False).add_argument(
-        "rest", nargs=argparse.REMAINDER)
-    return parser
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
@@ -447,73 +476,100 @@ def _ctrl_c_stops(trainer, printer: ProgressPrinter):
             signal.signal(signal.SIGINT, previous)
 
 
-def _train_and_report(args, config, resume: str | None = None) -> int:
-    from workbench.core.evaluation import evaluate_run
-    from workbench.core.runs import RunStore
-    from workbench.core.training import Trainer
-
-    printer = ProgressPrinter(enabled=not args.quiet)
-    store = RunStore()
-    trainer = Trainer(config, store, resume=resume, progress=printer.callback("loading"))
-    printer.end()
-    run = trainer.run
+def _print_start(printer: ProgressPrinter, trainer) -> None:
+    run, config = trainer.run, trainer.config
     printer.line(f"run {run.id} ({run.path})")
     if trainer.resume_message:
         printer.line(trainer.resume_message)
     if trainer.validation_note:
         printer.line(f"note: {trainer.validation_note}")
-    config = trainer.config
-    printer.line(f"training {config.algorithm.name} on {config.dataset.name}, {config.train_ways}-way "
-                 f"{config.train_shots}-shot episodes, {config.training.steps} steps on {trainer.device}")
+    if "ways" in trainer.kind.dataset_fields:
+        tasks = f"{config.train_ways}-way {config.train_shots}-shot episodes"
+    else:
+        tasks = f"{trainer.kind.title.lower()} tasks of {config.train_shots} support points"
+    recipe = f" (recipe {config.algorithm.recipe})" if config.algorithm.recipe else ""
+    printer.line(f"training {config.algorithm.name}{recipe} on {config.dataset.name}, {tasks}, "
+                 f"{config.training.steps} steps on {trainer.device}")
 
+
+def _record_printer(printer: ProgressPrinter, metric) -> Callable:
     def on_record(record) -> None:
         if record.event == "step":
-            printer.update(record.step, record.total_steps, f"loss {record.loss:.3f} acc {100 * record.accuracy:.1f}% "
-                           f"{record.steps_per_s:.1f} steps/s", key="train", eta_s=record.eta_s)
+            printer.update(record.step, record.total_steps, f"loss {record.loss:.3f} {metric.key} "
+                           f"{metric.format(record.score)} {record.steps_per_s:.1f} steps/s", key="train",
+                           eta_s=record.eta_s)
         else:
             printer.line(record.message)
 
-    interrupted = False
+    return on_record
+
+
+def _test_after_training(args, trainer, final, interrupted: bool, printer: ProgressPrinter):
+    """The final test evaluation as a JSON-ready dict (None when skipped); raises KeyboardInterrupt through."""
+    from workbench.core.evaluation import evaluate_run
+
+    if final.event not in ("finished", "budget") or args.no_eval or interrupted:
+        return None
+    result = evaluate_run(trainer.run, trainer.store, device=trainer.config.training.device,
+                          progress=printer.callback("test"))
+    printer.end()
+    summary = result.to_dict()
+    keep = ("kind", trainer.metric.key, "ci95", "episodes", "ways", "shots", "queries", "seed", "checkpoint",
+            "mse_by_steps", "ci95_by_steps", "steps")
+    return {key: summary[key] for key in keep if key in summary}
+
+
+def _report_training(args, trainer, final, test) -> None:
+    run, config, metric = trainer.run, trainer.config, trainer.metric
+    record = run.record()
+    if args.json:
+        _emit_json({"run": run.id, "name": record.name, "path": str(run.path), "status": record.status,
+                    "kind": config.kind, "recipe": config.algorithm.recipe,
+                    "event": final.event, "message": final.message, "steps": trainer.step,
+                    "steps_total": config.training.steps, "metric": metric.key,
+                    f"best_val_{metric.key}": trainer.best_val_score, "best_val_ci95": trainer.best_val_ci95,
+                    "best_step": trainer.best_step, "elapsed_s": final.elapsed_s, "algorithm": config.algorithm.name,
+                    "dataset": config.dataset.name, "device": str(trainer.device), "test": test})
+        return
+    print(f"run {run.id}: {record.status} after {trainer.step}/{config.training.steps} steps "
+          f"({format_duration(final.elapsed_s)})")
+    if final.message and final.event != "finished":
+        print(f"  {final.message}")
+    if trainer.best_val_score is not None:
+        print(f"  best validation: {metric.format(trainer.best_val_score, trainer.best_val_ci95)} "
+              f"(step {trainer.best_step})")
+    if test is not None:
+        where = (f"{test['ways']}-way {test['shots']}-shot, {test['episodes']} episodes" if "ways" in test
+                 else f"{test['shots']} support points, {test['episodes']} tasks")
+        print(f"  test {metric.title}: {metric.format(test[metric.key], test['ci95'])} ({where})")
+    print(f"  folder: {run.path}")
+
+
+def _train_and_report(args, config, resume: str | None = None) -> int:
+    from workbench.core.runs import RunStore
+    from workbench.core.training import Trainer
+
+    printer = ProgressPrinter(enabled=not args.quiet)
+    trainer = Trainer(config, RunStore(), resume=resume, progress=printer.callback("loading"))
+    printer.end()
+    _print_start(printer, trainer)
+    run = trainer.run
     with _ctrl_c_stops(trainer, printer) as ctrl_c:
         try:
-            final = trainer.run_all(on_record)
+            final = trainer.run_all(_record_printer(printer, trainer.metric))
         except KeyboardInterrupt:
             printer.end()
             _say(f"interrupted; run {run.id} was saved as stopped at step {trainer.step}")
             return EXIT_INTERRUPTED
         interrupted = ctrl_c["count"] > 0
     printer.end()
-    test = None
-    if final.event in ("finished", "budget") and not args.no_eval and not interrupted:
-        try:
-            result = evaluate_run(run, store, device=config.training.device, progress=printer.callback("test"))
-        except KeyboardInterrupt:
-            printer.end()
-            _say(f"test evaluation interrupted; run {run.id} is saved")
-            return EXIT_INTERRUPTED
+    try:
+        test = _test_after_training(args, trainer, final, interrupted, printer)
+    except KeyboardInterrupt:
         printer.end()
-        test = {"accuracy": result.accuracy, "ci95": result.ci95, "episodes": result.episodes, "ways": result.ways,
-                "shots": result.shots, "queries": result.queries, "seed": result.seed,
-                "checkpoint": result.checkpoint}
-    record = run.record()
-    if args.json:
-        _emit_json({"run": run.id, "name": record.name, "path": str(run.path), "status": record.status,
-                    "event": final.event, "message": final.message, "steps": trainer.step,
-                    "steps_total": config.training.steps, "best_val_accuracy": trainer.best_val_accuracy,
-                    "best_val_ci95": trainer.best_val_ci95, "best_step": trainer.best_step,
-                    "elapsed_s": final.elapsed_s, "algorithm": config.algorithm.name,
-                    "dataset": config.dataset.name, "device": str(trainer.device), "test": test})
-    else:
-        print(f"run {run.id}: {record.status} after {trainer.step}/{config.training.steps} steps "
-              f"({format_duration(final.elapsed_s)})")
-        if final.message and final.event != "finished":
-            print(f"  {final.message}")
-        if trainer.best_val_accuracy is not None:
-            print(f"  best validation: {_pct(trainer.best_val_accuracy, trainer.best_val_ci95)} (step {trainer.best_step})")
-        if test is not None:
-            print(f"  test: {_pct(test['accuracy'], test['ci95'])} ({test['ways']}-way {test['shots']}-shot, "
-                  f"{test['episodes']} episodes)")
-        print(f"  folder: {run.path}")
+        _say(f"test evaluation interrupted; run {run.id} is saved")
+        return EXIT_INTERRUPTED
+    _report_training(args, trainer, final, test)
     if final.event == "diverged":
         _say(f"error: {final.message}")
         return EXIT_USER_ERROR
@@ -589,94 +645,117 @@ def cmd_eval(args) -> int:
 
 
 def _runs_table(records) -> str:
-    headers = ("ID", "NAME", "STATUS", "ALGORITHM", "DATASET", "SETTING", "STEPS", "BEST VAL", "TEST")
+    headers = ("ID", "NAME", "STATUS", "KIND", "ALGORITHM", "DATASET", "SETTING", "STEPS", "BEST VAL", "TEST")
     rows = []
     for r in records:
         test = "-"
-        if r.test_accuracy is not None:
+        if r.test_mse is not None:
+            test = f"MSE {r.test_mse:.3g}±{r.test_ci95 or 0:.2g}"
+        elif r.test_accuracy is not None:
             test = f"{100 * r.test_accuracy:.1f}±{100 * (r.test_ci95 or 0):.1f}"
             if (r.test_ways, r.test_shots) != (r.ways, r.shots):
                 test += f" ({r.test_ways}w{r.test_shots}s)"
-        best = "-" if r.best_val_accuracy is None else f"{100 * r.best_val_accuracy:.1f}"
-        rows.append((r.id, r.name or "-", r.status, r.algorithm, r.dataset, f"{r.ways}w{r.shots}s",
+        best = "-"
+        if r.best_val_mse is not None:
+            best = f"MSE {r.best_val_mse:.3g}"
+        elif r.best_val_accuracy is not None:
+            best = f"{100 * r.best_val_accuracy:.1f}"
+        setting = f"K={r.shots}" if r.best_val_mse is not None or r.test_mse is not None else f"{r.ways}w{r.shots}s"
+        rows.append((r.id, r.name or "-", r.status, r.kind or "classification", r.algorithm, r.dataset, setting,
                      f"{r.steps_done}/{r.steps_total}", best, test))
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (headers, *rows)]
     return "\n".join(lines)
 
 
+def _runs_list(store, args) -> int:
+    records = store.list()
+    if args.json:
+        _emit_json([r.to_dict() for r in records])
+    elif records:
+        print(_runs_table(records))
+    else:
+        _say(f"no runs yet in {store.runs_dir}; start one with `workbench train`")
+    return EXIT_OK
+
+
+def _runs_show(store, args) -> int:
+    from workbench.core.kinds import get_kind_class
+
+    run = store.get(args.run)
+    record = run.record()
+    metrics = run.read_metrics()
+    metric = get_kind_class(record.kind or "classification").metric
+    validations = [m for m in metrics if m.get("event") == "validation"]
+    info = {**record.to_dict(), "config": run.config.to_dict(), "evaluations": run.evaluations(),
+            "checkpoints": {kind: str(run.checkpoint_path(kind)) for kind in ("best", "last")
+                            if run.has_checkpoint(kind)},
+            "validations": [{"step": m["step"], metric.key: m.get(f"val_{metric.key}"), "ci95": m.get("val_ci95")}
+                            for m in validations],
+            "metrics_records": len(metrics)}
+    if args.json:
+        _emit_json(info)
+        return EXIT_OK
+    print(_runs_table([record]))
+    print(f"folder: {run.path}")
+    if record.message:
+        print(f"message: {record.message}")
+    for v in info["validations"][-5:]:
+        print(f"validation at step {v['step']}: {metric.format(v[metric.key], v['ci95'])}")
+    for e in info["evaluations"]:
+        where = (f"{e['ways']}-way {e['shots']}-shot, {e['episodes']} episodes" if "ways" in e
+                 else f"{e.get('shots')} points, {e['episodes']} tasks")
+        print(f"evaluation {where} (seed {e['seed']}, {e.get('checkpoint') or 'best'}): "
+              f"{metric.format(e.get(metric.key), e.get('ci95'))}")
+    return EXIT_OK
+
+
+def _runs_rename(store, args) -> int:
+    record = store.rename(args.run, args.new_name)
+    if args.json:
+        _emit_json(record.to_dict())
+    else:
+        _say(f"run {record.id} is now called '{record.name}'")
+    return EXIT_OK
+
+
+def _runs_delete(store, args) -> int:
+    run = store.get(args.run)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            from workbench.core.errors import WorkbenchError
+
+            raise WorkbenchError(f"deleting run {run.id} needs confirmation; add --yes")
+        answer = input(f"delete run {run.id} and its folder {run.path}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            _say("nothing deleted")
+            return EXIT_OK
+    store.delete(run.id)
+    if args.json:
+        _emit_json({"deleted": run.id})
+    else:
+        _say(f"deleted run {run.id}")
+    return EXIT_OK
+
+
+def _runs_compare(store, args) -> int:
+    records = store.compare(args.runs)
+    if args.json:
+        _emit_json([r.to_dict() for r in records])
+    else:
+        print(_runs_table(records))
+    return EXIT_OK
+
+
 def cmd_runs(args) -> int:
     from workbench.core.runs import RunStore
 
-    store = RunStore()
     action = args.runs_command or "list"
-    if action == "list":
-        records = store.list()
-        if args.json:
-            _emit_json([r.to_dict() for r in records])
-        elif records:
-            print(_runs_table(records))
-        else:
-            _say(f"no runs yet in {store.runs_dir}; start one with `workbench train`")
-        return EXIT_OK
-    if action == "show":
-        run = store.get(args.run)
-        record = run.record()
-        metrics = run.read_metrics()
-        validations = [m for m in metrics if m.get("event") == "validation"]
-        info = {**record.to_dict(), "config": run.config.to_dict(), "evaluations": run.evaluations(),
-                "checkpoints": {kind: str(run.checkpoint_path(kind)) for kind in ("best", "last")
-                                if run.has_checkpoint(kind)},
-                "validations": [{"step": m["step"], "accuracy": m.get("val_accuracy"), "ci95": m.get("val_ci95")}
-                                for m in validations],
-                "metrics_records": len(metrics)}
-        if args.json:
-            _emit_json(info)
-            return EXIT_OK
-        print(_runs_table([record]))
-        print(f"folder: {run.path}")
-        if record.message:
-            print(f"message: {record.message}")
-        for v in info["validations"][-5:]:
-            print(f"validation at step {v['step']}: {_pct(v['accuracy'], v['ci95'])}")
-        for e in info["evaluations"]:
-            print(f"evaluation {e['ways']}-way {e['shots']}-shot, {e['episodes']} episodes (seed {e['seed']}, "
-                  f"{e.get('checkpoint') or 'best'}): {_pct(e['accuracy'], e['ci95'])}")
-        return EXIT_OK
-    if action == "rename":
-        record = store.rename(args.run, args.new_name)
-        if args.json:
-            _emit_json(record.to_dict())
-        else:
-            _say(f"run {record.id} is now called '{record.name}'")
-        return EXIT_OK
-    if action == "delete":
-        run = store.get(args.run)
-        if not args.yes:
-            if not sys.stdin.isatty():
-                from workbench.core.errors import WorkbenchError
-
-                raise WorkbenchError(f"deleting run {run.id} needs confirmation; add --yes")
-            answer = input(f"delete run {run.id} and its folder {run.path}? [y/N] ")
-            if answer.strip().lower() not in ("y", "yes"):
-                _say("nothing deleted")
-                return EXIT_OK
-        store.delete(run.id)
-        if args.json:
-            _emit_json({"deleted": run.id})
-        else:
-            _say(f"deleted run {run.id}")
-        return EXIT_OK
     if action == "resume":
         return cmd_resume(args)
-    if action == "compare":
-        records = store.compare(args.runs)
-        if args.json:
-            _emit_json([r.to_dict() for r in records])
-        else:
-            print(_runs_table(records))
-        return EXIT_OK
-    raise AssertionError(action)
+    actions = {"list": _runs_list, "show": _runs_show, "rename": _runs_rename, "delete": _runs_delete,
+               "compare": _runs_compare}
+    return actions[action](RunStore(), args)
 
 
 def cmd_kinds(args) -> int:
