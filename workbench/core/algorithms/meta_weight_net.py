@@ -268,30 +268,11 @@ class MetaWeightNet(Algorithm):
         x = self._images(problem.train_images[rows])
         y = problem.train_labels[rows].to(self.device)
         noisy = problem.train_noisy[rows]
-        classifier_opt, weight_opt = self.optimizers
+        classifier_opt = self.optimizers[0]
         out: dict[str, float] = {}
 
         if hp.weighting:
-            meta_rows = torch.randperm(len(problem.meta_labels), generator=self.generator)[:hp.meta_batch_size]
-            meta_x = self._images(problem.meta_images[meta_rows])
-            meta_y = problem.meta_labels[meta_rows].to(self.device)
-            # 1. Virtual SGD step on the weighted loss, differentiable with respect to the MLP's weights.
-            params = dict(self.classifier.named_parameters())
-            losses = F.cross_entropy(functional_call(self.classifier, params, (x,)), y, reduction="none")
-            weights = self._batch_weights(self.weight_net(losses.detach()))
-            grads = torch.autograd.grad((losses * weights).sum(), list(params.values()), create_graph=True)
-            virtual = {name: p - hp.virtual_lr * g for (name, p), g in zip(params.items(), grads)}
-            # 2. Meta-loss on clean data with the virtual weights; 3. update the MLP.
-            meta_logits = functional_call(self.classifier, virtual, (meta_x,))
-            meta_loss = F.cross_entropy(meta_logits, meta_y)
-            weight_opt.zero_grad(set_to_none=True)
-            meta_grads = torch.autograd.grad(meta_loss, list(self.weight_net.parameters()))
-            for p, g in zip(self.weight_net.parameters(), meta_grads):
-                p.grad = g
-            weight_opt.step()
-            out["meta_loss"] = float(meta_loss.detach())
-            out["meta_grad_norm"] = float(torch.sqrt(sum((g * g).sum() for g in meta_grads)))
-            del grads, virtual, meta_logits
+            out.update(self._update_weight_net(problem, x, y))
 
         # 4. The real classifier step, with weights from the updated MLP (constants here).
         logits = self.classifier(x)
@@ -320,6 +301,30 @@ class MetaWeightNet(Algorithm):
         if self.steps_done % hp.history_interval == 0 or self.steps_done == 1:
             self.snapshot()
         return out
+
+    def _update_weight_net(self, problem: NoisyProblem, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Steps 1-3 of the paper's update: a virtual classifier step on the weighted loss, the clean meta loss
+        at the virtual weights, and its gradient applied to the weighting MLP."""
+        hp = self.hparams
+        meta_rows = torch.randperm(len(problem.meta_labels), generator=self.generator)[:hp.meta_batch_size]
+        meta_x = self._images(problem.meta_images[meta_rows])
+        meta_y = problem.meta_labels[meta_rows].to(self.device)
+        # 1. Virtual SGD step on the weighted loss, differentiable with respect to the MLP's weights.
+        params = dict(self.classifier.named_parameters())
+        losses = F.cross_entropy(functional_call(self.classifier, params, (x,)), y, reduction="none")
+        weights = self._batch_weights(self.weight_net(losses.detach()))
+        grads = torch.autograd.grad((losses * weights).sum(), list(params.values()), create_graph=True)
+        virtual = {name: p - hp.virtual_lr * g for (name, p), g in zip(params.items(), grads)}
+        # 2. Meta-loss on clean data with the virtual weights; 3. update the MLP.
+        meta_loss = F.cross_entropy(functional_call(self.classifier, virtual, (meta_x,)), meta_y)
+        weight_opt = self.optimizers[1]
+        weight_opt.zero_grad(set_to_none=True)
+        meta_grads = torch.autograd.grad(meta_loss, list(self.weight_net.parameters()))
+        for p, g in zip(self.weight_net.parameters(), meta_grads):
+            p.grad = g
+        weight_opt.step()
+        return {"meta_loss": float(meta_loss.detach()),
+                "meta_grad_norm": float(torch.sqrt(sum((g * g).sum() for g in meta_grads)))}
 
     def _episodic_step(self, episodes) -> dict[str, float]:
         self._require_problem()

@@ -131,61 +131,57 @@ def _root_error(root_text: str) -> str | None:
 def _plan(root: Path, config, report: FolderReport) -> dict[str, list[tuple[str, list[Path]]]]:
     """Class folders and their image files per split (no decoding)."""
     split_folders = _find_split_folders(root)
-    use_split_folders = bool(split_folders) and config.split != "ratio"
-    plan: dict[str, list[tuple[str, list[Path]]]] = {s: [] for s in SPLITS}
-    if use_split_folders:
-        if "train" not in split_folders or "test" not in split_folders:
-            have = ", ".join(p.name + "/" for p in split_folders.values())
-            want = [name for name in ("train", "test") if name not in split_folders]
-            report.errors.append(f"{root} has {have} but no {' or '.join(w + '/' for w in want)} folder; give it "
-                                 "train/, val/ and test/ subfolders of class folders, or only class folders (they "
-                                 "are then split 60/20/20)")
-            report.folder_problem = True
-            return plan
-        others = [p.name for p in _subfolders(root) if p not in split_folders.values()]
-        if others:
-            report.notes.append(f"folders beside train/val/test are ignored: {_name_list(others)}")
-        owner: dict[str, str] = {}
-        for split, folder in split_folders.items():
-            for class_dir in _subfolders(folder):
-                if class_dir.name in owner:
-                    report.errors.append(
-                        f"class '{class_dir.name}' is in both {split_folders[owner[class_dir.name]]} and {folder}; "
-                        "a class may be in only one split (meta-test classes must be unseen in training)")
-                    report.folder_problem = True
-                owner[class_dir.name] = split
-                plan[split].append((class_dir.name, scan_images(class_dir)))
-        report.layout = "train/val/test subfolders"
-        if "val" not in split_folders:
-            train = dict(plan["train"])
-            n_val = _ratio_counts(len(train), (0.8, 0.2))[1]
-            val_names = set(_shuffled(list(train), config.split_seed)[:n_val])
-            plan["val"] = [(n, f) for n, f in plan["train"] if n in val_names]
-            plan["train"] = [(n, f) for n, f in plan["train"] if n not in val_names]
-            report.layout = (f"train/ and test/ subfolders; {n_val} meta-validation classes taken from train/ "
-                             f"(seed {config.split_seed})")
-        return plan
-
+    if split_folders and config.split != "ratio":
+        return _plan_from_split_folders(root, split_folders, config, report)
     # One folder per class, possibly gathered from train/val/test when the split is forced to "ratio".
+    return _plan_by_ratio(root, list(split_folders.values()) if split_folders else [root], config, report)
+
+
+def _plan_from_split_folders(root: Path, split_folders: dict[str, Path], config,
+                             report: FolderReport) -> dict[str, list[tuple[str, list[Path]]]]:
+    plan: dict[str, list[tuple[str, list[Path]]]] = {s: [] for s in SPLITS}
+    if "train" not in split_folders or "test" not in split_folders:
+        have = ", ".join(p.name + "/" for p in split_folders.values())
+        want = [name for name in ("train", "test") if name not in split_folders]
+        report.errors.append(f"{root} has {have} but no {' or '.join(w + '/' for w in want)} folder; give it "
+                             "train/, val/ and test/ subfolders of class folders, or only class folders (they "
+                             "are then split 60/20/20)")
+        report.folder_problem = True
+        return plan
+    others = [p.name for p in _subfolders(root) if p not in split_folders.values()]
+    if others:
+        report.notes.append(f"folders beside train/val/test are ignored: {_name_list(others)}")
+    owner: dict[str, str] = {}
+    for split, folder in split_folders.items():
+        for class_dir in _subfolders(folder):
+            if class_dir.name in owner:
+                report.errors.append(
+                    f"class '{class_dir.name}' is in both {split_folders[owner[class_dir.name]]} and {folder}; "
+                    "a class may be in only one split (meta-test classes must be unseen in training)")
+                report.folder_problem = True
+            owner[class_dir.name] = split
+            plan[split].append((class_dir.name, scan_images(class_dir)))
+    report.layout = "train/val/test subfolders"
+    if "val" not in split_folders:
+        train = dict(plan["train"])
+        n_val = _ratio_counts(len(train), (0.8, 0.2))[1]
+        val_names = set(_shuffled(list(train), config.split_seed)[:n_val])
+        plan["val"] = [(n, f) for n, f in plan["train"] if n in val_names]
+        plan["train"] = [(n, f) for n, f in plan["train"] if n not in val_names]
+        report.layout = (f"train/ and test/ subfolders; {n_val} meta-validation classes taken from train/ "
+                         f"(seed {config.split_seed})")
+    return plan
+
+
+def _plan_by_ratio(root: Path, sources: list[Path], config,
+                   report: FolderReport) -> dict[str, list[tuple[str, list[Path]]]]:
+    plan: dict[str, list[tuple[str, list[Path]]]] = {s: [] for s in SPLITS}
     class_files: dict[str, list[Path]] = {}
-    sources = list(split_folders.values()) if split_folders else [root]
     for source in sources:
         for class_dir in _subfolders(source):
             class_files.setdefault(class_dir.name, []).extend(scan_images(class_dir))
-    if not class_files:
-        loose = [p for p in root.iterdir() if p.is_file() and is_image_name(p)]
-        hint = (f"; it holds {len(loose)} image file(s) directly: put each class's images in its own subfolder"
-                if loose else "")
-        report.errors.append(f"{root} has no class subfolders{hint}. Expected {root}/<class name>/<images>, or "
-                             "train/, val/ and test/ subfolders of class folders")
-        report.folder_problem = True
-        return plan
-    if not any(class_files.values()):
-        nested = any(_subfolders(d) for s in sources for d in _subfolders(s))
-        hint = (" Images seem to be one folder deeper: point dataset.root at a folder whose subfolders hold the "
-                "images." if nested else "")
-        report.errors.append(f"no image files were found in the class folders of {root} (looked for "
-                             f"{', '.join(sorted(IMAGE_SUFFIXES))}).{hint}")
+    if not class_files or not any(class_files.values()):
+        report.errors.append(_no_images_message(root, sources, class_files))
         report.folder_problem = True
         return plan
     # Empty class folders would take a place in the split; they are reported instead.
@@ -200,6 +196,20 @@ def _plan(root: Path, config, report: FolderReport) -> dict[str, list[tuple[str,
     report.layout = (f"{len(order)} class folders split {'/'.join(str(round(r * 100)) for r in RATIOS)} "
                      f"by ratio (seed {config.split_seed})")
     return plan
+
+
+def _no_images_message(root: Path, sources: list[Path], class_files: dict[str, list[Path]]) -> str:
+    if not class_files:
+        loose = [p for p in root.iterdir() if p.is_file() and is_image_name(p)]
+        hint = (f"; it holds {len(loose)} image file(s) directly: put each class's images in its own subfolder"
+                if loose else "")
+        return (f"{root} has no class subfolders{hint}. Expected {root}/<class name>/<images>, or train/, val/ and "
+                "test/ subfolders of class folders")
+    nested = any(_subfolders(d) for s in sources for d in _subfolders(s))
+    hint = (" Images seem to be one folder deeper: point dataset.root at a folder whose subfolders hold the "
+            "images." if nested else "")
+    return (f"no image files were found in the class folders of {root} (looked for "
+            f"{', '.join(sorted(IMAGE_SUFFIXES))}).{hint}")
 
 
 def _decode(root: Path, plan, size: int, progress) -> dict[str, np.ndarray]:
