@@ -85,7 +85,8 @@ def test_eval_merges_algorithm_extras(capsys, trained_run, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, field, hint", [
-    (["--steps", "0"], "training.steps", "use a value between 1 and"),
+    (["--steps", "-1"], "training.steps", "use a value between 0 and"),
+    (["--steps", "0"], "training.steps", "set a number of steps or a budget (--max-minutes)"),
     (["--lr", "fast"], "training.lr", "expected float"),
     (["--ways", "1"], "dataset.ways", "between 2 and"),
     (["--device", "tpu"], "training.device", "not allowed"),

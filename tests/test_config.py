@@ -26,7 +26,8 @@ def test_values_are_coerced_from_text():
 
 
 @pytest.mark.parametrize("data, field, words", [
-    ({"training": {"steps": 0}}, "training.steps", "between 1 and"),
+    ({"training": {"steps": -1}}, "training.steps", "between 0 and"),
+    ({"training": {"steps": 0}}, "training.steps", "or a budget"),
     ({"training": {"steps": 2.5}}, "training.steps", "expected int"),
     ({"training": {"lr": float("nan")}}, "training.lr", "NaN"),
     ({"training": {"lr_schedule": "linear"}}, "training.lr_schedule", "not allowed"),

@@ -214,6 +214,44 @@ def test_time_budget_validates_saves_and_finishes(monkeypatch):
     assert trainer.run.load_checkpoint("last")["step"] == 3
 
 
+def test_a_budget_without_steps_trains_until_the_budget_with_the_schedule_following_time(monkeypatch):
+    now = {"t": 1000.0}
+    monkeypatch.setattr(trainer_module, "clock", lambda: now["t"])
+    trainer = Trainer(tiny_dataset_config(training={"steps": 0, "max_minutes": 1.0, "val_interval": 0,
+                                                    "checkpoint_interval": 100, "lr_schedule": "cosine"}))
+    real_step = trainer.algorithm.meta_train_step
+
+    def slow_step(batch):
+        now["t"] += 10.0  # each step "takes" 10 s: the 60 s budget allows 6
+        return real_step(batch)
+
+    monkeypatch.setattr(trainer.algorithm, "meta_train_step", slow_step)
+    records = list(trainer.steps())
+    steps = [r for r in records if r.event == "step"]
+    assert len(steps) == 6 and records[-1].event == "budget"
+    lrs = [r.lr for r in steps]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] > 0.9e-3
+    # Cosine over the budget: after 50 of 60 s the rate is 0.05 + 0.95 * (1 + cos(pi * 5/6)) / 2 of the base.
+    assert lrs[-1] == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 5 / 6))), rel=1e-6)
+    assert steps[2].total_steps == 6  # planned from the pace: 3 done, 30 s left at 0.1 steps/s
+    assert trainer.run.record().status == "finished"
+
+
+def test_planned_steps_cap_a_budget_run_and_the_schedule_follows_whichever_is_further(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(trainer_module, "clock", lambda: now["t"])
+    trainer = Trainer(tiny_dataset_config(training={"steps": 4, "max_minutes": 10.0, "val_interval": 0,
+                                                    "lr_schedule": "cosine"}))
+    real_step = trainer.algorithm.meta_train_step
+    monkeypatch.setattr(trainer.algorithm, "meta_train_step",
+                        lambda batch: (now.__setitem__("t", now["t"] + 1.0), real_step(batch))[1])
+    records = list(trainer.steps())
+    steps = [r for r in records if r.event == "step"]
+    assert len(steps) == 4 and records[-1].event == "finished"
+    # Steps are further along than time (4 s of 600): the schedule follows the steps, as without a budget.
+    assert steps[2].lr == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 3 / 4))), rel=1e-6)
+
+
 def test_paused_time_does_not_count_against_the_budget(monkeypatch):
     now = {"t": 0.0}
     monkeypatch.setattr(trainer_module, "clock", lambda: now["t"])

@@ -276,6 +276,10 @@ def _apply_field_flags(args: argparse.Namespace, data: dict[str, Any]) -> None:
         if not isinstance(data.setdefault(section, {}), dict):
             raise ConfigError(section, "must be a table of settings")
         data[section][spec.name] = value
+    training = data.get("training") or {}
+    if getattr(args, "cfg_training_max_minutes", None) is not None and "steps" not in training:
+        # A budget without a step count trains until the budget, its schedule following time.
+        training["steps"] = 0
 
 
 def _choose_algorithm(algorithm: dict[str, Any], name: str) -> None:

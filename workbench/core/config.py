@@ -54,9 +54,11 @@ class AlgorithmConfig:
 
 @dataclass
 class TrainingConfig:
-    steps: int = hparam(2000, "Meta-training steps (each step is one batch of episodes).", low=1, high=10_000_000)
+    steps: int = hparam(2000, "Meta-training steps (each step is one batch of episodes); 0 trains until the time "
+                        "budget (max_minutes) is spent.", low=0, high=10_000_000)
     max_minutes: float = hparam(0.0, "Wall-clock budget in minutes; 0 means no limit. When spent, training "
-                                "validates, saves and stops.", low=0.0, high=100_000.0)
+                                "validates, saves and stops. The learning-rate schedule follows the budget when it "
+                                "ends before the planned steps.", low=0.0, high=100_000.0)
     meta_batch: int = hparam(1, "Episodes per meta-step (tasks averaged in one outer update).", low=1, high=256)
     lr: float = hparam(1e-3, "Outer (meta) learning rate of the Adam optimizer.", low=1e-7, high=10.0, log_scale=True)
     lr_schedule: str = hparam("cosine", "Outer learning-rate schedule over the planned steps.",
@@ -201,6 +203,9 @@ class ExperimentConfig:
 
     def check(self) -> None:
         """Cross-field checks that single-field ranges cannot express."""
+        if self.training.steps == 0 and not self.training.max_minutes:
+            raise ConfigError("training.steps", "0 steps means 'until the time budget', but training.max_minutes "
+                              "is 0; set a number of steps or a budget (--max-minutes)")
         info = dataset_info(self.dataset.name)
         if info is None:
             raise ConfigError("dataset.name", f"unknown dataset '{self.dataset.name}'; choose one of "

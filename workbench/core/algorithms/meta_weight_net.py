@@ -194,7 +194,7 @@ class MetaWeightNet(Algorithm):
     def configure_optimizers(self, lr: float, total_steps: int, schedule: str = "cosine") -> None:
         if self.episodic is not None:
             self.optimizers = self.episodic.configure_optimizers(lr)
-            self.schedulers = [make_scheduler(self.optimizers[0], total_steps, schedule), None]
+            self.schedulers = [make_scheduler(self.optimizers[0], total_steps, schedule, self.schedule_clock), None]
             return
         lr = self.hparams.classifier_lr or lr
         if self.hparams.optimizer == "sgd":
@@ -204,7 +204,7 @@ class MetaWeightNet(Algorithm):
         # Weight decay as in the paper keeps the MLP smooth.
         weight_opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.hparams.weight_net_lr, weight_decay=1e-4)
         self.optimizers = [classifier_opt, weight_opt]
-        self.schedulers = [make_scheduler(classifier_opt, total_steps, schedule), None]
+        self.schedulers = [make_scheduler(classifier_opt, total_steps, schedule, self.schedule_clock), None]
 
     # --- data -----------------------------------------------------------------------------------
     def attach_training_data(self, dataset, config) -> None:

@@ -309,13 +309,14 @@ class Trainer:
             self.best_step = payload.get("best_step")
             self._elapsed_before = float(payload.get("elapsed_s", 0.0))
             self.last_checkpoint_step = self.step
-            self.resume_message = f"resumed run {run.id} at step {self.step} of {total}"
+            self.resume_message = (f"resumed run {run.id} at step {self.step} of {total}" if total else
+                                   f"resumed run {run.id} at step {self.step}, to train until its time budget")
         else:
             self.resume_message = f"run {run.id} saved no checkpoint; restarting it from step 0"
         dropped = run.truncate_metrics(self.step)
         if dropped:
             self.resume_message += f" ({dropped} metric records after step {self.step} were dropped)"
-        if self.step >= total:
+        if total and self.step >= total:
             raise WorkbenchError(f"run {run.id} already trained all {total} steps; raise training.steps "
                                  f"(--steps) above {total} to train it longer")
 
@@ -415,16 +416,35 @@ class Trainer:
             return "budget", f"time budget of {training.max_minutes:g} min spent after {self.step} steps"
         return None
 
+    @property
+    def planned_steps(self) -> int:
+        """Steps planned: the config's, or, when training runs until its time budget (steps 0), an estimate
+        from the pace so far (for progress bars and records)."""
+        training = self.config.training
+        if training.steps:
+            return training.steps
+        remaining = max(0.0, training.max_minutes * 60.0 - self._active_elapsed()) if self._started else 0.0
+        return self.step + int(round(self._steps_per_s * remaining))
+
+    def _update_schedule_clock(self) -> None:
+        """Under a time budget the learning-rate schedule follows time (see ScheduleClock)."""
+        budget = self.config.training.max_minutes * 60.0
+        if budget:
+            spent = self._elapsed_before + self._active_elapsed()
+            self.algorithm.schedule_clock.time_fraction = min(1.0, spent / (self._elapsed_before + budget))
+
     def _loop(self) -> Iterator[StepRecord]:
         """Meta-steps until the end, a stop or a budget; returns (final event, message)."""
         training = self.config.training
-        while self.step < training.steps:
+        unbounded = training.steps == 0
+        while unbounded or self.step < training.steps:
             if not self._run_event.is_set():
                 self._wait_while_paused()
             reason = self._reason_to_stop()
             if reason is not None:
                 return reason
             started = clock()
+            self._update_schedule_clock()
             out = self.algorithm.meta_train_step(self._next_batch())
             loss = float(out["loss"])
             if not math.isfinite(loss):
@@ -435,7 +455,7 @@ class Trainer:
                 validation = self._validate()
                 if validation is not None:
                     yield validation
-            if self.step % training.checkpoint_interval == 0 and self.step < training.steps:
+            if self.step % training.checkpoint_interval == 0 and (unbounded or self.step < training.steps):
                 # Metrics first: after a crash they then cover every step up to the checkpoint.
                 self._flush_metrics()
                 if not self._save_checkpoint("last"):
@@ -451,7 +471,7 @@ class Trainer:
         rate = self._steps_per_s
         self._steps_per_s = rate = 1.0 / duration if rate == 0.0 else 0.9 * rate + 0.1 / duration
         active = now - self._session_start - self._paused_total
-        eta = (training.steps - self.step) / rate
+        eta = (training.steps - self.step) / rate if training.steps else float("inf")
         if training.max_minutes:
             eta = min(eta, max(0.0, training.max_minutes * 60.0 - active))
         metric = self.metric.key
@@ -459,7 +479,7 @@ class Trainer:
         self._last_loss, self._last_score = loss, score
         extras = {k: float(v) for k, v in out.items()
                   if k not in ("loss", metric, "score") and isinstance(v, (int, float))} if len(out) > 2 else {}
-        record = StepRecord(self.step, training.steps, loss, score, self._current_lr(), self._elapsed_before + active,
+        record = StepRecord(self.step, self.planned_steps, loss, score, self._current_lr(), self._elapsed_before + active,
                             rate, eta, "step", best_val_score=self.best_val_score, extras=extras, metric=metric)
         self._pending.append(record)
         if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= FLUSH_SECONDS:
@@ -471,7 +491,8 @@ class Trainer:
             validation = self._validate()
             if validation is not None:
                 yield validation
-        if event in ("finished", "budget") and self._stop_event.is_set() and self.step < self.config.training.steps:
+        planned = self.config.training.steps
+        if event in ("finished", "budget") and self._stop_event.is_set() and (not planned or self.step < planned):
             event, message = "stopped", f"stopped by the user after {self.step} steps"
         record = self._finalize(event, message)
         yield record
@@ -492,7 +513,7 @@ class Trainer:
         active = self._active_elapsed()
         steps_done = self.step
         last = self.last_validation
-        record = StepRecord(steps_done, self.config.training.steps, self._last_loss, self._last_score,
+        record = StepRecord(steps_done, max(steps_done, self.config.training.steps), self._last_loss, self._last_score,
                             self._current_lr(), self._elapsed_before + active,
                             ((steps_done - self._session_first_step) / active) if active > 0 else 0.0, 0.0, event,
                             val_score=last.value if last is not None else None,
@@ -557,7 +578,7 @@ class Trainer:
         text = f"validation at step {self.step}: {self.metric.format(result.value, result.ci95)}"
         if improved:
             text += " (new best)"
-        record = StepRecord(self.step, self.config.training.steps, self._last_loss, self._last_score,
+        record = StepRecord(self.step, self.planned_steps, self._last_loss, self._last_score,
                             self._current_lr(), self._elapsed_before + self._active_elapsed(), self._steps_per_s,
                             None, "validation", val_score=result.value, val_ci95=result.ci95,
                             best_val_score=self.best_val_score, message=text, metric=self.metric.key)
