@@ -73,6 +73,13 @@ def test_declarations_that_contradict_the_code_are_refused():
     with pytest.raises(TypeError, match="family"):
         check_declarations(_algorithm_class(family="metric"))
 
+    @dataclass
+    class Undeclared:
+        width: int = 3
+
+    with pytest.raises(TypeError, match=r"HParams fields \['width'\] are not declared with hparam"):
+        check_declarations(_algorithm_class(HParams=Undeclared))
+
 
 def test_a_config_without_a_kind_is_classification_and_round_trips_with_it():
     config = ExperimentConfig.from_dict({"algorithm": {"name": "protonet"}})

@@ -16,6 +16,7 @@ The optional hooks are declared here, each with the capability that announces it
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from workbench.core.data.episodes import LabeledBatch
+from workbench.core.errors import ConfigError
 from workbench.core.hparams import HParamSpec, build, specs, to_dict
 from workbench.core.kinds import get_kind
 from workbench.core.models.spec import ModelSpec
@@ -83,6 +85,7 @@ class Algorithm(ABC):
         self.device = torch.device(device)
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedulers: list[Any] = []
+        self.schedule_clock = ScheduleClock()
 
     # --- declarations --------------------------------------------------------------------------
     @classmethod
@@ -143,7 +146,7 @@ class Algorithm(ABC):
         params = [p for m in self.modules().values() for p in m.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=lr)
         self.optimizers = [optimizer]
-        self.schedulers = [make_scheduler(optimizer, total_steps, schedule)]
+        self.schedulers = [make_scheduler(optimizer, total_steps, schedule, self.schedule_clock)]
 
     def step_schedulers(self) -> None:
         for scheduler in self.schedulers:
@@ -226,15 +229,34 @@ class Algorithm(ABC):
         return {}
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str):
+class ScheduleClock:
+    """What a learning-rate schedule follows: the fraction of the planned steps or, when training has a time
+    budget, of the budget (whichever is further), so a budget that ends before the planned steps still gets
+    the whole schedule. The trainer sets ``time_fraction``; 0 steps planned means "until the budget"."""
+
+    def __init__(self, total_steps: int = 0):
+        self.total_steps = total_steps
+        self.time_fraction = 0.0
+
+    def fraction(self, step: int) -> float:
+        by_steps = step / self.total_steps if self.total_steps else 0.0
+        return min(1.0, max(by_steps, self.time_fraction))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, schedule: str,
+                   clock: ScheduleClock | None = None):
+    """A LambdaLR over the clock's fraction of training: constant (None), cosine down to 5% of the base rate
+    (late steps still learn), or step (halved at each quarter)."""
+    if clock is None:
+        clock = ScheduleClock(total_steps)
+    clock.total_steps = total_steps
     if schedule == "constant":
         return None
     if schedule == "cosine":
-        # Floor at 5% of the base rate so late steps still learn.
         return torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps))))
+            optimizer, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * clock.fraction(step))))
     if schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, total_steps // 4), gamma=0.5)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** math.floor(4 * clock.fraction(step)))
     raise ValueError(f"unknown lr schedule {schedule!r}")
 
 
@@ -255,9 +277,26 @@ def check_declarations(cls: type[Algorithm]) -> None:
     if cls.adaptation_steps_hparam and cls.adaptation_steps_hparam not in {s.name for s in cls.hparam_specs()}:
         raise TypeError(f"algorithm {cls.name}: adaptation_steps_hparam '{cls.adaptation_steps_hparam}' is not "
                         "one of its hyperparameters")
-    cls.hparam_specs()  # a malformed HParams dataclass fails here
+    undeclared = [f.name for f in dataclasses.fields(cls.HParams) if "hparam" not in f.metadata]
+    if undeclared:
+        raise TypeError(f"algorithm {cls.name}: HParams fields {undeclared} are not declared with hparam() (range "
+                        "and help text)")
+    for spec in cls.hparam_specs():  # a malformed HParams dataclass fails here
+        _check_default(cls, spec)
     for recipe in cls.recipes:
         recipe.check(cls)
+
+
+def _check_default(cls: type[Algorithm], spec: HParamSpec) -> None:
+    """A default outside its own range or choices would make every config that leaves the field out invalid."""
+    if spec.default is dataclasses.MISSING:
+        raise TypeError(f"algorithm {cls.name}: hyperparameter '{spec.name}' has no default")
+    try:
+        spec.validate(spec.default, "")
+    except ConfigError as error:
+        detail = str(error).removeprefix(f"{error.field}: ")
+        raise TypeError(f"algorithm {cls.name}: the default of hyperparameter '{spec.name}' is invalid: {detail}") \
+            from None
 
 
 def accuracy(logits_or_probs: torch.Tensor, targets: torch.Tensor) -> float:

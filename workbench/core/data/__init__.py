@@ -7,6 +7,7 @@ or can download, its standard test-task count and its default image size. Plugin
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import threading
 from dataclasses import dataclass
 
@@ -81,6 +82,12 @@ def register(info: DatasetInfo) -> DatasetInfo:
     """Add a dataset to the catalog (plugins: the object of a ``workbench.datasets`` entry point)."""
     if not isinstance(info, DatasetInfo):
         raise TypeError(f"{info!r} is not a DatasetInfo")
+    try:
+        found = importlib.util.find_spec(info.module_path) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ImportError(f"dataset {info.name!r}: its module {info.module_path} cannot be found")
     with _registry_lock:
         if info.name in CATALOG and CATALOG[info.name] != info:
             raise ValueError(f"dataset name {info.name!r} is registered twice")
