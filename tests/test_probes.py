@@ -149,3 +149,13 @@ def test_umap_and_unknown_projections_fail_with_a_clear_message():
     with pytest.raises(RuntimeError, match="umap-learn"):
         probes.projection_2d(np.random.default_rng(0).normal(size=(20, 4)), "UMAP")
     assert not multiprocessing.active_children()
+
+
+def test_pca_signs_are_deterministic_without_a_previous_frame():
+    rng = np.random.default_rng(2)
+    points = rng.normal(size=(50, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    coords, components = probes.pca_2d(points)
+    for component in components:  # the largest-magnitude loading is positive, whatever the SVD returned
+        assert component[np.argmax(np.abs(component))] > 0
+    mirrored, _ = probes.pca_2d(points[::-1])
+    assert np.allclose(mirrored[::-1], coords)

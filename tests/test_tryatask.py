@@ -370,3 +370,18 @@ def test_demo_model_classifies_omniglot_evaluation_characters(omniglot_root, tmp
     assert total == 75
     # Chance is 20%; the glyph-trained demo model reaches about 80-95% here.
     assert correct / total >= 0.6, f"{correct}/{total}"
+
+
+def test_pca_of_groups_is_the_probes_pca_split_back_into_the_groups():
+    from workbench.core import probes
+    from workbench.core.tryatask import pca_2d
+
+    rng = np.random.default_rng(1)
+    support, prototypes, queries = rng.normal(size=(6, 8)), rng.normal(size=(3, 8)), rng.normal(size=(9, 8))
+    projected = pca_2d(support, prototypes, None, queries)
+    assert [p.shape for p in projected] == [(6, 2), (3, 2), (0, 2), (9, 2)]
+    expected, _ = probes.pca_2d(np.concatenate([support, prototypes, queries]))
+    assert np.allclose(np.concatenate(projected), expected)
+    assert np.allclose(pca_2d(support[:1])[0], 0.0)  # one point sits at the origin
+    with pytest.raises(ValueError, match="empty"):
+        pca_2d(np.zeros((0, 8)), None)

@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QAbstractItemView, QApplication, QLineEdit  # noqa
 from workbench.core.config import ExperimentConfig  # noqa: E402
 from workbench.core.data.base import Cancelled  # noqa: E402
 from workbench.core.runs import RunStore  # noqa: E402
-from workbench.gui import runs_view as runs_view_module  # noqa: E402
+from workbench.gui.evaluation import service as service_module  # noqa: E402
 from workbench.gui.background import BackgroundTask  # noqa: E402
 from workbench.gui.runs_view import COLUMN_INDEX, RunsView  # noqa: E402
 
@@ -140,12 +140,13 @@ def test_lists_runs_with_readable_columns(make_view, store):
     assert view.proxy.rowCount() == 3
     proto = row_of_name(view, "proto")
     assert cell(view, proto, "best_val") == "96.80%"
-    assert cell(view, proto, "test") == "97.12 ± 0.31%"
+    assert cell(view, proto, "test") == "97.12% ± 0.31"
+    assert cell(view, proto, "kind") == "classification"
     assert cell(view, proto, "steps") == "2,000 / 2,000"
     assert cell(view, proto, "setting") == "5-way 1-shot"
     maml = row_of_name(view, "maml-run")
     assert cell(view, maml, "status") == "stopped"
-    assert cell(view, maml, "test") == "—"
+    assert cell(view, maml, "test") == "–"
     assert cell(view, maml, "steps") == "800 / 2,000"
     unnamed = row_of_name(view, "")
     assert cell(view, unnamed, "name").endswith("fomaml-" + cell(view, unnamed, "name").rsplit("-", 1)[1])
@@ -154,6 +155,100 @@ def test_lists_runs_with_readable_columns(make_view, store):
     assert not view.empty_label.isVisible()
     assert recorder.errors == []
     save_screenshot(view, "runs_view.png")
+
+
+def add_regression_run(store: RunStore, name: str, *, test: float | None = None, test_ci: float | None = None,
+                       best: float | None = None, test_shots: int = 10) -> str:
+    config = ExperimentConfig.from_dict({"kind": "regression", "name": name, "algorithm": {"name": "maml"},
+                                         "dataset": {"name": "sine", "shots": 10, "queries": 10}})
+    run = store.create(config)
+    store.update(run.id, status="finished", best_val_mse=best, best_val_ci95=None if best is None else 0.01,
+                 test_mse=test, test_ci95=test_ci, test_shots=test_shots if test is not None else None)
+    return run.id
+
+
+def test_each_run_shows_its_kind_and_its_kinds_metric(make_view, store):
+    from workbench.core.kinds import MSE
+
+    add_run(store, "proto", best=0.968, test=0.9712, test_ci=0.0031)
+    add_regression_run(store, "sine-maml", best=0.41, test=0.3712, test_ci=0.0423)
+    add_regression_run(store, "sine-5shot", test=0.9, test_ci=0.1, test_shots=5)
+    add_regression_run(store, "sine-untested")
+    view, recorder = make_view()
+    view.resize(1200, 260)
+    view.show()
+    proto, sine = row_of_name(view, "proto"), row_of_name(view, "sine-maml")
+    assert cell(view, proto, "kind") == "classification" and cell(view, sine, "kind") == "regression"
+    assert cell(view, proto, "setting") == "5-way 1-shot" and cell(view, sine, "setting") == "10-shot"  # no ways
+    assert cell(view, proto, "test") == "97.12% ± 0.31"
+    assert cell(view, sine, "test") == MSE.format(0.3712, 0.0423) == "0.3712 ± 0.042"
+    assert cell(view, sine, "best_val") == "0.41"
+    assert cell(view, row_of_name(view, "sine-5shot"), "test").endswith("(5-shot)")  # not the trained 10 shots
+    assert cell(view, row_of_name(view, "sine-untested"), "test") == "–"
+    tip = cell(view, sine, "name", Qt.ItemDataRole.ToolTipRole)
+    assert "kind: regression" in tip and "best validation MSE: 0.41" in tip and "(10-shot)" in tip
+    # Sorting is numeric in each run's own metric.
+    view.table.sortByColumn(COLUMN_INDEX["test"], Qt.SortOrder.AscendingOrder)
+    assert [cell(view, row, "name") for row in range(4)] == ["sine-untested", "sine-maml", "sine-5shot", "proto"]
+    assert recorder.errors == []
+    save_screenshot(view, "runs_view_kinds.png")
+
+
+def test_for_window_wires_the_view_to_the_window(qtbot, store):
+    from PySide6.QtCore import QObject, Signal
+
+    from workbench.gui import theme as themes
+    from workbench.gui.evaluation.service import EvaluationService
+
+    class Window(QObject):
+        training_started = Signal(int, object)
+        training_finished = Signal(int, object)
+        theme_changed = Signal(object)
+        run_store_changed = Signal()
+
+        def __init__(self):
+            super().__init__()
+            self.store, self.theme, self.calls, self.messages = store, themes.LIGHT, [], []
+
+        def open_run(self, run_id):
+            self.calls.append(("open", run_id))
+
+        def overlay_runs(self, run_ids, baseline):
+            self.calls.append(("overlay", tuple(run_ids), baseline))
+
+        def resume_run(self, run_id):
+            self.calls.append(("resume", run_id))
+
+        def statusBar(self):  # noqa: N802 - Qt's name
+            return self
+
+        def showMessage(self, text, timeout=0):  # noqa: N802
+            self.messages.append(text)
+
+    window = Window()
+    view = RunsView.for_window(window)
+    qtbot.addWidget(view)
+    view.show_error = lambda *args: None
+    try:
+        assert (RunsView.view_title, RunsView.view_capability) == ("Runs", None)
+        assert view.service is window.evaluation_service and isinstance(view.service, EvaluationService)
+        run_id = add_run(store, "stopped", status="stopped", checkpoints=("last",))
+        window.run_store_changed.emit()  # another view changed the store: the table follows
+        assert view.proxy.rowCount() == 1
+        select(view, run_id)
+        view.open_current()
+        view.overlay_selected()
+        view.resume_current()
+        assert window.calls == [("open", run_id), ("overlay", (run_id,), None), ("resume", run_id)]
+        changes = []
+        window.run_store_changed.connect(lambda: changes.append(1))
+        assert view.rename_run(run_id, "renamed") and changes and window.messages[-1].startswith("Renamed")
+        window.training_started.emit(1, {"run_id": run_id})
+        assert cell(view, 0, "status") == "running" and not view.resume_action.isEnabled()
+        window.training_finished.emit(1, {"event": "stopped"})
+        assert cell(view, 0, "status") == "stopped" and view.resume_action.isEnabled()
+    finally:
+        assert view.shutdown()
 
 
 def test_empty_store_shows_a_hint(make_view):
@@ -424,7 +519,7 @@ def test_evaluate_fills_test_accuracy_with_ci(make_view, store, qtbot):
     select(view, run_id)
     assert view.evaluate_action.isEnabled()
     progress = []
-    view.eval_task.progress.connect(lambda done, total, message: progress.append((done, total)))
+    view.service.progress.connect(lambda job, done, total, message: progress.append((done, total)))
 
     with qtbot.waitSignal(view.evaluation_finished, timeout=120_000) as blocker:
         qtbot.keyClick(view.table, Qt.Key.Key_E, Qt.KeyboardModifier.ControlModifier)
@@ -438,28 +533,28 @@ def test_evaluate_fills_test_accuracy_with_ci(make_view, store, qtbot):
     record = store.record(run_id)
     assert record.test_accuracy == pytest.approx(result.accuracy) and record.test_ci95 > 0
     text = cell(view, view.proxy_row_of(run_id), "test")
-    assert text == f"{100 * result.accuracy:.2f} ± {100 * result.ci95:.2f}%"
+    assert text == f"{100 * result.accuracy:.2f}% ± {100 * result.ci95:.2f}"
     assert 0.2 <= result.accuracy <= 1.0  # even an untrained embedding beats 5-way chance on glyphs
-    assert view.eval_task.wait(5000)
+    assert view.service.wait(5000)
 
 
 def test_evaluate_can_be_cancelled_and_saves_nothing(make_view, store, qtbot, monkeypatch):
     run_id = add_run(store, "slow", checkpoints=("best",))
     started = threading.Event()
 
-    def slow_evaluation(progress, run_id, store, device, checkpoint, options):
+    def slow_evaluation(run, store, request, device, progress):
         started.set()
         for step in range(1_000_000):
             progress(step, 1_000_000, "episodes")  # raises Cancelled once the user cancels
             threading.Event().wait(0.001)
         return None
 
-    monkeypatch.setattr(runs_view_module, "_evaluate_in_background", slow_evaluation)
+    monkeypatch.setattr(service_module, "_evaluate", slow_evaluation)
     view, recorder = make_view()
     select(view, run_id)
     view.evaluate_current()
     assert started.wait(10)
-    with qtbot.waitSignal(view.eval_task.cancelled, timeout=10_000):
+    with qtbot.waitSignal(view.service.cancelled, timeout=10_000):
         view.cancel_button.click()
     assert not view.is_evaluating and not view.progress_strip.isVisible()
     assert view.evaluate_action.isEnabled()
@@ -471,7 +566,7 @@ def test_evaluate_failure_shows_a_readable_error(make_view, store, qtbot):
     view, recorder = make_view()
     view.eval_device = "cpu"
     select(view, run_id)
-    with qtbot.waitSignal(view.eval_task.failed, timeout=120_000):
+    with qtbot.waitSignal(view.service.failed, timeout=120_000):
         view.evaluate_current()
     assert len(recorder.errors) == 1
     title, message, details = recorder.errors[0]

@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from workbench.core import probes
 from workbench.core.data.base import PreprocessSpec
 from workbench.core.data.images import load_image
 from workbench.core.errors import ImageLoadError, WorkbenchError
@@ -411,15 +412,15 @@ def _add_embeddings(result: TaskResult, algorithm, adapted, support_x, support_y
 
 
 def pca_2d(*groups: np.ndarray) -> list[np.ndarray]:
-    """Project groups of embeddings onto the first two principal components of all of them together."""
-    stacked = np.concatenate([g for g in groups if g is not None and len(g)])
-    centred = stacked - stacked.mean(0, keepdims=True)
-    if len(stacked) < 2:
-        basis = np.eye(centred.shape[1], 2)
-    else:
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        basis = vt[:2].T
-        if basis.shape[1] < 2:
-            basis = np.pad(basis, ((0, 0), (0, 2 - basis.shape[1])))
-    mean = stacked.mean(0, keepdims=True)
-    return [((g - mean) @ basis) if g is not None and len(g) else np.zeros((0, 2)) for g in groups]
+    """Project groups of embeddings onto the first two principal components of all of them together (the one
+    PCA of the core, :func:`workbench.core.probes.pca_2d`, with its deterministic signs)."""
+    present = [g for g in groups if g is not None and len(g)]
+    if not present:
+        raise ValueError("nothing to project: every group of embeddings is empty")
+    xy, _ = probes.pca_2d(np.concatenate(present))
+    out, start = [], 0
+    for g in groups:
+        count = len(g) if g is not None else 0
+        out.append(xy[start:start + count] if count else np.zeros((0, 2)))
+        start += count
+    return out

@@ -1,8 +1,9 @@
 """The Runs tab: every run in the run store, with open, compare, rename, delete, resume and evaluate.
 
-The view only calls the core's public API (RunStore, evaluate_run); the main window connects its signals:
-``open_run(run_id)``, ``overlay_runs(run_ids, baseline_id)``, ``resume_run(run_id)`` and tells it which run
-is training now with ``set_active_run``.
+The view reads the run store and asks the window's evaluation service
+(:class:`workbench.gui.evaluation.service.EvaluationService`) to evaluate; :meth:`RunsView.for_window` connects
+its signals to the window: ``open_run(run_id)``, ``overlay_runs(run_ids, baseline_id)``, ``resume_run(run_id)``,
+``status_message(text)``, and the store changes; ``set_active_run`` says which run is training now.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ from PySide6.QtWidgets import (QAbstractItemView, QApplication, QHBoxLayout, QHe
                                QMessageBox, QProgressBar, QPushButton, QStyle, QStyledItemDelegate,
                                QStyleOptionViewItem, QTableView, QToolBar, QVBoxLayout, QWidget)
 
-from workbench.gui.background import BackgroundTask, describe_exception
+from workbench.core.errors import ConfigError
+from workbench.core.kinds import DEFAULT_KIND, MetricSpec, get_kind_class
+from workbench.gui.background import describe_exception
 from workbench.gui.dialogs import show_error
+from workbench.gui.evaluation.results import ResultData, metric_name, setting_text
+from workbench.gui.evaluation.service import EvaluationService
+from workbench.gui.view_registry import register_view
 
 SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 RUN_ID_ROLE = Qt.ItemDataRole.UserRole + 2
@@ -42,16 +48,17 @@ class Column:
     tooltip: str = ""
 
 
-# Accuracy columns come early so they stay visible in a narrow tab; the header's context menu hides columns.
+# Score columns come early so they stay visible in a narrow tab; the header's context menu hides columns.
 COLUMNS = (
     Column("name", "Name", 170, tooltip="Run name; F2 renames it"),
     Column("status", "Status", 75),
+    Column("kind", "Kind", 95, tooltip="The experiment kind; it decides the metric (accuracy, MSE, …)"),
     Column("algorithm", "Algorithm", 125),
     Column("best_val", "Best val.", 80, numeric=True,
-           tooltip="Best mean accuracy on the fixed meta-validation episodes"),
+           tooltip="Best score on the fixed meta-validation tasks, in the metric of the run's kind"),
     Column("test", "Test ± CI", 115, numeric=True,
-           tooltip="Mean accuracy on the fixed meta-test episodes ± the half-width of its 95% confidence interval "
-                   "(Evaluate, Ctrl+E, fills it in)"),
+           tooltip="Score on the fixed meta-test tasks, in the metric of the run's kind, ± the half-width of its "
+                   "95% confidence interval (Evaluate, Ctrl+E, fills it in)"),
     Column("setting", "Way / shot", 95, numeric=True, tooltip="N-way K-shot setting the run was configured for"),
     Column("steps", "Steps", 100, numeric=True, tooltip="Meta-training steps done / planned"),
     Column("dataset", "Dataset", 95),
@@ -71,15 +78,6 @@ def _get(record: Any, name: str, default: Any = None) -> Any:
     return getattr(record, name, default)
 
 
-def format_percent(value: float | None, ci95: float | None = None) -> str:
-    """0.9734, 0.0042 -> '97.34 ± 0.42%'. Accuracies in the store are fractions."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if ci95 is None or (isinstance(ci95, float) and math.isnan(ci95)):
-        return f"{100 * value:.2f}%"
-    return f"{100 * value:.2f} ± {100 * ci95:.2f}%"
-
-
 def format_created(text: str | None) -> str:
     if not text:
         return ""
@@ -90,6 +88,29 @@ def format_created(text: str | None) -> str:
     if moment.tzinfo is not None:
         moment = moment.astimezone()  # show local time
     return moment.strftime("%Y-%m-%d %H:%M")
+
+
+def record_metric(record: Any) -> MetricSpec | None:
+    """The metric of a run's kind; None for a kind no installed module declares (a plugin removed)."""
+    try:
+        return get_kind_class(_get(record, "kind") or DEFAULT_KIND).metric
+    except ConfigError:
+        return None
+
+
+def record_score(record: Any, prefix: str) -> float | None:
+    """``best_val`` or ``test`` score of a run in its kind's metric (``test_accuracy``, ``test_mse``, …)."""
+    metric = record_metric(record)
+    value = _get(record, f"{prefix}_{metric.key}") if metric is not None else None
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def format_score(record: Any, prefix: str) -> str:
+    metric = record_metric(record)
+    if metric is None:
+        return f"? ({_get(record, 'kind')})"
+    ci95 = _get(record, f"{prefix}_ci95")
+    return metric.format(record_score(record, prefix), None if prefix == "best_val" else ci95)
 
 
 def checkpoint_file(record: Any, kind: str) -> Path | None:
@@ -244,25 +265,21 @@ class RunsTableModel(QAbstractTableModel):
             if record.id == self.active_run_id and status != "running":
                 status = "running"
             return status
+        if key == "kind":
+            return str(_get(record, "kind", "") or DEFAULT_KIND)
         if key == "algorithm":
             return str(_get(record, "algorithm", "") or "")
         if key == "dataset":
             return str(_get(record, "dataset", "") or "")
         if key == "setting":
-            ways, shots = _get(record, "ways"), _get(record, "shots")
-            return f"{ways}-way {shots}-shot" if ways and shots else ""
+            return setting_text(_get(record, "kind"), _get(record, "ways"), _get(record, "shots"))
         if key == "steps":
             done, total = _get(record, "steps_done") or 0, _get(record, "steps_total") or 0
             return f"{done:,} / {total:,}" if total else f"{done:,}"
         if key == "best_val":
-            return format_percent(_get(record, "best_val_accuracy"))
+            return format_score(record, "best_val")
         if key == "test":
-            text = format_percent(_get(record, "test_accuracy"), _get(record, "test_ci95"))
-            test_ways, test_shots = _get(record, "test_ways"), _get(record, "test_shots")
-            if _get(record, "test_accuracy") is not None and test_ways and test_shots and (
-                    test_ways, test_shots) != (_get(record, "ways"), _get(record, "shots")):
-                text += f" ({test_ways}w{test_shots}s)"
-            return text
+            return self._test_text(record)
         if key == "created":
             return format_created(_get(record, "created"))
         return ""
@@ -275,20 +292,32 @@ class RunsTableModel(QAbstractTableModel):
         if key == "steps":
             return float(_get(record, "steps_done") or 0)
         if key in ("best_val", "test"):
-            value = _get(record, "best_val_accuracy" if key == "best_val" else "test_accuracy")
-            return MISSING if value is None or math.isnan(value) else float(value)
+            value = record_score(record, key)
+            return MISSING if value is None else float(value)
         if key == "created":
             return str(_get(record, "created", "") or "")
         return self._display(record, key, False).lower()
 
+    @staticmethod
+    def _test_text(record: Any) -> str:
+        """The test score, with its setting when it differs from the one the run was trained for."""
+        text = format_score(record, "test")
+        test_ways, test_shots = _get(record, "test_ways"), _get(record, "test_shots")
+        trained = (_get(record, "ways") if test_ways else None, _get(record, "shots"))
+        if record_score(record, "test") is not None and test_shots and (test_ways, test_shots) != trained:
+            text += f" ({test_ways}w{test_shots}s)" if test_ways else f" ({test_shots}-shot)"
+        return text
+
     def _tooltip(self, record: Any) -> str:
-        lines = [f"<b>{_get(record, 'name', '') or record.id}</b>", f"id: {record.id}"]
-        best_ci = _get(record, "best_val_ci95")
-        if _get(record, "best_val_accuracy") is not None:
-            lines.append(f"best validation: {format_percent(_get(record, 'best_val_accuracy'), best_ci)}")
-        if _get(record, "test_accuracy") is not None:
-            lines.append(f"test: {format_percent(_get(record, 'test_accuracy'), _get(record, 'test_ci95'))} "
-                         f"({_get(record, 'test_ways')}-way {_get(record, 'test_shots')}-shot)")
+        lines = [f"<b>{_get(record, 'name', '') or record.id}</b>", f"id: {record.id}",
+                 f"kind: {_get(record, 'kind', '') or DEFAULT_KIND}"]
+        metric = record_metric(record)
+        if record_score(record, "best_val") is not None:
+            best = metric.format(record_score(record, "best_val"), _get(record, "best_val_ci95"))
+            lines.append(f"best validation {metric_name(metric)}: {best}")
+        if record_score(record, "test") is not None:
+            tested = setting_text(_get(record, "kind"), _get(record, "test_ways"), _get(record, "test_shots"))
+            lines.append(f"test: {format_score(record, 'test')} ({tested})")
         if _get(record, "message"):
             lines.append(f"{_get(record, 'status', '')}: {_get(record, 'message')}")
         if _get(record, "device"):
@@ -397,9 +426,14 @@ def _ask_yes_no(parent: QWidget, title: str, text: str) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
+@register_view
 class RunsView(QWidget):
-    """Table of runs with actions. Main-window wiring: connect the signals, call ``refresh()`` when a run
-    changes and ``set_active_run(run_id)`` while one trains; call ``shutdown()`` before closing."""
+    """Table of runs with actions. :meth:`for_window` wires it to the main window; call ``shutdown()`` before
+    closing."""
+
+    view_title = "Runs"
+    view_capability = None  # every kind has runs
+    view_order = 20
 
     open_run = Signal(str)  # run id: show this run's curves in the training view
     overlay_runs = Signal(list, object)  # run ids to overlay (baseline first, if pinned), baseline id or None
@@ -410,23 +444,37 @@ class RunsView(QWidget):
     evaluation_finished = Signal(str, object)  # run id, EvalResult
     status_message = Signal(str)  # one line for the main window's status bar
 
-    def __init__(self, store, parent: QWidget | None = None):
+    def __init__(self, store, parent: QWidget | None = None, service: EvaluationService | None = None):
         super().__init__(parent)
         self.store = store
+        self.service = service if service is not None else EvaluationService(self)
         # Injectable for tests: confirm(title, text) -> bool, open_url(QUrl) -> bool, error(title, message, details).
         self.confirm: Callable[[str, str], bool] = lambda title, text: _ask_yes_no(self, title, text)
         self.open_url: Callable[[QUrl], bool] = QDesktopServices.openUrl
         self.show_error: Callable[[str, str, str | None], Any] = (
             lambda title, message, details=None: show_error(self, title, message, details, block=False))
         self.eval_device = "auto"
-        self._evaluating_run_id: str | None = None
+        self._eval_jobs: dict[int, str] = {}  # this view's evaluation jobs: job id -> run id
 
         self.model = RunsTableModel(store, self)
         self.proxy = RunsFilterProxy(self)
         self.proxy.setSourceModel(self.model)
         self.model.rename_failed.connect(self._on_rename_failed)
         self.model.renamed.connect(self._on_renamed)
+        self._build_table()
+        self._build_actions()
+        self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
+        self.table.selectionModel().currentChanged.connect(lambda *_: self._update_actions())
+        self._build_layout()
+        for signal, slot in ((self.service.started, self._on_eval_started),
+                             (self.service.progress, self._on_eval_progress),
+                             (self.service.finished, self._on_eval_finished),
+                             (self.service.failed, self._on_eval_failed),
+                             (self.service.cancelled, self._on_eval_cancelled)):
+            signal.connect(slot)
+        self.refresh()
 
+    def _build_table(self) -> None:
         self.table = QTableView(self)
         self.table.setObjectName("runsTable")
         self.table.setModel(self.proxy)
@@ -456,10 +504,7 @@ class RunsView(QWidget):
         header.customContextMenuRequested.connect(self._show_header_menu)
         self._default_header_state = header.saveState()
 
-        self._build_actions()
-        self.table.selectionModel().selectionChanged.connect(lambda *_: self._update_actions())
-        self.table.selectionModel().currentChanged.connect(lambda *_: self._update_actions())
-
+    def _build_layout(self) -> None:
         self.filter_edit = QLineEdit(self)
         self.filter_edit.setPlaceholderText("Filter runs (name, status, algorithm…)")
         self.filter_edit.setClearButtonEnabled(True)
@@ -485,7 +530,22 @@ class RunsView(QWidget):
         self.empty_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.empty_label.setForegroundRole(QPalette.ColorRole.PlaceholderText)
         self.empty_label.setWordWrap(True)
+        self._build_progress_strip()
 
+        # Toolbar on its own row so it never overflows in a narrow tab; filter and count below it.
+        filter_row = QHBoxLayout()
+        filter_row.setContentsMargins(0, 0, 0, 0)
+        filter_row.addWidget(self.filter_edit, 1)
+        filter_row.addSpacing(12)
+        filter_row.addWidget(self.count_label)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.toolbar)
+        layout.addLayout(filter_row)
+        layout.addWidget(self.empty_label)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.progress_strip)
+
+    def _build_progress_strip(self) -> None:
         # Evaluation progress strip: non-modal so the table stays usable while the test episodes run.
         self.progress_bar = QProgressBar(self)
         self.progress_bar.setTextVisible(True)
@@ -501,23 +561,22 @@ class RunsView(QWidget):
         strip.addWidget(self.cancel_button)
         self.progress_strip.hide()
 
-        # Toolbar on its own row so it never overflows in a narrow tab; filter and count below it.
-        filter_row = QHBoxLayout()
-        filter_row.setContentsMargins(0, 0, 0, 0)
-        filter_row.addWidget(self.filter_edit, 1)
-        filter_row.addSpacing(12)
-        filter_row.addWidget(self.count_label)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.toolbar)
-        layout.addLayout(filter_row)
-        layout.addWidget(self.empty_label)
-        layout.addWidget(self.table, 1)
-        layout.addWidget(self.progress_strip)
-
-        self.eval_task = BackgroundTask(self, progress=self._on_eval_progress, finished=self._on_eval_finished,
-                                        failed=self._on_eval_failed, cancelled=self._on_eval_cancelled)
-
-        self.refresh()
+    @classmethod
+    def for_window(cls, window) -> "RunsView":
+        """The tab of ``window``: its actions open, overlay and resume runs there; its changes to the store (and
+        those of others) reach every view through ``window.run_store_changed``."""
+        view = cls(window.store, service=EvaluationService.for_window(window))
+        view.open_run.connect(window.open_run)
+        view.overlay_runs.connect(window.overlay_runs)
+        view.resume_run.connect(window.resume_run)
+        view.status_message.connect(lambda text: window.statusBar().showMessage(text, 8000))
+        for signal in (view.run_deleted, view.run_renamed, view.evaluation_finished):
+            signal.connect(lambda *_: window.run_store_changed.emit())
+        window.training_started.connect(lambda _job, info: view.set_active_run((info or {}).get("run_id")))
+        window.training_finished.connect(lambda *_: view.set_active_run(None))
+        window.run_store_changed.connect(view.refresh)
+        window.theme_changed.connect(view.apply_theme)
+        return view
 
     # --- actions ------------------------------------------------------------------------------
     def _make_action(self, text: str, tip: str, slot, shortcuts=()) -> QAction:
@@ -604,10 +663,10 @@ class RunsView(QWidget):
                                      else "Pin as baseline")
         self.rename_action.setEnabled(record is not None)
         self.open_folder_action.setEnabled(record is not None)
-        self.delete_action.setEnabled(bool(selected) and self.model.active_run_id not in selected
-                                      and self._evaluating_run_id not in selected)
+        busy = self.service.busy_run_ids() | {self.model.active_run_id}
+        self.delete_action.setEnabled(bool(selected) and not busy.intersection(selected))
         self.resume_action.setEnabled(idle and self.can_resume(record))
-        self.evaluate_action.setEnabled(idle and self._evaluating_run_id is None and self.can_evaluate(record))
+        self.evaluate_action.setEnabled(idle and not self.service.is_running and self.can_evaluate(record))
 
     @staticmethod
     def can_resume(record: Any) -> bool:
@@ -736,8 +795,8 @@ class RunsView(QWidget):
         return row >= 0 and self.model.setData(self.model.index(row, COLUMN_INDEX["name"]), name)
 
     def delete_selected(self) -> None:
-        run_ids = [run_id for run_id in self.selected_run_ids()
-                   if run_id not in (self.model.active_run_id, self._evaluating_run_id)]
+        busy = self.service.busy_run_ids() | {self.model.active_run_id}
+        run_ids = [run_id for run_id in self.selected_run_ids() if run_id not in busy]
         if not run_ids:
             return
         records = [self.model.record(self.model.row_of(run_id)) for run_id in run_ids]
@@ -788,10 +847,11 @@ class RunsView(QWidget):
         if record is not None and record.id != self.model.active_run_id and self.can_resume(record):
             self.resume_run.emit(record.id)
 
-    # --- evaluation ---------------------------------------------------------------------------
+    # --- evaluation (asked of the evaluation service) --------------------------------------------
     @property
     def is_evaluating(self) -> bool:
-        return self._evaluating_run_id is not None
+        """Whether the evaluation service is busy (with this view's job or another view's)."""
+        return self.service.is_running
 
     def evaluate_current(self) -> None:
         record = self.current_record()
@@ -799,10 +859,10 @@ class RunsView(QWidget):
             self.evaluate(record.id)
 
     def evaluate(self, run_id: str, **options) -> None:
-        """Evaluate a run on its fixed meta-test episodes in the background; ``options`` go to evaluate_run
+        """Evaluate a run on its fixed meta-test tasks in the background; ``options`` go to evaluate_run
         (episodes, ways, shots, queries, seed)."""
-        if self._evaluating_run_id is not None:
-            self.show_error("Evaluation running", "Another run is being evaluated; wait for it or cancel it first.",
+        if self.service.is_running:
+            self.show_error("Evaluation running", "Another evaluation is running; wait for it or cancel it first.",
                             None)
             return
         row = self.model.row_of(run_id)
@@ -814,22 +874,28 @@ class RunsView(QWidget):
                             "train it for at least one validation or checkpoint interval first.", None)
             return
         checkpoint = "best" if has_checkpoint(record, "best") else "last"
-        self._evaluating_run_id = run_id
-        self.progress_label.setText(f"Evaluating {_get(record, 'name', '') or run_id}:")
+        request = {"run": run_id, "checkpoint": checkpoint, **options}
+        job_id = self.service.submit(self.store, [request], device=self.eval_device,
+                                     label=f"Evaluating {_get(record, 'name', '') or run_id}")
+        if job_id is not None:
+            self._eval_jobs[job_id] = run_id
+        self._update_actions()
+
+    def cancel_evaluation(self) -> None:
+        if self.service.is_running:
+            self.cancel_button.setEnabled(False)
+            self.progress_bar.setFormat("cancelling…")
+            self.service.cancel()
+
+    def _on_eval_started(self, job_id: int, label: str) -> None:
+        self.progress_label.setText(f"{label}:")
         self.progress_bar.setRange(0, 0)  # busy until the first report (loading the dataset)
         self.progress_bar.setFormat("loading…")
         self.cancel_button.setEnabled(True)
         self.progress_strip.show()
         self._update_actions()
-        self.eval_task.start(_evaluate_in_background, run_id, self.store, self.eval_device, checkpoint, options)
 
-    def cancel_evaluation(self) -> None:
-        if self._evaluating_run_id is not None:
-            self.cancel_button.setEnabled(False)
-            self.progress_bar.setFormat("cancelling…")
-            self.eval_task.cancel()
-
-    def _on_eval_progress(self, done: int, total: int, message: str) -> None:
+    def _on_eval_progress(self, job_id: int, done: int, total: int, message: str) -> None:
         if total > 0:
             self.progress_bar.setRange(0, total)
             self.progress_bar.setValue(done)
@@ -838,37 +904,37 @@ class RunsView(QWidget):
             self.progress_bar.setRange(0, 0)
             self.progress_bar.setFormat(message or "working…")
 
-    def _end_evaluation(self) -> str | None:
-        run_id, self._evaluating_run_id = self._evaluating_run_id, None
+    def _end_evaluation(self, job_id: int) -> str | None:
+        """Hide the strip; the run id when the job was this view's."""
         self.progress_strip.hide()
         self._update_actions()
-        return run_id
+        return self._eval_jobs.pop(job_id, None)
 
-    def _on_eval_finished(self, result) -> None:
-        run_id = self._end_evaluation()
-        self.refresh()
-        if run_id is None:
+    def _on_eval_finished(self, job_id: int, results: list) -> None:
+        run_id = self._end_evaluation(job_id)
+        self.refresh()  # whoever asked: the test columns changed
+        if run_id is None or not results:
             return
-        accuracy, ci95 = getattr(result, "accuracy", None), getattr(result, "ci95", None)
-        self.status_message.emit(
-            f"Test accuracy {format_percent(accuracy, ci95)} on {getattr(result, 'episodes', '?')} episodes "
-            f"({getattr(result, 'ways', '?')}-way {getattr(result, 'shots', '?')}-shot).")
+        result = results[0]
+        data = ResultData.of(result)
+        self.status_message.emit(f"Test {data.headline()} ({data.setting()}).")
         self.evaluation_finished.emit(run_id, result)
 
-    def _on_eval_failed(self, message: str, details: str) -> None:
-        run_id = self._end_evaluation()
-        row = self.model.row_of(run_id) if run_id else -1
+    def _on_eval_failed(self, job_id: int, message: str, details: str) -> None:
+        run_id = self._end_evaluation(job_id)
+        if run_id is None:
+            return  # another view's job: it tells its user
+        row = self.model.row_of(run_id)
         name = _get(self.model.record(row), "name", run_id) if row >= 0 else run_id
         self.show_error("Evaluation failed", f"Evaluating \"{name}\" failed: {message}", details)
 
-    def _on_eval_cancelled(self) -> None:
-        self._end_evaluation()
-        self.status_message.emit("Evaluation cancelled.")
+    def _on_eval_cancelled(self, job_id: int) -> None:
+        if self._end_evaluation(job_id) is not None:
+            self.status_message.emit("Evaluation cancelled.")
 
     def shutdown(self, timeout_ms: int = 10_000) -> bool:
         """Cancel a running evaluation and join its thread (call from the main window's closeEvent)."""
-        self._evaluating_run_id = None
-        return self.eval_task.shutdown(timeout_ms)
+        return self.service.shutdown(timeout_ms)
 
     # --- misc handlers ------------------------------------------------------------------------
     def _on_filter_changed(self, text: str) -> None:
@@ -945,12 +1011,5 @@ def _to_int(value, default: int) -> int:
         return default
 
 
-def _evaluate_in_background(progress, run_id: str, store, device: str, checkpoint: str, options: dict):
-    # Imported here: pulls in torch and the dataset modules only when someone evaluates.
-    from workbench.core.evaluation import evaluate_run
-
-    return evaluate_run(run_id, store, device=device, checkpoint=checkpoint, progress=progress, **options)
-
-
 __all__ = ["RunsView", "RunsTableModel", "RunsFilterProxy", "COLUMNS", "COLUMN_INDEX", "SORT_ROLE", "RUN_ID_ROLE",
-           "format_percent"]
+           "format_score", "record_metric"]
