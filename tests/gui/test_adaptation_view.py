@@ -66,3 +66,33 @@ def test_metric_run_gets_an_explanation_not_an_empty_plot(qtbot, view):
     assert not view.compute_button.isEnabled()
     text = view.explanation.text()
     assert "MAML" in text and "gradient" in text
+
+
+def test_a_regression_run_is_traced_in_its_kinds_metric(qtbot, workbench_home):
+    from workbench.core.config import ExperimentConfig
+
+    store = RunStore()
+    config = ExperimentConfig.from_dict({
+        "kind": "regression", "algorithm": {"name": "maml", "hparams": {"hidden": 8, "test_inner_steps": 2}},
+        "dataset": {"shots": 5, "queries": 10},
+        "training": {"steps": 4, "val_interval": 0, "meta_batch": 2, "threads": 1}})
+    trainer = Trainer(config, store)
+    trainer.run_all()
+    view = AdaptationView(store)
+    qtbot.addWidget(view)
+    view.resize(1100, 650)
+    view.show()
+    try:
+        view.select_run(trainer.run.id)
+        if not view.task.is_running:
+            view.compute()
+        qtbot.waitUntil(lambda: not view.task.is_running and view.status_label.text() in ("done", "")
+                        or view.status_label.text().startswith("Failed"), timeout=TIMEOUT_MS)
+        assert view.result is not None, view.status_label.text()
+        result = view.result
+        assert result["trained_steps"] == 2 and result["metric"].key == "mse"
+        assert np.all(np.asarray(result["meta"]["query_mse"]) >= 0)
+        assert view.accuracy_plot.getAxis("left").labelText == "query MSE"
+        assert "query MSE" in view.caption.text() and "%" not in view.caption.text()
+    finally:
+        assert view.shutdown()

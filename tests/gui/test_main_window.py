@@ -1,5 +1,7 @@
 """The main window end to end (offscreen): train, stop, pause, close while training, validation of the
-episode setting, image-folder problems, config parity with the CLI, and settings that survive a restart."""
+episode setting, image-folder problems, config parity with the CLI, settings that survive a restart, the
+experiment kind (its datasets, algorithms, fields and config) and tabs that follow the kind, the algorithm and the
+run opened."""
 
 from __future__ import annotations
 
@@ -51,9 +53,9 @@ def test_train_30_steps_fills_curves_and_saves_the_run(qtbot, make_window, gui, 
 
     view = window.training_view
     assert np.array_equal(view.loss.x.data, np.arange(1, 31, dtype=np.float64))
-    assert np.isfinite(view.loss.y.data).all() and np.isfinite(view.accuracy.y.data).all()
+    assert np.isfinite(view.loss.y.data).all() and np.isfinite(view.score.y.data).all()
     assert list(view.val_steps.data) == [15.0, 30.0]
-    assert np.all((view.val_accuracy.data >= 0) & (view.val_accuracy.data <= 1))
+    assert np.all((view.val_score.data >= 0) & (view.val_score.data <= 1))
     # Throttled: fewer emissions than steps, yet every step arrived.
     assert 0 < len(records) and sum(len(p["steps"]) for p in records) == 30
     assert window.run_action.isEnabled()
@@ -255,10 +257,13 @@ def test_help_dialogs_open_without_blocking(qtbot, make_window):
     window = make_window(auto_load=False)
     window.shortcuts_action.trigger()
     names = [name for name, _ in window._last_dialog.rows]
-    assert {"Run", "Pause", "Stop", "Quit"} <= set(names)
+    assert {"Run", "Pause", "Stop", "Quit", "Plugins", "Choose the experiment kind"} <= set(names)
     window._last_dialog.close()
     window.about_action.trigger()
     assert "PyTorch" in window._last_dialog.text()
+    window._last_dialog.close()
+    window.plugins_action.trigger()  # Help > Plugins…
+    assert window._last_dialog.isVisible() and "Plugins" in window._last_dialog.windowTitle()
     window._last_dialog.close()
 
 
@@ -308,3 +313,148 @@ def test_out_of_memory_is_reported_with_details_and_the_app_stays_usable(qtbot, 
     assert title == "Out of memory" and "meta-batch" in message
     assert "Traceback" in details and "CUDA out of memory" in details
     assert window.controller.state == "idle" and not window.controller.is_running
+
+
+def test_the_kind_chooses_datasets_algorithms_fields_and_the_config(qtbot, make_window):
+    from workbench.core import catalog
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.kinds import get_kind_class
+    from workbench.core.recipes import recommended_recipe
+
+    window = make_window(auto_load=False)
+    dataset_panel, algorithm_panel = window.dataset_panel, window.algorithm_panel
+    kinds = [window.kind_panel.combo.itemData(i) for i in range(window.kind_panel.combo.count())]
+    assert kinds[0] == window.kind_name() == "classification" and "regression" in kinds
+    changes = []
+    window.kind_changed.connect(changes.append)
+    for kind in kinds:
+        window.set_kind(kind)
+        declared = get_kind_class(kind)
+        names = [dataset_panel.name_combo.itemData(i) for i in range(dataset_panel.name_combo.count())]
+        assert names == [info["name"] for info in catalog.datasets_info(kind)]
+        assert algorithm_panel.algorithm_combo.names() == catalog.algorithm_names_for(kind)
+        # A newly chosen kind starts from its default dataset and algorithm.
+        assert dataset_panel.dataset_name() == declared.default_dataset
+        assert algorithm_panel.algorithm_name() == declared.default_algorithm
+        # Only the dataset fields the kind declares are shown and sent.
+        assert set(dataset_panel.values()) <= set(declared.dataset_fields)
+        shown = {name for name in ("ways", "shots", "queries") if dataset_panel.episode_form.editor(name).isVisible()}
+        assert shown == {"ways", "shots", "queries"} & set(declared.dataset_fields)
+        # ... set up by the algorithm's recommended recipe for the kind and dataset (as the CLI does).
+        recipe = recommended_recipe(get_algorithm(declared.default_algorithm), kind, declared.default_dataset)
+        assert algorithm_panel.recipe_name() == (recipe.name if recipe else "")
+        if recipe is not None:
+            assert recipe.dataset.items() <= dataset_panel.values().items()
+            assert recipe.training.items() <= algorithm_panel.training_values().items()
+            assert recipe.hparams.items() <= algorithm_panel.hparams().items()
+        config = window.current_config()
+        assert (config.kind, config.dataset.name, config.algorithm.name) == (
+            kind, declared.default_dataset, declared.default_algorithm)
+    assert changes == kinds[1:]
+
+
+def test_tabs_follow_the_kind_and_algorithm_and_say_what_feeds_them(qtbot, make_window):
+    window = make_window(auto_load=False)
+    assert window.algorithm_panel.algorithm_name() == "protonet"
+    assert window.tab_enabled("Training") and window.tab_enabled("Embeddings")
+    # Prototypical Networks feeds no sample weights: the tab is greyed (not removed) and says who feeds it.
+    assert not window.tab_enabled("Sample weights") and window.view("Sample weights") is not None
+    tip = window.tab_tooltip("Sample weights")
+    assert "Prototypical Networks does not feed" in tip and "fed by Meta-Weight-Net" in tip
+    assert "few-shot classification" in tip
+    window.show_view("Sample weights")
+    placeholder = window.tabs.currentWidget().placeholder
+    assert window.tabs.currentWidget().currentWidget() is placeholder and "Meta-Weight-Net" in placeholder.text()
+
+    window.algorithm_panel.algorithm_combo.set_name("meta-weight-net")
+    qtbot.waitUntil(lambda: window.tab_enabled("Sample weights"), timeout=5_000)
+    assert window.tab_tooltip("Sample weights") == ""
+    assert window.tabs.currentWidget().currentWidget() is window.view("Sample weights")
+
+    window.set_kind("regression")
+    qtbot.waitUntil(lambda: not window.tab_enabled("Embeddings"), timeout=5_000)
+    assert "Few-shot regression does not use this view" in window.tab_tooltip("Embeddings")
+    assert window.tab_enabled("Training") and window.tab_enabled("Evaluation")
+    if window.view("fit") is not None:
+        assert window.tab_enabled("Fit")
+    if window.view("try_points") is not None:  # the shared "Try a task" tab shows the page of the kind
+        assert window.view("Try a task") is window.view("try_points")
+    window.set_kind("classification")
+    assert window.view("Try a task") is window.try_view
+
+
+def test_opening_a_run_enables_the_tabs_of_its_kind_and_algorithm(qtbot, make_window, workbench_home):
+    store = RunStore(workbench_home)
+    config = ExperimentConfig.from_dict({"kind": "noisy-labels", "algorithm": {"name": "meta-weight-net"},
+                                         "training": {"steps": 2}})
+    run = store.create(config)
+    run.append_metrics([{"step": 1, "total_steps": 2, "loss": 1.0, "accuracy": 0.5, "event": "step"}])
+    window = make_window(auto_load=False, store=store)
+    assert not window.tab_enabled("Sample weights")  # protonet in the setup
+    window.open_run(run.id)
+    assert window.tab_enabled("Sample weights")  # the opened run feeds it, whatever the setup says
+    assert window.training_view.acc_plot.titleLabel.text == "Accuracy"
+    window.algorithm_panel.algorithm_combo.set_name("nearest-neighbour")
+    window.revalidate()
+    assert window.tab_enabled("Sample weights")  # still the run's
+
+
+def test_a_regression_experiment_round_trips_and_its_kind_survives_a_restart(qtbot, make_window, tmp_path):
+    window = make_window(restore=True, auto_load=False)
+    window.set_kind("regression")
+    window.dataset_panel.episode_form.set_values({"shots": 10, "queries": 20})
+    config = window.current_config()
+    assert config.kind == "regression" and (config.dataset.shots, config.dataset.queries) == (10, 20)
+    path = window.export_experiment(tmp_path / "regression.toml")
+    window.close()
+
+    again = make_window(restore=True, auto_load=False)
+    assert again.kind_name() == "regression"
+    assert again.current_config().to_dict() == config.to_dict()
+    other = make_window(auto_load=False)
+    other.import_experiment(path)
+    assert other.kind_name() == "regression" and other.current_config().to_dict() == config.to_dict()
+
+
+def test_a_kinds_options_form_fills_the_task_section(qtbot, make_window, monkeypatch):
+    from dataclasses import dataclass
+
+    from workbench.core.hparams import hparam
+    from workbench.core.kinds import get_kind_class
+
+    @dataclass
+    class Options:
+        amplitude_high: float = hparam(5.0, "Largest amplitude of a task's sine.", low=0.1, high=100.0)
+        noise: bool = hparam(False, "Add noise to the targets.")
+
+    monkeypatch.setattr(get_kind_class("regression"), "Options", Options)
+    window = make_window(auto_load=False)
+    assert not window.kind_panel.options_form.isVisible()  # classification has no options
+    window.set_kind("regression")
+    form = window.kind_panel.options_form
+    assert form.isVisible() and form.names() == ["amplitude_high", "noise"]
+    form.set_values({"amplitude_high": 2.5, "noise": True})
+    config = window.current_config()
+    assert config.task == {"amplitude_high": 2.5, "noise": True}
+    assert 'amplitude_high = 2.5' in config.to_toml()
+    other = make_window(auto_load=False)
+    other.apply_config(config)
+    assert other.kind_panel.options() == {"amplitude_high": 2.5, "noise": True}
+
+
+def test_a_regression_run_trains_and_its_curves_say_mse(qtbot, make_window, gui, workbench_home):
+    window = make_window()
+    window.set_kind("regression")
+    gui.wait_until_ready(qtbot, window)
+    gui.tiny_training(window, steps=6, val_interval=3, val_episodes=2)
+    window.algorithm_panel.training_form.set_values({"meta_batch": 2})
+    qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
+    with finished_signal(qtbot, window, gui.TRAIN_TIMEOUT_MS) as blocker:
+        window.run_action.trigger()
+    assert blocker.args[1]["event"] == "finished", blocker.args[1]
+    view = window.training_view
+    assert view.run_metric.key == "mse" and view.acc_plot.titleLabel.text == "MSE (lower is better)"
+    assert list(view.val_steps.data) == [3.0, 6.0] and np.all(view.val_score.data >= 0)
+    assert "best validation MSE" in view.summary_label.text()
+    run = RunStore(workbench_home).get(blocker.args[1]["run_id"])
+    assert run.config.kind == "regression" and run.read_metrics()[0]["metric"] == "mse"

@@ -1,5 +1,6 @@
 """The Training tab's curves: debiased EMA smoothing, growing arrays, stale records, saved runs, overlays,
-export (CSV, PNG, SVG) and a 100,000-step run that stays responsive."""
+export (CSV, PNG, SVG), labels that follow the run's metric (accuracy, MSE) and a 100,000-step run that stays
+responsive."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_records_update_curves_and_stale_jobs_are_ignored(view, qtbot):
     assert not view.append(6, payload(range(1, 50)))  # an old job's late records
     qtbot.waitUntil(lambda: view.loss_smooth.getData()[0] is not None, timeout=5_000)  # the throttled redraw
     assert np.array_equal(view.loss.x.data, np.arange(1, 21))
-    assert len(view.loss.smoothed) == 20 and len(view.accuracy.smoothed) == 20
+    assert len(view.loss.smoothed) == 20 and len(view.score.smoothed) == 20
     x, y = view.loss_smooth.getData()
     assert len(x) > 0 and np.isfinite(y).all()
     assert list(view.val_steps.data) == [10.0] and view.val_band.isVisible()
@@ -106,10 +107,51 @@ def test_load_metrics_shows_a_saved_run(view):
     records.insert(2, {"step": 2, "event": "validation", "val_accuracy": 0.5, "val_ci95": 0.1, "loss": 0.5})
     records.append({"step": 4, "event": "finished", "val_accuracy": 0.7, "message": "finished 4 steps"})
     view.load_metrics(records, title="Run x")
-    assert np.array_equal(view.loss.x.data, [1, 2, 3, 4]) and np.allclose(view.accuracy.y.data, [0.2, 0.4, 0.6, 0.8])
+    assert np.array_equal(view.loss.x.data, [1, 2, 3, 4]) and np.allclose(view.score.y.data, [0.2, 0.4, 0.6, 0.8])
     assert list(view.val_steps.data) == [2.0]  # the final record repeats the last validation; not counted twice
     assert view.title_label.text() == "Run x" and view.job_id is None
+    assert view.acc_plot.titleLabel.text == "Accuracy"  # records without "metric" are accuracy (old runs)
     assert not view.append(1, payload([5]))  # a saved run accepts no live records
+
+
+def mse_records():
+    """A regression run's metrics.jsonl: scores under "mse", the metric named in every record."""
+    records = [{"step": s, "total_steps": 6, "loss": 1.0 / s, "mse": 2.0 / s, "metric": "mse", "event": "step"}
+               for s in range(1, 7)]
+    records.insert(3, {"step": 3, "event": "validation", "metric": "mse", "val_mse": 0.9, "val_ci95": 0.1})
+    records.insert(7, {"step": 6, "event": "validation", "metric": "mse", "val_mse": 0.4, "val_ci95": 0.05})
+    return records
+
+
+def test_a_regression_run_is_labelled_mse_lower_is_better(view, tmp_path):
+    view.load_metrics(mse_records(), title="Run sine")
+    assert np.allclose(view.score.y.data, [2.0 / s for s in range(1, 7)])
+    assert list(view.val_score.data) == [0.9, 0.4]
+    assert view.acc_plot.titleLabel.text == "MSE (lower is better)"
+    assert view.acc_plot.getAxis("left").labelText == "MSE"
+    # The band is the MSE's CI, and the best validation is the lowest MSE, unscaled (not a percentage).
+    upper, lower = view.val_upper.yData, view.val_lower.yData  # all points, not only those in view
+    assert np.allclose(upper, [1.0, 0.45]) and np.allclose(lower, [0.8, 0.35])
+    assert "best validation MSE 0.4 ± 0.05 at step 6" in view.summary_label.text()
+    assert "%" not in view.summary_label.text()
+    rows = list(csv.DictReader(view.export(tmp_path / "mse.csv").open(newline="")))
+    assert {"mse", "mse_smoothed", "val_mse"} <= set(rows[0]) and "accuracy" not in rows[0]
+    # Back to a classification run: the labels and the 0..1 range return.
+    view.load_metrics([{"step": 1, "loss": 1.0, "accuracy": 0.5, "event": "step"}])
+    assert view.acc_plot.titleLabel.text == "Accuracy"
+
+
+def test_live_mse_records_relabel_the_plot(view):
+    view.begin_job(2, "run", total_steps=10, metric="mse")
+    assert view.acc_plot.titleLabel.text.startswith("MSE")
+    live = payload(range(1, 4), accuracy=[3.0, 2.0, 1.0], val_steps=[3], val_accuracy=[1.5], val_ci95=[0.2])
+    for old, new in (("accuracy", "mse"), ("val_accuracy", "val_mse")):
+        live[new] = live.pop(old)
+    live["metric"] = "mse"
+    view.append(2, live)
+    view.flush()
+    assert np.allclose(view.score.y.data, [3.0, 2.0, 1.0]) and list(view.val_score.data) == [1.5]
+    assert "train MSE" in view.summary_label.text() and "best validation MSE 1.5 ± 0.2" in view.summary_label.text()
 
 
 def test_overlays_are_added_and_cleared(view):

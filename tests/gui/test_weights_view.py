@@ -55,6 +55,7 @@ def test_saved_run_curve_and_scrubber(qtbot, mwn_run, tmp_path):
     view.show()
     view.show_run(mwn_run)
     assert not view.showing_explanation
+    assert "label noise" in view.title.text()  # the history describes its own setting; the view names none
     assert view.slider.maximum() == 4 and view.slider.value() == 4
     x, y = view.curve_data()
     assert len(x) == history["curves"].shape[1]

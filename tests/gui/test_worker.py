@@ -10,7 +10,7 @@ import pytest
 
 from workbench.core.config import ExperimentConfig
 from workbench.core.runs import RunStore
-from workbench.gui.worker import TrainingController, describe_failure, is_out_of_memory
+from workbench.gui.worker import RecordBatch, TrainingController, describe_failure, is_out_of_memory
 
 
 @pytest.fixture
@@ -152,3 +152,27 @@ def test_shutdown_stops_joins_and_saves_the_run(qtbot, make_controller, use_synt
     assert not controller.has_threads and controller.state == "idle"
     record = RunStore(workbench_home).get(run_id).record()
     assert record.status == "stopped" and record.steps_done >= 1
+
+
+def test_record_batches_name_their_scores_after_the_metric():
+    """Records of a regression run (StepRecord.to_dict) carry "metric"; old metrics.jsonl lines carry none."""
+    from workbench.core.training.trainer import StepRecord
+
+    batch = RecordBatch()
+    for step in (1, 2):
+        batch.add(StepRecord(step, 2, loss=1.0, score=0.5 / step, lr=1e-3, elapsed_s=0.1, steps_per_s=10.0,
+                             eta_s=0.1, metric="mse").to_dict())
+    batch.add(StepRecord(2, 2, loss=1.0, score=0.3, lr=1e-3, elapsed_s=0.2, steps_per_s=10.0, eta_s=0.0,
+                         event="validation", val_score=0.3, val_ci95=0.05, best_val_score=0.3,
+                         metric="mse").to_dict())
+    payload = batch.payload()
+    assert payload["metric"] == "mse" and "accuracy" not in payload
+    assert list(payload["mse"]) == [0.5, 0.25] and list(payload["val_mse"]) == [0.3]
+    assert payload["last"]["best_val_mse"] == 0.3
+
+    old = RecordBatch()
+    old.add({"step": 1, "loss": 2.0, "accuracy": 0.4, "event": "step"})
+    old.add({"step": 1, "event": "validation", "val_accuracy": 0.5, "val_ci95": 0.1})
+    payload = old.payload()
+    assert payload["metric"] == "accuracy" and list(payload["accuracy"]) == [0.4]
+    assert list(payload["val_accuracy"]) == [0.5]

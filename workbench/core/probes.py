@@ -83,7 +83,8 @@ def fresh_copy(algorithm: "Algorithm", seed: int = 0) -> "Algorithm":
 
 def _mean_trace(traces: list[list[dict[str, float]]]) -> dict[str, np.ndarray]:
     length = min(len(t) for t in traces)
-    keys = ("step", "support_loss", "query_loss", "query_accuracy")
+    # The keys every trace has: query_accuracy for classification, query_mse for regression.
+    keys = [key for key in traces[0][0] if all(key in t[i] for t in traces for i in range(length))]
     return {key: np.mean([[float(t[i][key]) for i in range(length)] for t in traces], axis=0) for key in keys}
 
 

@@ -12,8 +12,10 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (QComboBox, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox,
                                QStackedWidget, QVBoxLayout, QWidget)
 
+from workbench.core.kinds import ACCURACY
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
+from workbench.gui.view_registry import register_view
 
 
 def gradient_based_titles() -> list[str]:
@@ -23,12 +25,22 @@ def gradient_based_titles() -> list[str]:
 
 
 def trained_inner_steps(algorithm) -> int | None:
-    """How many inner steps the algorithm uses at test time (marked on the plot)."""
-    for name in ("test_inner_steps", "finetune_steps", "inner_steps"):
-        value = getattr(algorithm.hparams, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    """How many inner steps the algorithm uses at test time (marked on the plot): the hyperparameter it declares
+    as ``adaptation_steps_hparam``."""
+    name = type(algorithm).adaptation_steps_hparam
+    value = getattr(algorithm.hparams, name, None) if name else None
+    return value if isinstance(value, int) else None
+
+
+def configured_steps(algorithm_config) -> int | None:
+    """The test-time steps a run's config sets (its declared hyperparameter, default filled in), or None."""
+    from workbench.core.algorithms import get_algorithm
+
+    cls = get_algorithm(algorithm_config.name)
+    if not cls.adaptation_steps_hparam:
+        return None
+    value = cls.full_hparams(algorithm_config.hparams).get(cls.adaptation_steps_hparam)
+    return value if isinstance(value, int) else None
 
 
 def compute_adaptation(progress, store, run_id: str, steps: int, tasks: int, checkpoint: str = "best") -> dict:
@@ -41,16 +53,41 @@ def compute_adaptation(progress, store, run_id: str, steps: int, tasks: int, che
     if not loaded.algorithm.gradient_based:
         raise ValueError(f"{loaded.algorithm.title} adapts without gradient steps; pick a gradient-based run")
     dataset = data.load_dataset(run.config.dataset, progress)
-    episodes = probes.config_probe_episodes(dataset, run.config, tasks)
+    kind = loaded.algorithm.kind
+    if "ways" in kind.dataset_fields:  # episodes of classes: validation classes when there are enough
+        split = probes.probe_split_name(dataset, run.config.dataset.ways)
+        episodes = probes.config_probe_episodes(dataset, run.config, tasks)
+    else:  # tasks the kind draws (functions to fit), fixed by the probe seed
+        split = "val"
+        episodes = kind.fixed_tasks(dataset, run.config, split, tasks, probes.PROBE_SEED)
     result = probes.adaptation_comparison(loaded.algorithm, episodes, steps, progress)
-    result.update(run=run_id, trained_steps=trained_inner_steps(loaded.algorithm),
-                  split=probes.probe_split_name(dataset, run.config.dataset.ways), title=loaded.algorithm.title,
-                  checkpoint_step=loaded.step)
+    result.update(run=run_id, trained_steps=trained_inner_steps(loaded.algorithm), split=split,
+                  title=loaded.algorithm.title, checkpoint_step=loaded.step, metric=kind.metric)
     return result
 
 
+def metric_series(trace: dict, metric) -> tuple[np.ndarray, str]:
+    """The query metric of a trace, scaled for the plot (percent for accuracy), and its axis label."""
+    values = np.asarray(trace[f"query_{metric.key}"], float)
+    name = metric.title if metric.title.isupper() else metric.title.lower()
+    return (100 * values, f"query {name} (%)") if metric.percent else (values, f"query {name}")
+
+
+@register_view
 class AdaptationView(QWidget):
+    view_title = "Adaptation"
+    view_capability = "adaptation"
+    view_order = 50
+
     trace_ready = Signal(object)
+
+    @classmethod
+    def for_window(cls, window) -> "AdaptationView":
+        """A view whose run list follows the window's run store and finished trainings."""
+        view = cls(window.store, theme=window.theme)
+        window.run_store_changed.connect(view.refresh_runs)
+        window.training_finished.connect(lambda *_: view.refresh_runs())
+        return view
 
     def __init__(self, store=None, theme: themes.Theme | None = None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -77,7 +114,7 @@ class AdaptationView(QWidget):
         self.steps_spin = QSpinBox(minimum=1, maximum=1000, value=20)
         self.steps_spin.setToolTip("Inner steps to trace; more than training used shows what further adapting does")
         self.tasks_spin = QSpinBox(minimum=1, maximum=50, value=1)
-        self.tasks_spin.setToolTip("Fixed probe tasks (meta-validation classes) to average over")
+        self.tasks_spin.setToolTip("Fixed probe tasks (from meta-validation) to average over")
         form2.addRow("Inner steps", self.steps_spin)
         form2.addRow("Probe tasks", self.tasks_spin)
         controls.addLayout(form2, 1)
@@ -182,10 +219,8 @@ class AdaptationView(QWidget):
             return
         self.pages.setCurrentIndex(0)
         try:
-            algorithm = self.store.get(data[0]).config.algorithm
-            steps = next((algorithm.hparams.get(k) for k in ("test_inner_steps", "finetune_steps")
-                          if isinstance(algorithm.hparams.get(k), int)), None)
-        except Exception:
+            steps = configured_steps(self.store.get(data[0]).config.algorithm)
+        except Exception:  # a damaged or unreadable run: keep the steps shown
             steps = None
         if steps:
             self.steps_spin.setValue(max(2 * steps, 10) if steps <= 200 else steps)
@@ -209,8 +244,8 @@ class AdaptationView(QWidget):
             "initialization, later steps are the adapted network. The same is drawn for a randomly initialized "
             "network of the same architecture, so you can see how much the meta-learned start helps.</p>"
             f"<p>Algorithms that feed this tab (gradient-based): <b>{names}</b>.</p>"
-            "<p>Metric methods such as Prototypical Networks adapt in one shot by averaging embeddings, without "
-            "an inner loop; look at them in the <i>Embeddings</i> tab instead.</p>")
+            "<p>Metric methods adapt in one shot by comparing embeddings, without an inner loop; look at them in "
+            "the <i>Embeddings</i> tab instead.</p>")
         self.pages.setCurrentIndex(1)
         self.caption.setText("")
         self.status_label.setText("")
@@ -256,6 +291,11 @@ class AdaptationView(QWidget):
     def _plot(self, result: dict) -> None:
         self._clear_plots("")
         t = self.theme
+        metric = result.get("metric", ACCURACY)
+        self.accuracy_plot.setLabel("left", metric_series(result["meta"], metric)[1])
+        legend = self.accuracy_plot.getPlotItem().legend  # where the curves end: low for a rising metric
+        corner = (1, 1) if metric.higher_is_better else (1, 0)
+        legend.anchor(corner, corner, offset=(-10, -10 if metric.higher_is_better else 10))
         series = (("meta", "meta-learned start", t.train, Qt.PenStyle.SolidLine),
                   ("random", "random start", t.muted_text, Qt.PenStyle.DashLine))
         for key, name, colour, style in series:
@@ -265,7 +305,7 @@ class AdaptationView(QWidget):
                                 name=f"{name}: query", symbol="o", symbolSize=5, symbolBrush=colour, symbolPen=None)
             self.loss_plot.plot(steps, trace["support_loss"], pen=pg.mkPen(colour, width=1, style=Qt.PenStyle.DotLine),
                                 name=f"{name}: support")
-            self.accuracy_plot.plot(steps, 100 * np.asarray(trace["query_accuracy"]),
+            self.accuracy_plot.plot(steps, metric_series(trace, metric)[0],
                                     pen=pg.mkPen(colour, width=2, style=style), name=name, symbol="o", symbolSize=5,
                                     symbolBrush=colour, symbolPen=None)
         trained = result.get("trained_steps")
@@ -276,12 +316,14 @@ class AdaptationView(QWidget):
                                        label="test-time steps", labelOpts={"color": t.validation,
                                                                            "position": 0.92})
                 plot.addItem(line)
-        meta, rand = result["meta"], result["random"]
+        meta, rand = (metric_series(result[key], metric)[0] for key in ("meta", "random"))
+        label = metric_series(result["meta"], metric)[1].replace(" (%)", "")
+        unit = "%" if metric.percent else ""
+        shown = (lambda value: f"{value:.1f}{unit}") if metric.percent else (lambda value: f"{value:.3g}")
         self.caption.setText(
-            f"{result.get('title', '')} on {result['episodes']} probe task(s): query accuracy "
-            f"{100 * meta['query_accuracy'][0]:.1f}% before adapting → {100 * meta['query_accuracy'][-1]:.1f}% after "
-            f"{result['steps']} steps from the meta-learned start; {100 * rand['query_accuracy'][0]:.1f}% → "
-            f"{100 * rand['query_accuracy'][-1]:.1f}% from a random start.")
+            f"{result.get('title', '')} on {result['episodes']} probe task(s): {label} {shown(meta[0])} before "
+            f"adapting → {shown(meta[-1])} after {result['steps']} steps from the meta-learned start; "
+            f"{shown(rand[0])} → {shown(rand[-1])} from a random start.")
 
     def shutdown(self) -> bool:
         return self.task.shutdown()

@@ -1,6 +1,7 @@
-"""The algorithm panel: algorithms grouped by family with their description, a hyperparameter form generated
-from ``Algorithm.hparam_specs()``, the device, and the training and evaluation settings (forms generated from
-``config_fields()``). Nothing here knows a particular algorithm.
+"""The algorithm panel: the algorithms that support the chosen experiment kind, grouped by family with their
+description, a hyperparameter form generated from ``Algorithm.hparam_specs()``, the device, and the training and
+evaluation settings (forms generated from ``config_fields()``). Nothing here knows a particular algorithm: a kind
+names its default one (``default_algorithm``).
 """
 
 from __future__ import annotations
@@ -15,18 +16,26 @@ from PySide6.QtWidgets import (QComboBox, QGroupBox, QHBoxLayout, QLabel, QLineE
 from workbench.core.algorithms import algorithms_by_family, get_algorithm
 from workbench.core.config import config_fields
 from workbench.core.device import detect_devices
+from workbench.core.kinds import DEFAULT_KIND, get_kind_class
+from workbench.core.recipes import Recipe, recipes_for
 from workbench.gui.hparam_form import HParamForm
 
-DEFAULT_ALGORITHM = "protonet"
+# Dataset fields whose training override ("train_ways", ...) means something only when the kind has the field.
+EPISODE_FIELDS = ("ways", "shots", "queries")
 
 
 class AlgorithmCombo(QComboBox):
-    """Algorithms under non-selectable family headings."""
+    """Algorithms under non-selectable family headings; only those supporting ``kind`` when given."""
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, kind: str | None = None):
         super().__init__(parent)
+        self.set_kind(kind)
+
+    def set_kind(self, kind: str | None) -> None:
+        """List the algorithms of ``kind`` (no signal; the caller picks one)."""
+        self.blockSignals(True)
         model = QStandardItemModel(self)
-        for family, classes in algorithms_by_family().items():
+        for family, classes in algorithms_by_family(kind).items():
             if not classes:
                 continue
             header = QStandardItem(family.title)
@@ -40,7 +49,8 @@ class AlgorithmCombo(QComboBox):
                 item.setData(cls.name, Qt.ItemDataRole.UserRole)
                 item.setToolTip(cls.summary)
                 model.appendRow(item)
-        self.setModel(model)
+        self.setModel(model)  # the combo deletes the model it owned before
+        self.blockSignals(False)
 
     def names(self) -> list[str]:
         return [self.itemData(i) for i in range(self.count()) if self.itemData(i)]
@@ -51,6 +61,10 @@ class AlgorithmCombo(QComboBox):
             return False
         self.setCurrentIndex(index)
         return True
+
+    def select_first(self) -> bool:
+        names = self.names()
+        return self.set_name(names[0]) if names else False
 
 
 def device_choices() -> list[tuple[str, str, str]]:
@@ -73,23 +87,28 @@ def device_choices() -> list[tuple[str, str, str]]:
 
 class AlgorithmPanel(QWidget):
     changed = Signal()
+    # A recipe the user picked (or the recommended one of a newly chosen algorithm): this panel fills its own
+    # fields; the window fills the dataset and kind fields the recipe sets.
+    recipe_applied = Signal(object)
 
-    def __init__(self, parent: QWidget | None = None):
+    def __init__(self, parent: QWidget | None = None, kind: str = DEFAULT_KIND):
         super().__init__(parent)
         self._silent = False
         # Hyperparameters typed for one algorithm are kept when switching away and back.
         self._hparams_by_algorithm: dict[str, dict[str, Any]] = {}
         self._current_name: str | None = None
+        self.kind = kind
+        self.dataset = get_kind_class(kind).default_dataset  # recipes fit a kind and a dataset
         self._build()
-        self.algorithm_combo.set_name(DEFAULT_ALGORITHM) or self.algorithm_combo.setCurrentIndex(1)
-        self._on_algorithm_changed()
+        self.set_kind(kind)
 
     def _build(self) -> None:
         fields = config_fields()
-        self.algorithm_combo = AlgorithmCombo()
+        self.algorithm_combo = AlgorithmCombo(kind=self.kind)
         self.algorithm_combo.setObjectName("algorithmName")
         self.family_label = QLabel()
         self.family_label.setObjectName("algorithmFamily")
+        self.family_label.setWordWrap(True)  # long summaries would widen the dock past the screen
         self.description = QLabel()
         self.description.setObjectName("algorithmDescription")
         self.description.setWordWrap(True)
@@ -97,6 +116,14 @@ class AlgorithmPanel(QWidget):
         self.hparam_form = HParamForm()
         self.hparam_form.setObjectName("algorithmHParams")
         self.no_hparams = QLabel("This algorithm has no hyperparameters.")
+        self.hp_title = QLabel("<b>Hyperparameters</b>")
+        self.recipe_combo = QComboBox()
+        self.recipe_combo.setObjectName("algorithmRecipe")
+        self.recipe_combo.setToolTip("A complete training setup the algorithm declares for this kind and dataset; "
+                                     "choosing one fills the fields it sets (edit them freely afterwards)")
+        self.recipe_help = QLabel()
+        self.recipe_help.setObjectName("recipeHelp")
+        self.recipe_help.setWordWrap(True)
         self.reset_button = QPushButton("Reset to defaults")
         self.reset_button.setObjectName("resetHParams")
         self.reset_button.setToolTip("Restore this algorithm's default hyperparameters")
@@ -106,8 +133,12 @@ class AlgorithmPanel(QWidget):
         algo_layout.addWidget(self.algorithm_combo)
         algo_layout.addWidget(self.family_label)
         algo_layout.addWidget(self.description)
-        hp_title = QLabel("<b>Hyperparameters</b>")
-        algo_layout.addWidget(hp_title)
+        recipe_row = QHBoxLayout()
+        recipe_row.addWidget(QLabel("Recipe"))
+        recipe_row.addWidget(self.recipe_combo, 1)
+        algo_layout.addLayout(recipe_row)
+        algo_layout.addWidget(self.recipe_help)
+        algo_layout.addWidget(self.hp_title)
         algo_layout.addWidget(self.hparam_form)
         algo_layout.addWidget(self.no_hparams)
         reset_row = QHBoxLayout()
@@ -121,6 +152,9 @@ class AlgorithmPanel(QWidget):
         self.name_edit.setToolTip("A name for the run in the Runs tab")
         self.device_combo = QComboBox()
         self.device_combo.setObjectName("device")
+        # Long device names are elided rather than widening the panel (the full text is in the list).
+        self.device_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.device_combo.setMinimumContentsLength(16)
         for value, label, tip in device_choices():
             self.device_combo.addItem(label, value)
             self.device_combo.setItemData(self.device_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
@@ -142,9 +176,8 @@ class AlgorithmPanel(QWidget):
 
         self.evaluation_form = HParamForm(fields["evaluation"])
         self.evaluation_form.setObjectName("evaluationForm")
-        for name, title in (("episodes", "Test episodes"), ("seed", "Test seed")):
-            if name in self.evaluation_form.names():
-                self.evaluation_form.label(name).setText(title)
+        if "seed" in self.evaluation_form.names():
+            self.evaluation_form.label("seed").setText("Test seed")
         evaluation_box = QGroupBox("Evaluation")
         QVBoxLayout(evaluation_box).addWidget(self.evaluation_form)
 
@@ -155,6 +188,7 @@ class AlgorithmPanel(QWidget):
         layout.addStretch(1)
 
         self.algorithm_combo.currentIndexChanged.connect(lambda _: self._on_algorithm_changed())
+        self.recipe_combo.activated.connect(lambda _: self._on_recipe_picked())
         self.hparam_form.changed.connect(self._emit_changed)
         self.training_form.changed.connect(self._emit_changed)
         self.evaluation_form.changed.connect(self._emit_changed)
@@ -171,12 +205,38 @@ class AlgorithmPanel(QWidget):
         self.training_form.reset_defaults()
         self.device_combo.setCurrentIndex(max(0, self.device_combo.findData("auto")))
 
+    def set_kind(self, kind: str, dataset: str | None = None) -> None:
+        """Offer the algorithms of ``kind`` and pick its default one (or keep the chosen one if it fits);
+        ``dataset``: the dataset chosen for the kind (its default when None), which recipes must fit."""
+        kind_cls = get_kind_class(kind)
+        self.dataset = dataset or kind_cls.default_dataset
+        previous = self._current_name if kind == self.kind else None
+        if kind != self.kind:  # another kind's training setup (its recipe's steps, batches) rarely fits
+            self.training_form.reset_defaults()
+            self.evaluation_form.reset_defaults()
+        self.kind = kind
+        self.algorithm_combo.set_kind(kind)
+        self.algorithm_combo.blockSignals(True)  # one _on_algorithm_changed below, not one per index change
+        for name in (previous, kind_cls.default_algorithm):
+            if name and self.algorithm_combo.set_name(name):
+                break
+        else:
+            self.algorithm_combo.select_first()
+        self.algorithm_combo.blockSignals(False)
+        has_ways = "ways" in kind_cls.dataset_fields
+        for field in EPISODE_FIELDS:  # "train_shots" and the like mean nothing to a kind without the field
+            self.training_form.set_row_visible(f"train_{field}", field in kind_cls.dataset_fields)
+        if "episodes" in self.evaluation_form.names():
+            self.evaluation_form.label("episodes").setText("Test episodes" if has_ways else "Test tasks")
+        self._on_algorithm_changed()
+
     def _on_algorithm_changed(self) -> None:
         name = self.algorithm_name()
-        if name is None:
-            return
         if self._current_name is not None:
             self._hparams_by_algorithm[self._current_name] = self.hparam_form.values()
+        if name is None:
+            self._show_no_algorithm()
+            return
         cls = get_algorithm(name)
         self._current_name = name
         self.family_label.setText(f"<i>{cls.family.title}</i> — {cls.summary}")
@@ -185,9 +245,94 @@ class AlgorithmPanel(QWidget):
         saved = self._hparams_by_algorithm.get(name)
         if saved:
             self.hparam_form.set_values(saved)
+        self.algorithm_combo.setEnabled(True)
+        self.hp_title.show()
         self.no_hparams.setVisible(self.hparam_form.is_empty())
         self.hparam_form.setVisible(not self.hparam_form.is_empty())
         self.reset_button.setEnabled(not self.hparam_form.is_empty())
+        self._show_recipes(apply=not self._silent)  # a newly chosen algorithm starts from its recommended setup
+        self._emit_changed()
+
+    # --- recipes --------------------------------------------------------------------------------
+    def set_dataset(self, name: str) -> None:
+        """The dataset changed: offer the recipes that fit it (keeping the chosen one if it still fits)."""
+        if name and name != self.dataset:
+            self.dataset = name
+            self._show_recipes(apply=False)
+            self._emit_changed()
+
+    def _recipes(self) -> list[Recipe]:
+        name = self.algorithm_name()
+        return recipes_for(get_algorithm(name), self.kind, self.dataset) if name else []
+
+    def _show_recipes(self, apply: bool) -> None:
+        """List the algorithm's recipes for the kind and dataset, the recommended one first, then "none"."""
+        kept = self.recipe_combo.currentData() if not apply else None
+        recipes = self._recipes()
+        self.recipe_combo.blockSignals(True)
+        self.recipe_combo.clear()
+        for recipe in recipes:
+            self.recipe_combo.addItem(recipe.name + (" (recommended)" if recipe.recommended else ""), recipe.name)
+            self.recipe_combo.setItemData(self.recipe_combo.count() - 1, recipe.help, Qt.ItemDataRole.ToolTipRole)
+        self.recipe_combo.addItem("none: the declared defaults", "")
+        index = self.recipe_combo.findData(kept) if kept is not None else -1
+        self.recipe_combo.setCurrentIndex(index if index >= 0 else 0)
+        self.recipe_combo.blockSignals(False)
+        self._show_recipe_help()
+        if apply and recipes:
+            self.apply_recipe(recipes[0])
+
+    def _show_recipe_help(self) -> None:
+        recipe = self.recipe()
+        self.recipe_help.setText(recipe.help if recipe is not None else "The algorithm's declared defaults, "
+                                 "with the fields as you set them.")
+
+    def recipe_name(self) -> str:
+        """The recipe the config names ("" for none)."""
+        return self.recipe_combo.currentData() or ""
+
+    def recipe(self) -> Recipe | None:
+        return next((r for r in self._recipes() if r.name == self.recipe_name()), None)
+
+    def set_recipe(self, name: str) -> None:
+        """Name a recipe without applying it (a config whose fields already hold its values)."""
+        index = self.recipe_combo.findData(name or "")
+        self.recipe_combo.setCurrentIndex(index if index >= 0 else self.recipe_combo.count() - 1)
+        self._show_recipe_help()
+
+    def _on_recipe_picked(self) -> None:
+        self._show_recipe_help()
+        recipe = self.recipe()
+        if recipe is not None:
+            self.apply_recipe(recipe)
+        self._emit_changed()
+
+    def apply_recipe(self, recipe: Recipe) -> None:
+        """Fill the fields the recipe sets: hyperparameters, training and evaluation here; the window fills the
+        dataset and kind fields (``recipe_applied``)."""
+        sections = recipe.sections()
+        self.hparam_form.set_values(sections["hparams"])
+        training = dict(sections["training"])
+        device = training.pop("device", None)
+        self.training_form.set_values(training)
+        if device is not None and self.device_combo.findData(device) >= 0:
+            self.device_combo.setCurrentIndex(self.device_combo.findData(device))
+        self.evaluation_form.set_values(sections["evaluation"])
+        self.recipe_applied.emit(recipe)
+
+    def _show_no_algorithm(self) -> None:
+        """A kind no installed algorithm supports: say so instead of showing another algorithm's form."""
+        self._current_name = None
+        self.algorithm_combo.setEnabled(False)
+        title = get_kind_class(self.kind).title
+        self.family_label.setText("<i>No algorithm</i>")
+        self.description.setText(f"No installed algorithm supports {title[:1].lower() + title[1:]}. Algorithms "
+                                 "declare the kinds they support; a plugin can add one (Help > Plugins).")
+        self.hparam_form.set_specs([])
+        for widget in (self.hp_title, self.no_hparams, self.hparam_form):
+            widget.hide()
+        self._show_recipes(apply=False)
+        self.reset_button.setEnabled(False)
         self._emit_changed()
 
     # --- values -----------------------------------------------------------------------------
@@ -212,9 +357,14 @@ class AlgorithmPanel(QWidget):
         """Fill every field from an ExperimentConfig."""
         self._silent = True
         try:
+            self.dataset = config.dataset.name
+            if config.kind != self.kind:
+                self.set_kind(config.kind, config.dataset.name)
             if not self.algorithm_combo.set_name(config.algorithm.name):
-                raise ValueError(f"unknown algorithm {config.algorithm.name!r}")
+                raise ValueError(f"algorithm {config.algorithm.name!r} is not installed or does not support "
+                                 f"the {config.kind!r} kind")
             self._on_algorithm_changed()
+            self.set_recipe(config.algorithm.recipe)
             self.hparam_form.reset_defaults()
             self.hparam_form.set_values(config.algorithm.hparams)
             self.name_edit.setText(config.name)

@@ -1,4 +1,6 @@
-"""The dataset panel: choose a dataset, load it in the background, see its splits and one sampled episode.
+"""The dataset panel: choose a dataset of the experiment kind, load it in the background, see its splits and one
+sampled episode. It shows only the dataset fields the kind declares (``dataset_fields``) and takes every dataset
+fact (zip form, split protocols, image size) from the dataset's declaration (``DatasetInfo``).
 
 Loading goes through ``workbench.core.data.load_dataset`` in a worker thread (BackgroundTask) with a
 progress bar and Cancel. The n-way / k-shot / q-query fields are checked live against every split with
@@ -17,11 +19,13 @@ from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QSizePolicy, QToolTip, QVBoxLayout, QWidget)
 
+from workbench.core import catalog
 from workbench.core.config import DatasetConfig, config_fields
 from workbench.core import data as core_data
-from workbench.core.data import CATALOG, EpisodeSampler
+from workbench.core.data import EpisodeSampler, dataset_info
 from workbench.core.data.base import SPLIT_TITLES, SPLITS
 from workbench.core.errors import EpisodeError
+from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui.background import BackgroundTask
 from workbench.gui.hparam_form import HParamForm
 from workbench.gui.theme import LIGHT, Theme
@@ -185,9 +189,11 @@ class DatasetPanel(QWidget):
     dataset_loaded = Signal(object)  # FewShotDataset
     loading_changed = Signal(bool)
 
-    def __init__(self, parent: QWidget | None = None, theme: Theme = LIGHT, auto_load: bool = True):
+    def __init__(self, parent: QWidget | None = None, theme: Theme = LIGHT, auto_load: bool = True,
+                 kind: str = DEFAULT_KIND):
         super().__init__(parent)
         self.theme = theme
+        self.kind = kind
         self.auto_load = auto_load
         self.dataset = None  # the loaded FewShotDataset
         self.loaded_key: tuple | None = None
@@ -210,8 +216,7 @@ class DatasetPanel(QWidget):
         specs = {spec.name: spec for spec in config_fields()["dataset"]}
         self.name_combo = QComboBox()
         self.name_combo.setObjectName("datasetName")
-        for info in CATALOG.values():
-            self.name_combo.addItem(info.title, info.name)
+        self._fill_names()
         self.name_combo.setToolTip(specs["name"].help)
         self.description = QLabel()
         self.description.setWordWrap(True)
@@ -225,7 +230,6 @@ class DatasetPanel(QWidget):
         self.folder_button = QPushButton("Folder…")
         self.folder_button.setToolTip("Choose the folder holding the dataset")
         self.zip_button = QPushButton("Zip…")
-        self.zip_button.setToolTip("Choose an Omniglot zip file (images_background.zip, …_small1.zip)")
         self.download_check = QCheckBox("Download when not found")
         self.download_check.setObjectName("datasetDownload")
         self.download_check.setToolTip(specs["download"].help)
@@ -277,7 +281,7 @@ class DatasetPanel(QWidget):
         self.skipped_label.setObjectName("datasetSkipped")
         self.skipped_label.setWordWrap(True)
         self.skipped_label.hide()
-        splits_box = QGroupBox("Splits")
+        splits_box = self.splits_box = QGroupBox("Splits")
         splits_layout = QVBoxLayout(splits_box)
         splits_layout.addWidget(self.status_label)
         splits_layout.addWidget(self.skipped_label)
@@ -290,7 +294,7 @@ class DatasetPanel(QWidget):
         self.episode_problem.setObjectName("episodeProblem")
         self.episode_problem.setWordWrap(True)
         self.episode_problem.hide()
-        episode_box = QGroupBox("Episodes")
+        episode_box = self.episode_box = QGroupBox("Episodes")
         episode_layout = QVBoxLayout(episode_box)
         episode_layout.addWidget(self.episode_form)
         episode_layout.addWidget(self.episode_problem)
@@ -305,7 +309,7 @@ class DatasetPanel(QWidget):
         caption_row = QHBoxLayout()
         caption_row.addWidget(self.preview_caption, 1)
         caption_row.addWidget(self.resample_button, 0, Qt.AlignmentFlag.AlignTop)
-        preview_box = QGroupBox("A sampled episode")
+        preview_box = self.preview_box = QGroupBox("A sampled episode")
         preview_layout = QVBoxLayout(preview_box)
         preview_layout.addLayout(caption_row)
         preview_layout.addWidget(self.grid)
@@ -333,17 +337,58 @@ class DatasetPanel(QWidget):
         self.grid.set_theme(theme)
         self._refresh_status()
 
+    def _fill_names(self) -> None:
+        """The datasets that serve the kind, in catalog order (no signal)."""
+        self.name_combo.blockSignals(True)
+        self.name_combo.clear()
+        for info in catalog.datasets_info(self.kind):
+            self.name_combo.addItem(info["title"], info["name"])
+            self.name_combo.setItemData(self.name_combo.count() - 1, info["description"],
+                                        Qt.ItemDataRole.ToolTipRole)
+        self.name_combo.blockSignals(False)
+
+    def set_kind(self, kind: str) -> None:
+        """Offer the datasets of ``kind``, pick its default one and show only the fields it declares; the fields
+        start from their defaults (another kind's episode setting rarely fits)."""
+        self.kind = kind
+        self._silent = True
+        try:
+            self.options.reset_defaults()
+            self.episode_form.reset_defaults()
+        finally:
+            self._silent = False
+        self._fill_names()
+        index = self.name_combo.findData(get_kind_class(kind).default_dataset)
+        self.name_combo.blockSignals(True)
+        self.name_combo.setCurrentIndex(max(0, index))
+        self.name_combo.blockSignals(False)
+        self._on_dataset_changed()
+
+    def fields(self) -> tuple[str, ...]:
+        """The dataset fields the kind declares; the others keep their defaults."""
+        return tuple(get_kind_class(self.kind).dataset_fields)
+
+    def has_episodes(self) -> bool:
+        """Tasks are N-way episodes of classes (the preview and the episode check apply)."""
+        return "ways" in self.fields()
+
     # --- values -----------------------------------------------------------------------------
     def dataset_name(self) -> str:
         return self.name_combo.currentData()
 
+    def info(self):
+        """The DatasetInfo of the chosen dataset (None when the kind has none installed)."""
+        name = self.dataset_name()
+        return dataset_info(name) if name else None
+
     def values(self) -> dict[str, Any]:
-        """The dataset section of the config, as plain values."""
+        """The dataset section of the config, as plain values: only the fields the kind declares."""
         values = {"name": self.dataset_name(), "root": self.root_edit.text().strip(),
                   "download": self.download_check.isChecked()}
         values.update(self.options.values())
         values.update(self.episode_form.values())
-        return values
+        fields = self.fields()
+        return {key: value for key, value in values.items() if key in fields}
 
     def set_values(self, values: dict[str, Any]) -> None:
         self._silent = True
@@ -361,7 +406,7 @@ class DatasetPanel(QWidget):
 
     def load_key(self) -> tuple:
         values = self.values()
-        return tuple(values[name] for name in LOAD_FIELDS)
+        return tuple(values.get(name) for name in LOAD_FIELDS)
 
     @property
     def is_loading(self) -> bool:
@@ -373,16 +418,51 @@ class DatasetPanel(QWidget):
 
     # --- reactions --------------------------------------------------------------------------
     def _on_dataset_changed(self) -> None:
-        info = CATALOG[self.dataset_name()]
+        info, fields = self.info(), self.fields()
+        if info is None:
+            self.description.setText("No installed dataset serves this kind; a plugin can add one.")
+            for widget in (self.root_widget, self.download_check):
+                self.source_form.setRowVisible(widget, False)
+            self._on_source_changed()
+            return
         self.description.setText(info.description)
-        self.root_widget.setVisible(info.needs_root)
-        self.source_form.setRowVisible(self.root_widget, info.needs_root)
-        self.zip_button.setVisible(info.name == "omniglot")
-        self.source_form.setRowVisible(self.download_check, info.downloadable)
-        # Options that mean nothing for this dataset are hidden rather than ignored silently.
-        self.options.set_row_visible("split", info.name in ("omniglot", "folder"))
-        self.options.set_row_visible("split_seed", info.name == "folder")
+        needs_root = info.needs_root and "root" in fields
+        self.source_form.setRowVisible(self.root_widget, needs_root)
+        self.zip_button.setVisible(info.has_zip_form)
+        self.zip_button.setToolTip(f"Choose a {info.title} zip file")
+        self.source_form.setRowVisible(self.download_check, info.downloadable and "download" in fields)
+        # Options that mean nothing for this kind or dataset are hidden rather than ignored silently.
+        for name in self.options.names():
+            self.options.set_row_visible(name, name in fields)
+        self._show_split_choices(info, "split" in fields)
+        self._show_image_size(info)
+        for name in EPISODE_FIELDS:
+            self.episode_form.set_row_visible(name, name in fields)
+        self.episode_box.setTitle("Episodes" if self.has_episodes() else "Tasks")
+        self.episode_box.setVisible(any(name in fields for name in EPISODE_FIELDS))
+        self.preview_box.setVisible(self.has_episodes())
+        self.splits_box.setTitle("Splits" if self.has_episodes() else "Data")
         self._on_source_changed()
+
+    def _show_split_choices(self, info, shown: bool) -> None:
+        """Offer the split protocols the dataset declares (its usual one is "default")."""
+        names = self.options.names()
+        if "split" in names:
+            editor = self.options.editor("split")
+            view = editor.view()
+            for row in range(editor.count()):
+                view.setRowHidden(row, editor.itemData(row) not in ("default", *info.splits))
+            if editor.currentData() not in ("default", *info.splits):
+                editor.setCurrentIndex(max(0, editor.findData("default")))
+            self.options.set_row_visible("split", shown and bool(info.splits))
+        if "split_seed" in names:  # the seed of a split by ratio
+            self.options.set_row_visible("split_seed", shown and "ratio" in info.splits)
+
+    def _show_image_size(self, info) -> None:
+        if "image_size" in self.options.names():
+            size = info.default_image_size
+            editor = self.options.editor("image_size")
+            editor.setSpecialValueText(f"dataset default ({size}×{size})" if size else "dataset default")
 
     def _on_source_changed(self) -> None:
         if self._silent:
@@ -405,20 +485,20 @@ class DatasetPanel(QWidget):
     def _auto_load(self) -> None:
         if self.is_ready() or (self.is_loading and self._loading_key == self.load_key()):
             return
-        info = CATALOG[self.dataset_name()]
-        if info.needs_root and not self.root_edit.text().strip():
+        info = self.info()
+        if info is None or info.needs_root and not self.root_edit.text().strip():
             return  # wait for a folder
         self.load()
 
     def _choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, f"Choose the {CATALOG[self.dataset_name()].title} folder",
+        folder = QFileDialog.getExistingDirectory(self, f"Choose the {self.info().title} folder",
                                                   self.root_edit.text())
         if folder:
             self.root_edit.setText(folder)
 
     def _choose_zip(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose an Omniglot zip file", self.root_edit.text(),
-                                              "Zip files (*.zip)")
+        path, _ = QFileDialog.getOpenFileName(self, f"Choose a {self.info().title} zip file",
+                                              self.root_edit.text(), "Zip files (*.zip)")
         if path:
             self.root_edit.setText(path)
 
@@ -506,17 +586,25 @@ class DatasetPanel(QWidget):
             self.status_label.setText("Loading the dataset…")
             return
         if not self.is_ready():
-            info = CATALOG[self.dataset_name()]
-            if info.needs_root and not self.root_edit.text().strip():
+            info = self.info()
+            if info is None:
+                self.status_label.setText("No dataset.")
+            elif info.needs_root and not self.root_edit.text().strip():
                 self.status_label.setText(f"Choose the folder holding {html.escape(info.title)}"
                                           + (" or allow downloading." if info.downloadable else "."))
             else:
                 self.status_label.setText("Not loaded yet.")
             self.skipped_label.hide()
             return
+        splits = getattr(self.dataset, "splits", None) or {}
+        if not all(hasattr(splits.get(split), "class_counts") for split in SPLITS):
+            # Generated tasks (no class splits): the declaration says what they are.
+            self.status_label.setText(f"Loaded {html.escape(self.info().title)}: tasks are drawn as needed.")
+            self.skipped_label.hide()
+            return
         rows = []
         for split in SPLITS:
-            part = self.dataset.splits[split]
+            part = splits[split]
             counts = part.class_counts()
             spread = f"{min(counts)}–{max(counts)}" if counts and min(counts) != max(counts) else (
                 f"{counts[0]}" if counts else "0")
@@ -526,7 +614,7 @@ class DatasetPanel(QWidget):
         self.status_label.setText(f"<table>{''.join(rows)}</table>"
                                   f"<span style='color:{theme.muted_text}'>{spec.image_size}×{spec.image_size}, "
                                   f"{spec.channels} channel{'s' if spec.channels > 1 else ''}</span>")
-        skipped = self.dataset.skipped_files
+        skipped = getattr(self.dataset, "skipped_files", None) or []
         if skipped:
             listed = "\n".join(f"{path}: {reason}" for path, reason in skipped[:30])
             more = f"\n… and {len(skipped) - 30} more" if len(skipped) > 30 else ""
@@ -553,7 +641,7 @@ class DatasetPanel(QWidget):
         """Draw a new episode from meta-train for the preview."""
         if new_seed:
             self._preview_seed = random.randrange(2**31)
-        if not self.is_ready():
+        if not self.is_ready() or not self.has_episodes():
             self.grid.set_message("No episode yet: the dataset is not loaded.")
             self.preview_caption.clear()
             return

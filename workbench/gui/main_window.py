@@ -1,11 +1,15 @@
-"""The main window: experiment setup docked on the left, views as tabs in the centre, a status bar.
+"""The main window: experiment setup docked on the left (the kind first, then dataset and algorithm), views as
+tabs in the centre, a status bar.
 
-Integration points for views added by later issues:
+Integration points for views:
 
-- ``MainWindow.add_view(name, widget)`` adds a tab; a widget with ``apply_theme(theme)`` follows the theme.
+- Views are tabs built from :mod:`workbench.gui.view_registry` (``@register_view`` classes with ``for_window``);
+  a tab whose capability the kind (or the chosen algorithm) does not give is greyed and says what feeds it.
+  ``MainWindow.add_view(name, widget)`` adds a plain tab; a widget with ``apply_theme(theme)`` follows the theme.
 - ``MainWindow.training_records(job_id, payload)``: the worker's throttled records (numpy arrays, see
   ``workbench.gui.worker.RecordBatch.payload``); ``training_started(job_id, info)`` and
-  ``training_finished(job_id, final)`` bracket a job. ``MainWindow.dataset()`` is the loaded FewShotDataset.
+  ``training_finished(job_id, final)`` bracket a job; ``kind_changed(name)`` follows the setup's kind.
+  ``MainWindow.dataset()`` is the loaded dataset.
 - ``MainWindow.current_config()`` is the ONE place the panels become an ExperimentConfig.
 """
 
@@ -23,23 +27,22 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
 from workbench.core.algorithms import get_algorithm
 from workbench.core.config import ExperimentConfig
 from workbench.core.data import check_episode_setting
-from workbench.core.errors import EpisodeError, WorkbenchError
+from workbench.core.errors import ConfigError, EpisodeError, WorkbenchError
 from workbench.core.hparams import to_dict
+from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui import theme as themes
+from workbench.gui import view_registry
 from workbench.gui.algorithm_panel import AlgorithmPanel
 from workbench.gui.dataset_panel import DatasetPanel
+from workbench.gui.kind_panel import KindPanel
 from workbench.gui.settings import Settings
-from workbench.gui.training_view import TrainingView, _format_duration
+from workbench.gui.training_view import _format_duration
 from workbench.gui.worker import TrainingController
 
 try:  # written by another engineer; the window works without it
     from workbench.gui import dialogs
 except ImportError:  # pragma: no cover
     dialogs = None
-try:
-    from workbench.gui.runs_view import RunsView
-except ImportError:  # pragma: no cover
-    RunsView = None
 
 APP_TITLE = "Meta-Learning Workbench"
 FINAL_MESSAGES = {
@@ -60,12 +63,29 @@ def _scrolled(widget: QWidget) -> QScrollArea:
     return area
 
 
+def _task_text(kind: str, ways: int, shots: int) -> str:
+    """"5-way 1-shot" for kinds with classes, "10-shot" for kinds of points."""
+    try:
+        fields = get_kind_class(kind).dataset_fields
+    except WorkbenchError:
+        fields = ("ways", "shots")
+    return f"{ways}-way {shots}-shot" if "ways" in fields else f"{shots}-shot"
+
+
+def _metric_key(kind: str) -> str | None:
+    try:
+        return get_kind_class(kind).metric.key
+    except WorkbenchError:
+        return None
+
+
 class MainWindow(QMainWindow):
     training_started = Signal(int, object)  # job id, info (run_id, run_name, device, total_steps, …)
     training_records = Signal(int, object)  # job id, payload of numpy arrays (throttled to ~20/s)
     training_finished = Signal(int, object)  # job id, final info (event, message, run_id, …)
     theme_changed = Signal(object)  # theme.Theme
     run_store_changed = Signal()
+    kind_changed = Signal(str)  # the experiment kind chosen in the setup
 
     def __init__(self, store=None, settings: Settings | None = None, restore: bool = True,
                  trainer_factory: Callable | None = None, auto_load: bool = True):
@@ -81,7 +101,11 @@ class MainWindow(QMainWindow):
         self.last_error: tuple[str, str, str | None] | None = None
         self.run_blocked_reason: str | None = None
         self.last_final: dict[str, Any] | None = None
-        self._views: dict[str, QWidget] = {}
+        self._views: dict[str, QWidget] = {}  # plain tabs added with add_view
+        self._view_tabs: dict[str, view_registry.ViewTab] = {}  # registered views' tabs, by title
+        self._registered: list[tuple[type, QWidget]] = []  # (view class, view), in tab order
+        # The (kind, algorithm) of the run trained last and of the run the user opened: their tabs stay enabled.
+        self._shown_runs: dict[str, tuple[str, str]] = {}
         self._greeted = False
         self._active_run_id: str | None = None
 
@@ -123,21 +147,31 @@ class MainWindow(QMainWindow):
 
     # --- construction -----------------------------------------------------------------------
     def _build_panels(self, auto_load: bool) -> None:
-        self.dataset_panel = DatasetPanel(theme=self.theme, auto_load=auto_load)
-        self.algorithm_panel = AlgorithmPanel()
+        self.kind_panel = KindPanel()
+        self.dataset_panel = DatasetPanel(theme=self.theme, auto_load=auto_load, kind=self.kind_panel.kind_name())
+        self.algorithm_panel = AlgorithmPanel(kind=self.kind_panel.kind_name())
+        self.kind_panel.kind_changed.connect(self._on_kind_changed)
+        self.algorithm_panel.recipe_applied.connect(self._apply_recipe)
+        self.dataset_panel.name_combo.currentIndexChanged.connect(
+            lambda _: self.algorithm_panel.set_dataset(self.dataset_panel.dataset_name()))
+        self.kind_dock = QDockWidget("Experiment", self)
+        self.kind_dock.setObjectName("kindDock")
+        self.kind_dock.setWidget(self.kind_panel)
         self.dataset_dock = QDockWidget("Dataset", self)
         self.dataset_dock.setObjectName("datasetDock")
         self.dataset_dock.setWidget(_scrolled(self.dataset_panel))
         self.algorithm_dock = QDockWidget("Algorithm && training", self)
         self.algorithm_dock.setObjectName("algorithmDock")
         self.algorithm_dock.setWidget(_scrolled(self.algorithm_panel))
-        for dock in (self.dataset_dock, self.algorithm_dock):
+        for dock in (self.kind_dock, self.dataset_dock, self.algorithm_dock):
             dock.setAllowedAreas(Qt.DockWidgetArea.LeftDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
             dock.setMinimumWidth(380)
             self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
         self.setTabPosition(Qt.DockWidgetArea.AllDockWidgetAreas, QTabWidget.TabPosition.North)
         self.tabifyDockWidget(self.dataset_dock, self.algorithm_dock)
         self.dataset_dock.raise_()
+        # The kind sits above the tabbed panels, as small as its contents allow.
+        self.resizeDocks([self.kind_dock], [self.kind_panel.sizeHint().height()], Qt.Orientation.Vertical)
         self._default_state: QByteArray | None = None
 
     def _build_views(self) -> None:
@@ -145,62 +179,88 @@ class MainWindow(QMainWindow):
         self.tabs.setObjectName("views")
         self.tabs.setDocumentMode(True)
         self.setCentralWidget(self.tabs)
-        self.training_view = TrainingView(theme=self.theme)
-        self.add_view("Training", self.training_view)
-        self.runs_view = None
-        if RunsView is not None:
-            self.runs_view = RunsView(self.store)
-            self.add_view("Runs", self.runs_view)
-            self.runs_view.open_run.connect(self.open_run)
-            self.runs_view.overlay_runs.connect(self.overlay_runs)
-            self.runs_view.resume_run.connect(self.resume_run)
-            self.runs_view.status_message.connect(lambda text: self.statusBar().showMessage(text, 8000))
-            for name in ("run_deleted", "run_renamed", "evaluation_finished"):
-                signal = getattr(self.runs_view, name, None)
-                if signal is not None:
-                    signal.connect(lambda *_: self.run_store_changed.emit())
-        from workbench.gui import try_view
-
-        self.try_view = try_view.install(self)
-        from workbench.gui.evaluation_view import EvaluationView
-
-        self.evaluation_view = EvaluationView(self.store, theme=self.theme)
-        self.add_view("Evaluation", self.evaluation_view)
-        self.run_store_changed.connect(self.evaluation_view.refresh_runs)
-        self.training_finished.connect(lambda *_: self.evaluation_view.refresh_runs())
-        from workbench.gui.adaptation_view import AdaptationView
-
-        self.adaptation_view = AdaptationView(self.store, theme=self.theme)
-        self.add_view("Adaptation", self.adaptation_view)
-        self.run_store_changed.connect(self.adaptation_view.refresh_runs)
-        self.training_finished.connect(lambda *_: self.adaptation_view.refresh_runs())
-        from workbench.gui.projector_view import ProjectorView
-
-        self.projector_view = ProjectorView.for_window(self)  # follows training live, like the weights view
-        self.add_view("Embeddings", self.projector_view)
-        from workbench.gui.weights_view import WeightsView
-
-        self.add_view("Sample weights", WeightsView.for_window(self))
+        classes = view_registry.view_classes()
+        for cls in classes:  # None until built, so a view may look for another with getattr
+            name = view_registry.attribute_name(cls)
+            if hasattr(type(self), name):
+                raise TypeError(f"view {cls.__name__} would hide MainWindow.{name}; rename the class")
+            setattr(self, name, None)
+        for cls in classes:
+            view = cls.for_window(self)
+            setattr(self, view_registry.attribute_name(cls), view)
+            view.setObjectName(view.objectName() or f"{view_registry.attribute_name(cls)}")
+            tab = self._view_tabs.get(cls.view_title)
+            if tab is None:
+                tab = self._view_tabs[cls.view_title] = view_registry.ViewTab(cls.view_title)
+                self.tabs.addTab(tab, cls.view_title)
+            tab.add_view(cls.view_capability, view)
+            self._registered.append((cls, view))
+        self._update_tabs()
 
     def add_view(self, name: str, widget: QWidget) -> int:
-        """Add a view as a tab; it follows the theme when it has ``apply_theme(theme)``. Returns the tab index."""
+        """Add a plain tab (always enabled); it follows the theme when it has ``apply_theme(theme)``. Returns the
+        tab index. Views that depend on the kind register with view_registry instead."""
         widget.setObjectName(widget.objectName() or f"{name.lower().replace(' ', '_')}_view")
         self._views[name] = widget
         index = self.tabs.addTab(widget, name)
-        if hasattr(widget, "apply_theme") and widget is not self.training_view:
+        if hasattr(widget, "apply_theme"):
             widget.apply_theme(self.theme)
         return index
 
     def view(self, name: str) -> QWidget | None:
-        return self._views.get(name)
+        """A view by tab title (a shared tab gives the page of the current kind) or by capability."""
+        if name in self._view_tabs:
+            return self._view_tabs[name].current_view()
+        if name in self._views:
+            return self._views[name]
+        return next((view for cls, view in self._registered if cls.view_capability == name), None)
 
     def views(self) -> dict[str, QWidget]:
-        return dict(self._views)
+        """Tab title -> the view shown there."""
+        shown = {title: tab.current_view() for title, tab in self._view_tabs.items()}
+        shown.update(self._views)
+        return shown
+
+    def all_views(self) -> list[QWidget]:
+        """Every view, also those on hidden pages of shared tabs."""
+        return [view for _, view in self._registered] + list(self._views.values())
 
     def show_view(self, name: str) -> None:
-        widget = self._views.get(name)
-        if widget is not None:
-            self.tabs.setCurrentWidget(widget)
+        if name in self._view_tabs:
+            self.tabs.setCurrentWidget(self._view_tabs[name])
+        elif name in self._views:
+            self.tabs.setCurrentWidget(self._views[name])
+
+    def tab_enabled(self, title: str) -> bool:
+        tab = self._view_tabs.get(title)
+        return tab is not None and self.tabs.isTabEnabled(self.tabs.indexOf(tab))
+
+    def tab_tooltip(self, title: str) -> str:
+        tab = self._view_tabs.get(title)
+        return self.tabs.tabToolTip(self.tabs.indexOf(tab)) if tab is not None else ""
+
+    def _update_tabs(self) -> None:
+        """Enable the tabs that apply to the setup's kind and algorithm, or to the run shown; grey the others
+        with a tooltip saying which kinds and algorithms feed them."""
+        if not hasattr(self, "tabs"):
+            return
+        contexts = [(self.kind_panel.kind_name(), self.algorithm_panel.algorithm_name())]
+        contexts += list(self._shown_runs.values())
+        for tab in self._view_tabs.values():
+            reason = tab.choose(contexts)
+            index = self.tabs.indexOf(tab)
+            self.tabs.setTabEnabled(index, not reason)
+            self.tabs.setTabToolTip(index, reason)
+            tab.setEnabled(True)  # the tab is greyed; its page (the explanation, if shown) stays readable
+
+    def _show_run_of(self, config, source: str) -> None:
+        """Keep the tabs of this run's kind and algorithm enabled; ``source``: "trained" or "opened" (the
+        views follow both the live run and the run opened from the Runs view)."""
+        try:
+            self._shown_runs[source] = (config.kind, config.algorithm.name)
+        except AttributeError:  # a damaged config: the setup and the other run decide
+            self._shown_runs.pop(source, None)
+        self._update_tabs()
 
     def dataset(self):
         """The FewShotDataset loaded for the current settings, or None."""
@@ -239,6 +299,10 @@ class MainWindow(QMainWindow):
         self.about_action = self._action("&About", self.show_about, (), "Versions of the workbench, torch and Qt")
         self.reset_layout_action = self._action("Reset &layout", self.reset_layout, (),
                                                 "Put the panels back where they started")
+        self.kind_action = self._action("Choose the experiment &kind…", self.choose_kind, ("Ctrl+K",),
+                                        "Pick what kind of problem the experiment learns")
+        self.plugins_action = self._action("&Plugins…", self.show_plugins, ("Ctrl+Shift+P",),
+                                           "The installed plugins and what they add")
 
         toolbar = QToolBar("Training")
         toolbar.setObjectName("trainingToolbar")
@@ -270,6 +334,9 @@ class MainWindow(QMainWindow):
             run_menu.addAction(action)
 
         view_menu = menu.addMenu("&View")
+        view_menu.addAction(self.kind_action)
+        view_menu.addSeparator()
+        view_menu.addAction(self.kind_dock.toggleViewAction())
         view_menu.addAction(self.dataset_dock.toggleViewAction())
         view_menu.addAction(self.algorithm_dock.toggleViewAction())
         view_menu.addAction(self.toolbar.toggleViewAction())
@@ -288,6 +355,7 @@ class MainWindow(QMainWindow):
 
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self.shortcuts_action)
+        help_menu.addAction(self.plugins_action)
         help_menu.addAction(self.about_action)
 
     def _build_status_bar(self) -> None:
@@ -311,8 +379,9 @@ class MainWindow(QMainWindow):
         state = self.settings.window_state()
         if state is not None:
             self.restoreState(state)
-        if self.runs_view is not None:
+        if self.runs_view is not None and hasattr(self.runs_view, "restore_state"):
             self.runs_view.restore_state(self.settings.qsettings)
+        self.set_kind(self.settings.kind() or DEFAULT_KIND)  # kept even when the experiment cannot be restored
         text = self.settings.last_experiment_toml()
         if text:
             try:
@@ -329,14 +398,15 @@ class MainWindow(QMainWindow):
         except (WorkbenchError, ValueError):
             pass  # an invalid experiment is not worth restoring
         self.settings.save_theme(self.theme_preference)
-        if self.runs_view is not None:
+        self.settings.save_kind(self.kind_panel.kind_name())
+        if self.runs_view is not None and hasattr(self.runs_view, "save_state"):
             self.runs_view.save_state(self.settings.qsettings)
         self.settings.sync()
 
     def reset_layout(self) -> None:
         if self._default_state is not None:
             self.restoreState(self._default_state)
-        for dock in (self.dataset_dock, self.algorithm_dock):
+        for dock in (self.kind_dock, self.dataset_dock, self.algorithm_dock):
             dock.show()
             dock.setFloating(False)
         self.dataset_dock.raise_()
@@ -357,29 +427,66 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             themes.apply(app, self.theme)
-        self.training_view.apply_theme(self.theme)
         self.dataset_panel.set_theme(self.theme)
-        for widget in self._views.values():
-            if widget is not self.training_view and hasattr(widget, "apply_theme"):
+        for widget in self.all_views():
+            if hasattr(widget, "apply_theme"):
                 widget.apply_theme(self.theme)
         self.theme_changed.emit(self.theme)
         if hasattr(self, "run_hint"):
             self._show_run_hint()
 
     # --- the experiment ---------------------------------------------------------------------
+    def kind_name(self) -> str:
+        return self.kind_panel.kind_name()
+
+    def set_kind(self, name: str) -> bool:
+        """Choose the experiment kind (the panels then offer its datasets and algorithms, defaults chosen)."""
+        return self.kind_panel.set_kind(name)
+
+    def choose_kind(self) -> None:
+        self.kind_dock.show()
+        self.kind_panel.combo.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        self.kind_panel.combo.showPopup()
+
+    def _on_kind_changed(self, name: str) -> None:
+        self.dataset_panel.set_kind(name)
+        self.algorithm_panel.set_kind(name, self.dataset_panel.dataset_name())
+        if not self.training_view.has_data() and not self.controller.is_running:
+            self.training_view.set_metric(_metric_key(name))  # empty curves are labelled for this kind
+        self._update_tabs()
+        self.kind_changed.emit(name)
+
+    def _apply_recipe(self, recipe) -> None:
+        """The dataset and kind fields of a recipe the algorithm panel applied (it fills its own)."""
+        sections = recipe.sections()
+        if sections["dataset"]:
+            self.dataset_panel.set_values({**self.dataset_panel.values(), **sections["dataset"]})
+        if sections["task"]:
+            self.kind_panel.set_options({**self.kind_panel.options(), **sections["task"]})
+
     def current_config(self) -> ExperimentConfig:
         """The ONE function that turns the panels into an ExperimentConfig (raises ConfigError)."""
         algorithm = self.algorithm_panel
+        kind = self.kind_panel.kind_name()
+        if algorithm.algorithm_name() is None:
+            title = get_kind_class(kind).title
+            raise ConfigError("algorithm.name", f"no installed algorithm supports {title[:1].lower() + title[1:]}")
         return ExperimentConfig.from_dict({
             "name": algorithm.run_name(),
+            "kind": kind,
+            "task": self.kind_panel.options(),
             "dataset": self.dataset_panel.values(),
-            "algorithm": {"name": algorithm.algorithm_name(), "hparams": algorithm.hparams()},
+            "algorithm": {"name": algorithm.algorithm_name(), "hparams": algorithm.hparams(),
+                          "recipe": algorithm.recipe_name()},
             "training": algorithm.training_values(),
             "evaluation": algorithm.evaluation_values(),
         })
 
     def apply_config(self, config: ExperimentConfig) -> None:
         """Fill the panels from a config (File > Import, last experiment, resumed run)."""
+        if not self.set_kind(config.kind):
+            raise ConfigError("kind", f"the experiment kind '{config.kind}' is not installed")
+        self.kind_panel.set_options(config.task)
         self.dataset_panel.set_values(to_dict(config.dataset))
         self.algorithm_panel.set_config(config)
         self.revalidate()
@@ -446,6 +553,7 @@ class MainWindow(QMainWindow):
                 episode_problem = self._episode_problem(config)
                 reason = episode_problem
         panel.show_episode_problem(episode_problem)
+        self._update_tabs()
         self.run_blocked_reason = reason
         if reason and self.statusBar().currentMessage().startswith("Ready"):
             self.statusBar().clearMessage()  # "press Run" would contradict the disabled button
@@ -456,6 +564,8 @@ class MainWindow(QMainWindow):
         return reason
 
     def _episode_problem(self, config: ExperimentConfig) -> str | None:
+        if not self.dataset_panel.has_episodes():
+            return None  # tasks of points or functions: nothing to draw from classes
         dataset = self.dataset_panel.dataset
         checks = []
         algorithm_cls = get_algorithm(config.algorithm.name)
@@ -541,8 +651,11 @@ class MainWindow(QMainWindow):
     def _start_job(self, config, resume: str | None, title: str, shown_config=None, history=None) -> int:
         home = getattr(self.store, "home", None)
         job_id = self.controller.start(config, home, resume=resume)
-        total = (config or shown_config).training.steps
-        self.training_view.begin_job(job_id, title, total, history=history)
+        shown = config or shown_config
+        total = shown.training.steps
+        self._show_run_of(shown, "trained")
+        self.training_view.begin_job(job_id, title, total, history=history,
+                                     metric=get_kind_class(shown.kind).metric.key)
         self.status_progress.setRange(0, 0)
         self.status_progress.show()
         self.status_rate.setText("")
@@ -554,8 +667,8 @@ class MainWindow(QMainWindow):
     def _job_title(config: ExperimentConfig) -> str:
         cls = get_algorithm(config.algorithm.name)
         d = config.dataset
-        return (f"{cls.title} on {d.name}: {d.ways}-way {d.shots}-shot, {config.training.steps:,} steps "
-                f"(seed {config.training.seed})")
+        return (f"{cls.title} on {d.name}: {_task_text(config.kind, d.ways, d.shots)}, "
+                f"{config.training.steps:,} steps (seed {config.training.seed})")
 
     def toggle_pause(self) -> None:
         if self.controller.is_running:
@@ -574,10 +687,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Training run {name} on {info.get('device', '?')}." +
                                      (f" {info['message'][:1].upper()}{info['message'][1:]}." if info.get("message")
                                       else ""))
-        if self.runs_view is not None:
-            self.runs_view.refresh()
-            self.runs_view.set_active_run(self._active_run_id)
-        self.run_store_changed.emit()
+        self.run_store_changed.emit()  # views refresh their run lists (the Runs view marks the active run)
         self.training_started.emit(job_id, info)
 
     def _on_job_loading(self, job_id: int, done: int, total: int, message: str) -> None:
@@ -627,9 +737,6 @@ class MainWindow(QMainWindow):
 
     def _finish_job(self, job_id: int, final: dict) -> None:
         self._active_run_id = None
-        if self.runs_view is not None:
-            self.runs_view.set_active_run(None)
-            self.runs_view.refresh()
         self.revalidate()
         self.run_store_changed.emit()
         self.training_finished.emit(job_id, final)
@@ -641,15 +748,20 @@ class MainWindow(QMainWindow):
             run = self.store.get(run_id)
             records = run.read_metrics()
             record = run.record()
+            config = run.config
         except WorkbenchError as exc:
             self.report_error("Cannot open the run", str(exc))
             return
         name = record.name or run_id
+        kind = getattr(config, "kind", DEFAULT_KIND)
+        self._show_run_of(config, "opened")
         if self.controller.is_running:
             self.training_view.add_overlay(name, records)
         else:
-            self.training_view.load_metrics(records, title=f"Run {name}: {record.algorithm} on {record.dataset}, "
-                                            f"{record.ways}-way {record.shots}-shot ({record.status})")
+            self.training_view.load_metrics(
+                records, title=f"Run {name}: {record.algorithm} on {record.dataset}, "
+                f"{_task_text(kind, record.ways, record.shots)} ({record.status})",
+                metric=_metric_key(kind))
         self.show_view("Training")
 
     def overlay_runs(self, run_ids: list, baseline_id: object = None) -> None:
@@ -693,6 +805,19 @@ class MainWindow(QMainWindow):
         dialog.open()
         self._last_dialog = dialog
 
+    def show_plugins(self) -> None:
+        """Help > Plugins: what each installed plugin adds, and the errors of broken ones."""
+        try:
+            from workbench.gui.plugins_dialog import show_plugins_dialog
+        except ImportError as exc:
+            self.statusBar().showMessage(f"The plugins dialog is not available: {exc}", 8000)
+            return
+        self._last_dialog = show_plugins_dialog(self)
+
+    def show_status(self, text: str, timeout_ms: int = 8000) -> None:
+        """A view's one-line message in the status bar."""
+        self.statusBar().showMessage(text, timeout_ms)
+
     def show_about(self) -> None:
         if dialogs is None:
             return
@@ -718,7 +843,7 @@ class MainWindow(QMainWindow):
             QApplication.processEvents()
             ok = self.controller.shutdown() and ok
         ok = self.dataset_panel.shutdown() and ok
-        for view in self._views.values():  # every view that runs background work joins its threads here
+        for view in self.all_views():  # every view that runs background work joins its threads here
             if hasattr(view, "shutdown"):
                 ok = view.shutdown() is not False and ok
         return ok

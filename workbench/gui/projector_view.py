@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPro
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
 from workbench.gui.evaluation_view import image_pixmap
+from workbench.gui.view_registry import register_view
 
 KINDS = ("support", "query", "prototype")
 HOVER_RADIUS_PX = 10
@@ -138,7 +139,12 @@ def class_colours(ways: int) -> list[str]:
     return [pg.intColor(i, hues=ways).name() for i in range(ways)]
 
 
+@register_view
 class ProjectorView(QWidget):
+    view_title = "Embeddings"
+    view_capability = "embeddings"
+    view_order = 60
+
     frames_loaded = Signal(object)
     frame_shown = Signal(int)  # the frame index
 

@@ -1,4 +1,5 @@
-"""What survives a restart: window geometry and dock layout, the last experiment and the theme.
+"""What survives a restart: window geometry and dock layout, the experiment kind, the last experiment and the
+theme.
 
 Stored with QSettings in INI format (organization "MetaLearningWorkbench", application "workbench").
 Tests and the screenshot tour redirect it with ``QSettings.setPath(IniFormat, UserScope, folder)`` or with
@@ -17,7 +18,8 @@ from workbench.gui.theme import THEME_CHOICES
 ORGANIZATION = "MetaLearningWorkbench"
 APPLICATION = "workbench"
 # Bump when the layout of the window changes incompatibly: an old saved dock layout is then ignored.
-SETTINGS_VERSION = 1
+# 2: the experiment kind got its own dock above the dataset and algorithm panels.
+SETTINGS_VERSION = 2
 SETTINGS_DIR_ENV = "WORKBENCH_SETTINGS_DIR"
 
 
@@ -66,6 +68,15 @@ class Settings:
 
     def save_experiment_toml(self, text: str) -> None:
         self._q.setValue("experiment/config", text)
+
+    def kind(self) -> str:
+        """The experiment kind chosen last ("" when none was saved); kept apart from the experiment, which is
+        not saved while it is invalid."""
+        value = self._q.value("experiment/kind")
+        return value if isinstance(value, str) else ""
+
+    def save_kind(self, name: str) -> None:
+        self._q.setValue("experiment/kind", name)
 
     def last_folder(self, kind: str) -> str:
         value = self._q.value(f"folders/{kind}")

@@ -1,5 +1,6 @@
-"""Screenshot tour: ``workbench tour --out DIR`` opens the real main window, trains a short glyphs run and
-saves a PNG of each panel and view into DIR (offscreen when there is no display).
+"""Screenshot tour: ``workbench tour --out DIR`` opens the real main window, trains a short run of the default
+experiment (the default kind's dataset and algorithm) and saves a PNG of each panel and view into DIR (offscreen
+when there is no display).
 
 It uses its own temporary settings and run store unless ``--home`` is given, so a user's settings and runs
 are never touched.
@@ -18,7 +19,7 @@ from typing import Callable
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench tour", description="Save screenshots of every panel and view "
-                                     "while a short glyphs training runs.")
+                                     "while a short training of the default experiment runs.")
     parser.add_argument("--out", required=True, help="Folder for the PNG files (created if missing).")
     parser.add_argument("--steps", type=int, default=150, help="Meta-training steps of the demo run (default 150).")
     parser.add_argument("--val-interval", type=int, default=50, help="Validate every this many steps (default 50).")
@@ -65,28 +66,29 @@ class Tour:
         return path
 
 
-def _fill_try_view(view, folder: Path) -> None:
-    """Three classes of glyphs from different alphabets, a drawn support image and two queries."""
+def _fill_try_view(view, folder: Path, dataset) -> None:
+    """Three meta-test classes of the loaded dataset (far apart in its class order), two images each, two
+    queries and a drawn one."""
     from PIL import Image
     from PySide6.QtCore import QPoint, Qt
     from PySide6.QtTest import QTest
 
-    from workbench.core.data.glyphs import DEFAULT_PARAMS, render_glyph
-
-    test_classes = DEFAULT_PARAMS.split_class_ranges()["test"]
-    picks = [test_classes[0], test_classes[47], test_classes[93]]
+    split = dataset.splits["test"]
+    by_class = split.indices_by_class()
+    picks = [0, split.num_classes // 3, 2 * split.num_classes // 3]
     folder.mkdir(parents=True, exist_ok=True)
 
-    def glyph_file(class_id: int, sample: int) -> Path:
-        path = folder / f"glyph-{class_id}-{sample}.png"
-        Image.fromarray(render_glyph(class_id, sample, size=56)).save(path)
+    def image_file(class_id: int, sample: int) -> Path:
+        path = folder / f"class-{class_id}-{sample}.png"
+        pixels = split.images[int(by_class[class_id][sample])].numpy()
+        Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)).save(path)
         return path
 
     while len(view.task.class_names()) < len(picks):
         view.add_class()
     for class_name, class_id in zip(view.task.class_names(), picks):
-        view.add_files(class_name, [glyph_file(class_id, sample) for sample in (0, 1)])
-    view.add_files(None, [glyph_file(picks[0], 7), glyph_file(picks[2], 9)])
+        view.add_files(class_name, [image_file(class_id, sample) for sample in (0, 1)])
+    view.add_files(None, [image_file(picks[0], 2), image_file(picks[2], 3)])
     # A drawing, stroke by stroke as a user would, added as a query.
     canvas = view.sketch.canvas
     QTest.mousePress(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(40, 60))
@@ -94,6 +96,74 @@ def _fill_try_view(view, folder: Path) -> None:
         QTest.mouseMove(canvas, QPoint(40 + step, 60 + step // 2))
     QTest.mouseRelease(canvas, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(190, 135))
     view.add_drawing()
+
+
+# The regression screenshots come after the numbers of the episodic ones, which are made separately (17, 18).
+REGRESSION_FIRST_NUMBER = 19
+REGRESSION_STEPS = 1000  # about 15 s on two idle cores: enough for the meta-learned start to look like the tasks
+
+
+def _train_regression_demo(tour: Tour, args) -> str | None:
+    """Switch to the regression kind, train a short run with its recommended recipe and evaluate it quickly;
+    returns the run id (None when the kind is not installed)."""
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.config import ExperimentConfig
+    from workbench.core.recipes import recommended_recipe
+    from workbench.core.try_points import REGRESSION_KIND
+
+    window, panel = tour.window, tour.window.dataset_panel
+    if not window.set_kind(REGRESSION_KIND):
+        return None
+    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the regression dataset")
+    base = window.current_config()
+    recipe = recommended_recipe(get_algorithm(base.algorithm.name), base.kind, base.dataset.name)
+    config = ExperimentConfig.from_dict({
+        "name": f"tour-{base.algorithm.name}-{base.dataset.name}", "kind": base.kind,
+        "dataset": {"name": base.dataset.name},
+        "algorithm": {"name": base.algorithm.name, "recipe": recipe.name if recipe else ""},
+        "training": {"steps": REGRESSION_STEPS, "val_interval": REGRESSION_STEPS // 5,
+                     "val_episodes": args.val_episodes, "checkpoint_interval": REGRESSION_STEPS}})
+    window.apply_config(config)
+    finished: list[dict] = []
+    window.training_finished.connect(lambda job_id, final: finished.append(final))
+    if window.start_training(config) is None:
+        raise RuntimeError(f"the tour could not start the regression run: {window.run_blocked_reason}")
+    tour.wait_until(lambda: bool(finished), "the end of the regression run")
+    run_id = finished[-1].get("run_id")
+    if window.runs_view is not None and run_id:
+        evaluated: list = []
+        window.runs_view.evaluation_finished.connect(lambda *result: evaluated.append(result))
+        window.runs_view.evaluate(run_id, episodes=args.val_episodes * 4)
+        tour.wait_until(lambda: bool(evaluated), "the evaluation of the regression run")
+        window.run_store_changed.emit()
+    return run_id
+
+
+def _regression_tour(tour: Tour, args) -> None:
+    """A short regression run, then the Fit view and the regression "Try a task" page with a few clicked points."""
+    from PySide6.QtCore import QPointF, Qt
+    from PySide6.QtTest import QTest
+
+    window = tour.window
+    run_id = _train_regression_demo(tour, args)
+    if run_id is None:
+        return  # no regression kind installed: nothing to show
+    tour.count = max(tour.count, REGRESSION_FIRST_NUMBER - 1)
+    fit = window.view("fit")
+    window.show_view(fit.view_title)
+    fit.show_run(run_id)
+    tour.shoot(window, "fit")
+
+    page = window.view("try_points")
+    window.show_view(page.view_title)
+    page.select_model(run_id)
+    box = page.canvas.getPlotItem().getViewBox()
+    for x, y in ((-4.2, 1.9), (-2.6, 1.5), (-1.0, -2.0), (1.2, 0.0), (3.4, 2.0)):  # clicks on 2.5 sin(x - 1.2)
+        tour.pump()
+        spot = page.canvas.mapFromScene(box.mapViewToScene(QPointF(x, y)))
+        QTest.mouseClick(page.canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, spot)
+    tour.wait_until(lambda: page.fit is not None and not page.busy, "the adaptation to the clicked points")
+    tour.shoot(window, "try-regression")
 
 
 def run_tour(args) -> list[Path]:
@@ -117,7 +187,7 @@ def run_tour(args) -> list[Path]:
     window.show()
     tour = Tour(app, window, out, args.timeout)
     panel = window.dataset_panel
-    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the glyphs dataset")
+    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the dataset")
     tour.wait_until(lambda: window.run_blocked_reason is None, "a runnable experiment")
 
     window.show_view("Training")
@@ -138,7 +208,8 @@ def run_tour(args) -> list[Path]:
     training = window.algorithm_panel.training_form
     training.set_values({"steps": args.steps, "val_interval": args.val_interval,
                          "val_episodes": args.val_episodes})
-    window.algorithm_panel.name_edit.setText("tour-protonet-glyphs")
+    demo = window.current_config()  # the kind's default dataset and algorithm
+    window.algorithm_panel.name_edit.setText(f"tour-{demo.algorithm.name}-{demo.dataset.name}")
     tour.pump()
     finished: list[dict] = []
     window.training_finished.connect(lambda job_id, final: finished.append(final))
@@ -152,7 +223,7 @@ def run_tour(args) -> list[Path]:
 
     # A second run with a higher learning rate, to compare in the Runs tab and as overlays.
     training.set_value("lr", 3e-3)
-    window.algorithm_panel.name_edit.setText("tour-protonet-lr3e-3")
+    window.algorithm_panel.name_edit.setText(f"tour-{demo.algorithm.name}-lr3e-3")
     tour.wait_until(lambda: window.run_blocked_reason is None, "a runnable experiment")
     if window.start_training() is None:
         raise RuntimeError(f"the tour could not start the second run: {window.run_blocked_reason}")
@@ -188,7 +259,7 @@ def run_tour(args) -> list[Path]:
             if hasattr(widget, action):
                 getattr(widget, action)()
         if name == "Try a task":
-            _fill_try_view(widget, out / ".try-images")
+            _fill_try_view(widget, out / ".try-images", window.dataset())
         tour.pump(300)
         tasks = [t for t in vars(widget).values() if hasattr(t, "is_running") and hasattr(t, "cancel")]
         tour.wait_until(lambda: not any(t.is_running for t in tasks), f"the {name} view")
@@ -208,6 +279,8 @@ def run_tour(args) -> list[Path]:
         window.show_about()
         tour.shoot(window._last_dialog, "about")
         window._last_dialog.close()
+
+    _regression_tour(tour, args)
 
     window.close()
     tour.pump()

@@ -1,4 +1,5 @@
-"""The Training tab: live curves of meta-train loss and accuracy and of validation accuracy with its 95% CI.
+"""The Training tab: live curves of meta-train loss and of the run's metric (accuracy, MSE: whatever the
+experiment kind reports, named in the records) with its validation value and 95% CI.
 
 Data is kept in growing float64 numpy arrays; curves clip to the view and downsample ("peak"), so a
 100,000-step run stays smooth. A smoothing slider applies TensorBoard's debiased EMA to the raw data, with
@@ -20,7 +21,9 @@ from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QSlider, QToolButton,
                                QVBoxLayout, QWidget)
 
+from workbench.core.kinds import ACCURACY, MetricSpec
 from workbench.gui.theme import LIGHT, Theme, blend, with_alpha
+from workbench.gui.view_registry import register_view
 from workbench.gui.worker import RecordBatch
 
 # Curves are redrawn at most this often: painting holds the GIL part of the time and would slow training.
@@ -136,6 +139,31 @@ def _curve(**kwargs) -> pg.PlotDataItem:
     return item
 
 
+def metric_spec(key: str | None) -> MetricSpec:
+    """The metric a kind declares under ``key`` ("accuracy", "mse"); accuracy when None (runs before kinds)."""
+    if not key:
+        return ACCURACY
+    from workbench.core.kinds import get_kind_class, kind_names
+
+    for name in kind_names():
+        metric = get_kind_class(name).metric
+        if metric.key == key:
+            return metric
+    return MetricSpec(key, key.capitalize(), higher_is_better=True, percent=False)  # a kind since uninstalled
+
+
+def metric_name(metric: MetricSpec) -> str:
+    """The metric inside a sentence: "accuracy", "MSE"."""
+    return metric.title if metric.title[1:2].isupper() else metric.title.lower()
+
+
+def format_value(metric: MetricSpec, value: float, ci95: float = math.nan) -> str:
+    """One decimal for percentages ("61.3% ± 1.2"), four significant digits otherwise ("0.1234 ± 0.011")."""
+    if metric.percent:
+        return f"{100 * value:.1f}%" + (f" ± {100 * ci95:.1f}" if math.isfinite(ci95) else "")
+    return f"{value:.4g}" + (f" ± {ci95:.2g}" if math.isfinite(ci95) else "")
+
+
 def _format_duration(seconds: float) -> str:
     if not math.isfinite(seconds) or seconds < 0:
         return "–"
@@ -145,21 +173,32 @@ def _format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+@register_view
 class TrainingView(QWidget):
     """Live and saved training curves. Records for another job id than the current one are ignored."""
 
+    view_title = "Training"
+    view_capability = "curves"
+    view_order = 10
+
     exported = Signal(str)  # path written
+
+    @classmethod
+    def for_window(cls, window) -> "TrainingView":
+        """The window drives this view directly (begin_job, append, load_metrics) as its jobs and runs change."""
+        return cls(theme=getattr(window, "theme", LIGHT))
 
     def __init__(self, parent: QWidget | None = None, theme: Theme = LIGHT):
         super().__init__(parent)
         self.theme = theme
         self.job_id: int | None = None
+        self.run_metric = ACCURACY  # of the run shown (not "metric": QWidget.metric() is a Qt method)
         self.loss = SmoothedSeries()
-        self.accuracy = SmoothedSeries()
+        self.score = SmoothedSeries()  # the metric's per-step values
         self.lr = GrowingArray()
         self.extras: dict[str, GrowingArray] = {}
         self.val_steps = GrowingArray(64)
-        self.val_accuracy = GrowingArray(64)
+        self.val_score = GrowingArray(64)
         self.val_ci95 = GrowingArray(64)
         self.events: list[dict[str, Any]] = []
         self.last: dict[str, Any] = {}
@@ -228,10 +267,9 @@ class TrainingView(QWidget):
         self.plots.setObjectName("trainingPlots")
         self.loss_plot = self.plots.addPlot(row=0, col=0)
         self.acc_plot = self.plots.addPlot(row=1, col=0)
-        for plot, title, label in ((self.loss_plot, "Meta-train loss", "loss"),
-                                   (self.acc_plot, "Accuracy", "accuracy")):
-            plot.setTitle(title)
-            plot.setLabel("left", label)
+        self.loss_plot.setTitle("Meta-train loss")
+        self.loss_plot.setLabel("left", "loss")
+        for plot in (self.loss_plot, self.acc_plot):
             plot.setLabel("bottom", "meta-training step")
             plot.showGrid(x=True, y=True)
             plot.setClipToView(True)
@@ -240,8 +278,7 @@ class TrainingView(QWidget):
             for axis in ("left", "bottom"):
                 plot.getAxis(axis).setStyle(maxTickLevel=0)  # major grid lines only: minor ones cost paint time
         self.acc_plot.setXLink(self.loss_plot)
-        self.acc_plot.setLimits(yMin=-0.05, yMax=1.05)
-        self.acc_plot.setYRange(0, 1, padding=0.02)
+        self._show_metric()
         self.legend = self.acc_plot.addLegend(offset=(-10, -10))  # bottom right: curves rise from the bottom left
 
         self.loss_raw = _curve()
@@ -271,6 +308,28 @@ class TrainingView(QWidget):
         layout.addWidget(self.plots, 1)
         layout.addWidget(self.summary_label)
         self._on_smoothing_changed(self.smoothing_slider.value())
+
+    def set_metric(self, key: str | None) -> None:
+        """Label the second plot, its range and the summary after the run's metric (accuracy, MSE, ...)."""
+        metric = metric_spec(key)
+        if metric != self.run_metric:
+            self.run_metric = metric
+            self._show_metric()
+
+    def _show_metric(self) -> None:
+        metric = self.run_metric
+        self.acc_plot.setTitle(metric.title + ("" if metric.higher_is_better else " (lower is better)"),
+                               color=self.theme.plot_foreground)
+        self.acc_plot.setLabel("left", metric_name(metric))
+        if metric.percent:
+            self.acc_plot.setLimits(yMin=-0.05, yMax=1.05)
+            self.acc_plot.setYRange(0, 1, padding=0.02)
+        else:
+            self.acc_plot.setLimits(yMin=None, yMax=None)
+            self.acc_plot.enableAutoRange(axis="y")
+        if hasattr(self, "legend"):  # where the curves are not: they rise to the top or fall to the bottom
+            corner = (1, 1) if metric.higher_is_better else (1, 0)
+            self.legend.anchor(corner, corner, offset=(-10, -10 if metric.higher_is_better else 10))
 
     def apply_theme(self, theme: Theme) -> None:
         self.theme = theme
@@ -305,11 +364,11 @@ class TrainingView(QWidget):
     # --- data -------------------------------------------------------------------------------
     def clear(self) -> None:
         self.loss.clear()
-        self.accuracy.clear()
+        self.score.clear()
         self.lr.clear()
         self.extras = {}
         self.val_steps.clear()
-        self.val_accuracy.clear()
+        self.val_score.clear()
         self.val_ci95.clear()
         self.events = []
         self.last = {}
@@ -321,13 +380,15 @@ class TrainingView(QWidget):
         self._refresh_summary()
 
     def begin_job(self, job_id: int, title: str = "", total_steps: int = 0,
-                  history: Iterable[dict[str, Any]] | None = None) -> None:
+                  history: Iterable[dict[str, Any]] | None = None, metric: str | None = None) -> None:
         """Forget the previous curves and accept records of ``job_id`` only. ``history``: records a resumed run
-        already has (its metrics.jsonl), drawn first so the curves continue."""
+        already has (its metrics.jsonl), drawn first so the curves continue. ``metric``: the kind's metric key
+        (the records name it too)."""
         self.job_id = job_id
         self.clear()
+        self.set_metric(metric)
         if history:
-            batch = RecordBatch()
+            batch = RecordBatch(self.run_metric.key)
             for record in history:
                 if record.get("event", "step") not in ("finished", "stopped", "budget", "diverged"):
                     batch.add(dict(record))
@@ -375,11 +436,14 @@ class TrainingView(QWidget):
         self.flush()
 
     def _add_payload(self, payload: dict[str, Any]) -> None:
+        if payload.get("metric"):
+            self.set_metric(payload["metric"])
+        key = self.run_metric.key
         steps = payload.get("steps")
         if steps is not None and len(steps):
             previous = len(self.loss)
             self.loss.extend(steps, payload["loss"])
-            self.accuracy.extend(steps, payload["accuracy"])
+            self.score.extend(steps, payload.get(key, np.full(len(steps), np.nan)))
             self.lr.extend(payload.get("lr", np.full(len(steps), np.nan)))
             for name, values in (payload.get("extras") or {}).items():
                 column = self.extras.get(name)
@@ -393,17 +457,18 @@ class TrainingView(QWidget):
         val_steps = payload.get("val_steps")
         if val_steps is not None and len(val_steps):
             self.val_steps.extend(val_steps)
-            self.val_accuracy.extend(payload["val_accuracy"])
+            self.val_score.extend(payload.get(f"val_{key}", np.full(len(val_steps), np.nan)))
             self.val_ci95.extend(payload["val_ci95"])
         self.events.extend(payload.get("events") or [])
         if payload.get("last"):
             self.last = dict(payload["last"])
 
-    def load_metrics(self, records: Iterable[dict[str, Any]], title: str = "") -> None:
-        """Show a saved run's curves (records as in metrics.jsonl)."""
+    def load_metrics(self, records: Iterable[dict[str, Any]], title: str = "", metric: str | None = None) -> None:
+        """Show a saved run's curves (records as in metrics.jsonl; ``metric``: the run's kind's metric key)."""
         self.job_id = None
         self.clear()
-        batch = RecordBatch()
+        self.set_metric(metric)
+        batch = RecordBatch(self.run_metric.key)
         for record in records:
             batch.add(dict(record))
         self._add_payload(batch.payload())
@@ -420,28 +485,32 @@ class TrainingView(QWidget):
 
     # --- overlays ---------------------------------------------------------------------------
     def add_overlay(self, name: str, records: Iterable[dict[str, Any]], pinned: bool = False) -> None:
-        """Draw another run's smoothed loss and validation accuracy (dashed when ``pinned``, e.g. a baseline)."""
-        batch = RecordBatch()
+        """Draw another run's smoothed loss and validation metric (dashed when ``pinned``, e.g. a baseline)."""
+        batch = RecordBatch(self.run_metric.key)
         for record in records:
             batch.add(dict(record))
         payload = batch.payload()
+        if not self.has_data() and not self._overlays:
+            self.set_metric(payload["metric"])  # comparing runs only: label the plot after the first
+        key = payload["metric"]
+        payload["score"], payload["val_score"] = payload[key], payload[f"val_{key}"]
         weight = self.smoothing_slider.value() / 100
         loss_smoothed, _ = debiased_ema(payload["loss"], weight)
-        acc_smoothed, _ = debiased_ema(payload["accuracy"], weight)
+        acc_smoothed, _ = debiased_ema(payload["score"], weight)
         overlay = {
             "name": name, "pinned": pinned,
             "loss": _curve(name=name),
-            "accuracy": _curve(),
+            "score": _curve(),
             "validation": _curve(name=f"{name} (validation)", symbol="t", symbolSize=6),
             "raw": payload,
         }
         # Data only after the items are in their plots: clip-to-view needs the view box.
         self.loss_plot.addItem(overlay["loss"])
-        self.acc_plot.addItem(overlay["accuracy"])
+        self.acc_plot.addItem(overlay["score"])
         self.acc_plot.addItem(overlay["validation"])
         overlay["loss"].setData(payload["steps"], loss_smoothed)
-        overlay["accuracy"].setData(payload["steps"], acc_smoothed)
-        overlay["validation"].setData(payload["val_steps"], payload["val_accuracy"])
+        overlay["score"].setData(payload["steps"], acc_smoothed)
+        overlay["validation"].setData(payload["val_steps"], payload["val_score"])
         self._overlays.append(overlay)
         self._style_overlay(overlay, len(self._overlays) - 1)
         self._refresh_summary()
@@ -450,7 +519,7 @@ class TrainingView(QWidget):
         color = self.theme.overlays[index % len(self.theme.overlays)]
         style = Qt.PenStyle.DashLine if overlay["pinned"] else Qt.PenStyle.SolidLine
         overlay["loss"].setPen(pg.mkPen(color, width=1.5, style=style))
-        overlay["accuracy"].setPen(pg.mkPen(with_alpha(color, 150), width=1, style=style))
+        overlay["score"].setPen(pg.mkPen(with_alpha(color, 150), width=1, style=style))
         overlay["validation"].setPen(pg.mkPen(color, width=2, style=style))
         overlay["validation"].setSymbolBrush(pg.mkBrush(color))
         overlay["validation"].setSymbolPen(pg.mkPen(color))
@@ -461,7 +530,7 @@ class TrainingView(QWidget):
     def clear_overlays(self) -> None:
         for overlay in self._overlays:
             self.loss_plot.removeItem(overlay["loss"])
-            self.acc_plot.removeItem(overlay["accuracy"])
+            self.acc_plot.removeItem(overlay["score"])
             self.acc_plot.removeItem(overlay["validation"])
             for item in (overlay["loss"], overlay["validation"]):
                 self.legend.removeItem(item)
@@ -473,11 +542,11 @@ class TrainingView(QWidget):
         weight = value / 100
         self.smoothing_value.setText(f"{weight:.2f}")
         self.loss.set_weight(weight)
-        self.accuracy.set_weight(weight)
+        self.score.set_weight(weight)
         for overlay in self._overlays:
             raw = overlay["raw"]
             overlay["loss"].setData(raw["steps"], debiased_ema(raw["loss"], weight)[0])
-            overlay["accuracy"].setData(raw["steps"], debiased_ema(raw["accuracy"], weight)[0])
+            overlay["score"].setData(raw["steps"], debiased_ema(raw["score"], weight)[0])
         self._redraw()
 
     @property
@@ -489,10 +558,10 @@ class TrainingView(QWidget):
         x = self.loss.x.data
         show_raw = self.smoothing_slider.value() > 0
         self.loss_raw.setData(x, self.loss.y.data) if show_raw else self.loss_raw.setData([], [])
-        self.acc_raw.setData(x, self.accuracy.y.data) if show_raw else self.acc_raw.setData([], [])
+        self.acc_raw.setData(x, self.score.y.data) if show_raw else self.acc_raw.setData([], [])
         self.loss_smooth.setData(x, self.loss.smoothed.data)
-        self.acc_smooth.setData(x, self.accuracy.smoothed.data)
-        vx, vy, ci = self.val_steps.data, self.val_accuracy.data, self.val_ci95.data
+        self.acc_smooth.setData(x, self.score.smoothed.data)
+        vx, vy, ci = self.val_steps.data, self.val_score.data, self.val_ci95.data
         ci = np.nan_to_num(ci, nan=0.0)
         self.val_curve.setData(vx, vy)
         self.val_upper.setData(vx, vy + ci)
@@ -539,16 +608,18 @@ class TrainingView(QWidget):
 
     def _refresh_summary(self) -> None:
         parts = []
+        metric, name = self.run_metric, metric_name(self.run_metric)
         if len(self.loss):
             parts.append(f"last loss {self.loss.smoothed.data[-1]:.3f} (smoothed)")
-            parts.append(f"train accuracy {100 * self.accuracy.smoothed.data[-1]:.1f}%")
-        if len(self.val_accuracy):
-            accs = self.val_accuracy.data
-            best = int(np.nanargmax(accs)) if np.isfinite(accs).any() else len(accs) - 1
-            ci = self.val_ci95.data[best]
-            ci_text = f" ± {100 * ci:.1f}" if math.isfinite(ci) else ""
-            parts.append(f"best validation accuracy {100 * accs[best]:.1f}%{ci_text} at step "
-                         f"{int(self.val_steps.data[best]):,}")
+            parts.append(f"train {name} {format_value(metric, self.score.smoothed.data[-1])}")
+        if len(self.val_score):
+            values = self.val_score.data
+            if np.isfinite(values).any():
+                best = int(np.nanargmax(values) if metric.higher_is_better else np.nanargmin(values))
+            else:
+                best = len(values) - 1
+            parts.append(f"best validation {name} {format_value(metric, values[best], self.val_ci95.data[best])} "
+                         f"at step {int(self.val_steps.data[best]):,}")
         message = self.last.get("message") if self.last else ""
         if message and self.last.get("event") in ("diverged", "stopped", "budget", "finished"):
             parts.append(message)
@@ -606,19 +677,19 @@ class TrainingView(QWidget):
         path = Path(path)
         rows: dict[int, dict[str, Any]] = {}
         extras = sorted(self.extras)
-        columns = ["step", "loss", "accuracy", "lr", "loss_smoothed", "accuracy_smoothed", *extras,
-                   "val_accuracy", "val_ci95"]
+        key = self.run_metric.key  # columns named after the metric, as in metrics.jsonl
+        columns = ["step", "loss", key, "lr", "loss_smoothed", f"{key}_smoothed", *extras, f"val_{key}", "val_ci95"]
         for i, step in enumerate(self.loss.x.data):
             row = rows.setdefault(int(step), {})
-            row.update(loss=self.loss.y.data[i], accuracy=self.accuracy.y.data[i],
-                       loss_smoothed=self.loss.smoothed.data[i], accuracy_smoothed=self.accuracy.smoothed.data[i])
+            row.update({"loss": self.loss.y.data[i], key: self.score.y.data[i],
+                        "loss_smoothed": self.loss.smoothed.data[i], f"{key}_smoothed": self.score.smoothed.data[i]})
             if i < len(self.lr):
                 row["lr"] = self.lr.data[i]
             for name in extras:
                 row[name] = self.extras[name].data[i]
         for i, step in enumerate(self.val_steps.data):
-            rows.setdefault(int(step), {}).update(val_accuracy=self.val_accuracy.data[i],
-                                                  val_ci95=self.val_ci95.data[i])
+            rows.setdefault(int(step), {}).update({f"val_{key}": self.val_score.data[i],
+                                                   "val_ci95": self.val_ci95.data[i]})
 
         def cell(value: Any) -> str:
             if value is None or (isinstance(value, float) and not math.isfinite(value)):

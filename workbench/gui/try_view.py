@@ -22,6 +22,7 @@ from workbench.core.tryatask import (DEFAULT_SEED, Task, TaskImage, bundled_mode
                                      pca_2d)
 from workbench.gui.background import BackgroundTask
 from workbench.gui.sketchpad import SketchPad
+from workbench.gui.view_registry import register_view
 
 THUMB = 56
 CLASS_COLOURS = ("#1f6fd1", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#1098ad", "#f08c00", "#495057")
@@ -316,11 +317,24 @@ def _scrolling_column(spacing: int) -> tuple[QVBoxLayout, QScrollArea]:
     return column, scroll
 
 
+@register_view
 class TryView(QWidget):
     """Model chooser, class cards, queries with predictions, a sketch pad and an adaptation plot."""
 
+    view_title = "Try a task"
+    view_capability = "try_images"
+    view_order = 30
+
     predictions_updated = Signal(object)  # TaskResult or None
     status_message = Signal(str)
+
+    @classmethod
+    def for_window(cls, window) -> "TryView":
+        """A view whose model list follows the window's run store. MainWindow.shutdown() joins its thread, as it
+        does for every view with a ``shutdown()``."""
+        view = cls(window.store)
+        window.run_store_changed.connect(view.refresh_models)
+        return view
 
     def __init__(self, store=None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -801,14 +815,3 @@ class TryView(QWidget):
         self._refresh_timer.stop()
         return self.worker.shutdown(timeout_ms)
 
-
-def install(window) -> TryView:
-    """Add the view to a MainWindow as the "Try a task" tab and keep its model list current.
-
-    MainWindow.shutdown() joins the view's thread, as it does for every view with a ``shutdown()``."""
-    view = TryView(window.store)
-    window.add_view("Try a task", view)
-    signal = getattr(window, "run_store_changed", None)
-    if signal is not None:
-        signal.connect(view.refresh_models)
-    return view

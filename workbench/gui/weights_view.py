@@ -1,7 +1,8 @@
-"""The "Sample weights" view: the learned weight function of Meta-Weight-Net, replayable over training.
+"""The "Sample weights" view: the learned weight function of an algorithm that learns to weight its samples
+(capability "sample_weights"), replayable over training.
 
-Data source: ``weight_history.npz`` in the run folder, which the algorithm rewrites at each snapshot (see
-:mod:`workbench.core.algorithms.meta_weight_net`). While a run trains, the view re-reads the file when it
+Data source: ``weight_history.npz`` in the run folder, which the algorithm rewrites at each snapshot (its
+``caption`` entry, when present, describes the setting). While a run trains, the view re-reads the file when it
 changed (checked at most once a second, on the worker's record signal); a saved run is read once. So the
 view never touches the model of a running training thread, and it works the same after a restart.
 """
@@ -20,9 +21,13 @@ from PySide6.QtWidgets import (QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QS
                                QVBoxLayout, QWidget)
 
 from workbench.gui.theme import LIGHT, Theme
+from workbench.gui.view_registry import feeders_text, register_view
 
-HISTORY_FILE = "weight_history.npz"  # same name as meta_weight_net.HISTORY_FILE (kept import-free of torch)
-WEIGHTING_ALGORITHMS = {"meta-weight-net": "Meta-Weight-Net"}
+HISTORY_FILE = "weight_history.npz"  # the name the weighting algorithms write (kept import-free of torch)
+CAPABILITY = "sample_weights"
+# Entries of the history that are data, not a description of the run's setting.
+HISTORY_ARRAYS = {"steps", "curves", "loss_grid", "hist_clean", "hist_noisy", "clean_mean", "noisy_mean",
+                  "test_accuracy", "thumbnails", "thumb_weights", "thumb_noisy", "thumb_losses", "setting", "caption"}
 RELOAD_SECONDS = 1.0
 THUMB_PIXELS = 48
 
@@ -32,10 +37,35 @@ EXPLANATION = (
     "the learned curve <b>weight(loss)</b>, how it changed over training (drag the time slider), "
     "histograms of the training losses of clean and noisy samples, and training images sorted by the weight "
     "they get.</p>"
-    "<p>It is fed by <b>{algorithms}</b>. Train one, for example with 40% corrupted labels "
-    "(<code>workbench train --algorithm meta-weight-net --label-noise 0.4</code>), or open such a run in the "
-    "Runs view.</p>"
+    "<p>{feeders} Train one (choose it in the Algorithm panel), for example with part of the labels "
+    "corrupted, or open such a run in the Runs view.</p>"
     "<p><i>{reason}</i></p>")
+
+
+def learns_weights(algorithm: str) -> bool:
+    """Whether the algorithm declares the capability this view shows."""
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.errors import WorkbenchError
+
+    try:
+        return get_algorithm(algorithm).has(CAPABILITY)
+    except WorkbenchError:
+        return False
+
+
+def history_caption(history: dict[str, np.ndarray]) -> str:
+    """What the history says about its run's setting: its ``caption``, else its other scalar entries."""
+    caption = history.get("caption")
+    if caption is not None and caption.ndim == 0:
+        return str(caption)
+    parts = []
+    for key, value in history.items():
+        if key in HISTORY_ARRAYS or np.ndim(value) != 0:
+            continue
+        item = value.item()
+        text = f"{item:g}" if isinstance(item, float) else str(item)
+        parts.append(f"{key.replace('_', ' ')} {text}")
+    return ", ".join(parts)
 
 
 def read_history(path: str | Path) -> dict[str, np.ndarray] | None:
@@ -86,8 +116,13 @@ def thumbnail_strip(images: np.ndarray, weights: np.ndarray, noisy: np.ndarray, 
     return pixmap
 
 
+@register_view
 class WeightsView(QWidget):
     """Explains itself for algorithms without a learned weighting; otherwise plots the run's history."""
+
+    view_title = "Sample weights"
+    view_capability = CAPABILITY
+    view_order = 70
 
     snapshot_changed = Signal(int)  # index of the snapshot shown
 
@@ -228,7 +263,7 @@ class WeightsView(QWidget):
     def _show_folder(self, folder: Path, algorithm: str | None) -> None:
         self.run_folder = folder
         self._loaded_mtime = None
-        if algorithm is not None and algorithm not in WEIGHTING_ALGORITHMS:
+        if algorithm is not None and not learns_weights(algorithm):
             self.history = None
             self.show_explanation(f"The run shown ({folder.name}) uses {algorithm or 'an unknown algorithm'}, "
                                   f"which learns no sample weighting.")
@@ -282,8 +317,7 @@ class WeightsView(QWidget):
 
     # --- drawing ---------------------------------------------------------------------------------
     def show_explanation(self, reason: str) -> None:
-        names = ", ".join(WEIGHTING_ALGORITHMS.values())
-        self.explanation.setText(EXPLANATION.format(algorithms=names, reason=reason))
+        self.explanation.setText(EXPLANATION.format(feeders=feeders_text(CAPABILITY), reason=reason))
         self.stack.setCurrentIndex(0)
 
     @property
@@ -294,14 +328,9 @@ class WeightsView(QWidget):
         count = int(history["steps"].size)
         at_end = self.history is None or self._follow_latest or self.slider.value() == self.slider.maximum()
         self.history = history
-        noise = float(history.get("label_noise", np.nan))
-        weighting = bool(history.get("weighting", True))
-        kind = str(history.get("noise_kind", ""))
         episodic = str(history.get("setting", "")) == "episodic"
-        details = [f"{100 * noise:.0f}% {kind} label noise" + (" on support sets" if episodic else "")
-                   if math.isfinite(noise) else "",
-                   "learned weighting" if weighting else "baseline without weighting (all weights 1)"]
-        self.title.setText(f"<b>{title}</b>: " + ", ".join(d for d in details if d))
+        caption = history_caption(history)
+        self.title.setText(f"<b>{title}</b>" + (f": {caption}" if caption else ""))
         self.strip_caption.setText(
             ("Support images of fixed training tasks" if episodic else "Training images") +
             " sorted by weight (lowest first); red frame: corrupted label, green: correct label.")

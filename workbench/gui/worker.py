@@ -24,6 +24,7 @@ from workbench.core.data.base import Cancelled
 from workbench.core.errors import WorkbenchError
 
 EMIT_INTERVAL_S = 0.05  # about 20 updates per second
+DEFAULT_METRIC = "accuracy"  # what records without a "metric" key hold (runs from before experiment kinds)
 FINAL_EVENTS = ("finished", "stopped", "budget", "diverged")
 
 
@@ -70,19 +71,24 @@ def describe_failure(exc: BaseException) -> tuple[str, str]:
 
 
 class RecordBatch:
-    """Step records gathered between two emissions, turned into arrays when sent."""
+    """Step records gathered between two emissions, turned into arrays when sent.
 
-    def __init__(self):
+    Records name their score after the kind's metric (``"metric": "mse"`` with ``mse``/``val_mse``); records
+    without ``metric`` (runs from before kinds, and classification's compact metrics.jsonl lines) mean accuracy.
+    The payload keeps those names: ``payload["metric"]`` says which key holds the scores."""
+
+    def __init__(self, metric: str = DEFAULT_METRIC):
+        self.metric = metric
         self.clear()
 
     def clear(self) -> None:
         self.steps: list[float] = []
         self.loss: list[float] = []
-        self.accuracy: list[float] = []
+        self.score: list[float] = []
         self.lr: list[float] = []
         self.extras: dict[str, list[float]] = {}
         self.val_steps: list[float] = []
-        self.val_accuracy: list[float] = []
+        self.val_score: list[float] = []
         self.val_ci95: list[float] = []
         self.events: list[dict[str, Any]] = []
         self.last: dict[str, Any] | None = None
@@ -92,11 +98,12 @@ class RecordBatch:
 
     def add(self, record: dict[str, Any]) -> None:
         event = record.get("event", "step")
+        metric = self.metric = str(record.get("metric") or self.metric)
         if event == "step":
             count = len(self.steps)
             self.steps.append(_num(record.get("step")))
             self.loss.append(_num(record.get("loss")))
-            self.accuracy.append(_num(record.get("accuracy")))
+            self.score.append(_num(record.get(metric)))
             self.lr.append(_num(record.get("lr")))
             for name, value in (record.get("extras") or {}).items():
                 column = self.extras.setdefault(name, [math.nan] * count)
@@ -104,9 +111,9 @@ class RecordBatch:
             for column in self.extras.values():  # keys missing from this record
                 if len(column) < count + 1:
                     column.append(math.nan)
-        elif event == "validation" or record.get("val_accuracy") is not None and event not in FINAL_EVENTS:
+        elif event == "validation" or record.get(f"val_{metric}") is not None and event not in FINAL_EVENTS:
             self.val_steps.append(_num(record.get("step")))
-            self.val_accuracy.append(_num(record.get("val_accuracy")))
+            self.val_score.append(_num(record.get(f"val_{metric}")))
             self.val_ci95.append(_num(record.get("val_ci95")))
         if event != "step":
             self.events.append({k: v for k, v in record.items() if k != "extras"})
@@ -114,11 +121,13 @@ class RecordBatch:
 
     def payload(self) -> dict[str, Any]:
         last = self.last or {}
+        metric = self.metric
         f64 = lambda values: np.asarray(values, dtype=np.float64)  # noqa: E731
         return {
-            "steps": f64(self.steps), "loss": f64(self.loss), "accuracy": f64(self.accuracy), "lr": f64(self.lr),
+            "metric": metric,
+            "steps": f64(self.steps), "loss": f64(self.loss), metric: f64(self.score), "lr": f64(self.lr),
             "extras": {name: f64(values) for name, values in self.extras.items()},
-            "val_steps": f64(self.val_steps), "val_accuracy": f64(self.val_accuracy), "val_ci95": f64(self.val_ci95),
+            "val_steps": f64(self.val_steps), f"val_{metric}": f64(self.val_score), "val_ci95": f64(self.val_ci95),
             "events": list(self.events),
             "last": {
                 "step": int(_num(last.get("step")) if last.get("step") is not None else 0),
@@ -126,7 +135,7 @@ class RecordBatch:
                 "elapsed_s": _num(last.get("elapsed_s")),
                 "steps_per_s": _num(last.get("steps_per_s")),
                 "eta_s": _num(last.get("eta_s")),
-                "best_val_accuracy": _num(last.get("best_val_accuracy")),
+                f"best_val_{metric}": _num(last.get(f"best_val_{metric}")),
                 "event": str(last.get("event", "step")),
                 "message": str(last.get("message", "") or ""),
             },
@@ -147,7 +156,7 @@ class TrainingWorker(QObject):
     started = Signal(int, object)  # job id, info dict (run_id, run_name, run_path, device, total_steps)
     loading = Signal(int, int, int, str)  # job id, done, total, message
     records = Signal(int, object)  # job id, payload dict of numpy arrays (see RecordBatch.payload)
-    finished = Signal(int, object)  # job id, final info (event, message, run_id, step, best_val_accuracy)
+    finished = Signal(int, object)  # job id, final info (event, message, run_id, step, metric, best_val_<metric>)
     failed = Signal(int, str, str, str)  # job id, title, message, traceback details
 
     def __init__(self, job_id: int, config, store_home: Path | None = None,
@@ -232,6 +241,7 @@ class TrainingWorker(QObject):
                 "start_step": int(getattr(trainer, "step", 0) or 0),
                 "algorithm": config.algorithm.name,
                 "dataset": config.dataset.name,
+                "kind": str(getattr(config, "kind", "") or ""),
                 "message": str(getattr(trainer, "resume_message", "") or ""),
             })
             final = self._iterate(trainer)

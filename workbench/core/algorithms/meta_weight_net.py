@@ -528,12 +528,20 @@ def _thumbnail_arrays(images: torch.Tensor, noisy, labels, true_labels) -> dict[
             "thumb_labels": np.asarray(labels, np.int64), "thumb_true_labels": np.asarray(true_labels, np.int64)}
 
 
+def _history_caption(hparams, setting: str) -> str:
+    """One line saying what the weights were learned under (the Sample weights view's title)."""
+    where = " on support sets" if setting == "episodic" else ""
+    weighting = "learned weighting" if hparams.weighting else "no weighting (the baseline)"
+    return f"{100 * hparams.label_noise:g}% {hparams.noise_kind} label noise{where}, {weighting}"
+
+
 def history_bytes(history: dict[str, Any], hparams=None, setting: str = "classification") -> bytes:
     """The history as an .npz file (what the Sample weights view reads)."""
     buffer = io.BytesIO()
     extra = {"loss_grid": LOSS_GRID}
     if hparams is not None:
         extra.update(label_noise=np.float32(hparams.label_noise), weighting=np.bool_(hparams.weighting),
-                     noise_kind=np.str_(hparams.noise_kind), setting=np.str_(setting))
+                     noise_kind=np.str_(hparams.noise_kind), setting=np.str_(setting),
+                     caption=np.str_(_history_caption(hparams, setting)))
     np.savez_compressed(buffer, **{key: np.asarray(value) for key, value in history.items()}, **extra)
     return buffer.getvalue()
