@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QPoint, QRect, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QImage, QPainter, QPen, QPixmap
+from PySide6.QtGui import QColor, QFont, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
                                QLineEdit, QProgressBar, QPushButton, QSizePolicy, QToolTip, QVBoxLayout, QWidget)
 
@@ -28,6 +28,7 @@ from workbench.core.errors import EpisodeError
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui.background import BackgroundTask
 from workbench.gui.hparam_form import HParamForm
+from workbench.gui.qimage import to_qimage
 from workbench.gui.theme import LIGHT, Theme
 
 EPISODE_FIELDS = ("ways", "shots", "queries")
@@ -37,19 +38,6 @@ CUSTOM_FIELDS = ("name", "root", "download", *EPISODE_FIELDS)
 LOAD_FIELDS = ("name", "root", "split", "image_size", "rotations", "download", "split_seed")
 MAX_SHOWN_QUERIES = 5
 MAX_SHOWN_WAYS = 10
-
-
-def to_qimage(image: np.ndarray) -> QImage:
-    """uint8 [C, H, W] (C = 1 or 3) -> a QImage that owns its pixels."""
-    array = np.ascontiguousarray(image.transpose(1, 2, 0) if image.ndim == 3 else image)
-    height, width = array.shape[:2]
-    if array.ndim == 2 or array.shape[2] == 1:
-        array = np.ascontiguousarray(array.reshape(height, width))
-        qimage = QImage(array.data, width, height, width, QImage.Format.Format_Grayscale8)
-    else:
-        array = np.ascontiguousarray(array[:, :, :3])
-        qimage = QImage(array.data, width, height, 3 * width, QImage.Format.Format_RGB888)
-    return qimage.copy()  # detach from the numpy buffer
 
 
 class EpisodeGrid(QWidget):

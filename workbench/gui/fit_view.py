@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QMen
                                QStackedWidget, QToolButton, QVBoxLayout, QWidget)
 
 from workbench.gui.theme import LIGHT, Theme
+from workbench.gui.svg_export import export_svg
 from workbench.gui.view_registry import register_view
 
 HISTORY_FILE = "fit_history.npz"
@@ -132,31 +132,6 @@ def latest_regression_evaluation(run) -> dict | None:
         return None
     found = [e for e in evaluations if mse_by_steps(e) is not None]
     return found[-1] if found else None
-
-
-@contextmanager
-def _tolerant_svg_paths():
-    """pyqtgraph 0.14's SVG writer cannot parse the close-path "Z" segments Qt 6 emits for symbols (it expects
-    "x,y" pairs only); drop them while it rewrites coordinates (as the Training view does)."""
-    import sys
-
-    import pyqtgraph.exporters
-
-    module = sys.modules[pyqtgraph.exporters.SVGExporter.__module__]
-    original = module.correctCoordinates
-
-    def tolerant(node, defs, item, options):
-        for element in node.getElementsByTagName("path"):
-            d = element.getAttribute("d")
-            if "Z" in d or "z" in d:
-                element.setAttribute("d", " ".join(p for p in d.split() if p not in ("Z", "z")))
-        return original(node, defs, item, options)
-
-    module.correctCoordinates = tolerant
-    try:
-        yield
-    finally:
-        module.correctCoordinates = original
 
 
 @register_view
@@ -682,13 +657,12 @@ class FitView(QWidget):
     # --- export ----------------------------------------------------------------------------------
     def export(self, path: str | Path, plot: str = "fit") -> Path:
         """Write the fit plot (or the "mse" plot) as PNG or SVG, chosen by the file's suffix."""
-        from pyqtgraph.exporters import ImageExporter, SVGExporter
+        from pyqtgraph.exporters import ImageExporter
 
         path = Path(path)
         widget = self.fit_plot if plot == "fit" else self.mse_plot
         if path.suffix.lower() == ".svg":
-            with _tolerant_svg_paths():
-                SVGExporter(widget.getPlotItem()).export(str(path))
+            export_svg(widget.getPlotItem(), path)
         else:
             exporter = ImageExporter(widget.getPlotItem())
             exporter.parameters()["width"] = max(800, int(widget.width()))

@@ -144,6 +144,15 @@ class MainWindow(QMainWindow):
         if hasattr(hints, "colorSchemeChanged"):
             hints.colorSchemeChanged.connect(self._on_system_scheme_changed)
         self.revalidate()
+        self._note_plugin_problems()
+
+    def _note_plugin_problems(self) -> None:
+        """A broken plugin never stops the app; the status bar says so and Help > Plugins… says why."""
+        from workbench.gui.plugins_dialog import plugin_problems_note
+
+        note = plugin_problems_note()
+        if note:
+            self.statusBar().showMessage(note, 15000)
 
     # --- construction -----------------------------------------------------------------------
     def _build_panels(self, auto_load: bool) -> None:

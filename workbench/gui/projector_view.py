@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (QComboBox, QFileDialog, QHBoxLayout, QLabel, QPro
 
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
-from workbench.gui.evaluation_view import image_pixmap
+from workbench.gui.qimage import to_pixmap
 from workbench.gui.view_registry import register_view
 
 KINDS = ("support", "query", "prototype")
@@ -795,5 +795,5 @@ def _png_base64(image: np.ndarray) -> str:
     data = QByteArray()
     buffer = QBuffer(data)
     buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-    image_pixmap(image, 72).save(buffer, "PNG")
+    to_pixmap(image, 72).save(buffer, "PNG")
     return base64.b64encode(bytes(data)).decode("ascii")

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QProgres
 
 from workbench.core.kinds import ACCURACY, MetricSpec
 from workbench.gui.theme import LIGHT, Theme, blend, with_alpha
+from workbench.gui.svg_export import export_svg
 from workbench.gui.view_registry import register_view
 from workbench.gui.worker import RecordBatch
 
@@ -652,25 +653,7 @@ class TrainingView(QWidget):
         return path
 
     def _export_svg(self, path: Path) -> None:
-        # pyqtgraph 0.14's SVG writer cannot parse the close-path "Z" segments Qt 6.12 emits (it expects "x,y"
-        # pairs only); drop them before it rewrites coordinates. Filled shapes close implicitly anyway.
-        import sys
-
-        module = sys.modules[pg.exporters.SVGExporter.__module__]
-        original = module.correctCoordinates
-
-        def tolerant(node, defs, item, options):
-            for element in node.getElementsByTagName("path"):
-                d = element.getAttribute("d")
-                if "Z" in d or "z" in d:
-                    element.setAttribute("d", " ".join(p for p in d.split() if p not in ("Z", "z")))
-            return original(node, defs, item, options)
-
-        module.correctCoordinates = tolerant
-        try:
-            pg.exporters.SVGExporter(self.plots.scene()).export(str(path))
-        finally:
-            module.correctCoordinates = original
+        export_svg(self.plots.scene(), path)
 
     def export_csv(self, path: str | Path) -> Path:
         """All series in one table: one row per step; validation columns are empty where none ran."""

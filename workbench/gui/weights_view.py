@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtGui import QColor, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (QHBoxLayout, QLabel, QScrollArea, QSizePolicy, QSlider, QSplitter, QStackedWidget,
                                QVBoxLayout, QWidget)
 
+from workbench.gui.qimage import to_qimage
 from workbench.gui.theme import LIGHT, Theme
 from workbench.gui.view_registry import feeders_text, register_view
 
@@ -96,14 +97,7 @@ def thumbnail_strip(images: np.ndarray, weights: np.ndarray, noisy: np.ndarray, 
     painter = QPainter(pixmap)
     try:
         for slot, index in enumerate(order):
-            image = np.ascontiguousarray(images[index])
-            if image.shape[0] == 1:
-                qimage = QImage(image[0].tobytes(), image.shape[2], image.shape[1], image.shape[2],
-                                QImage.Format.Format_Grayscale8)
-            else:
-                rgb = np.ascontiguousarray(image[:3].transpose(1, 2, 0))
-                qimage = QImage(rgb.tobytes(), rgb.shape[1], rgb.shape[0], 3 * rgb.shape[1],
-                                QImage.Format.Format_RGB888)
+            qimage = to_qimage(images[index])
             x = gap + slot * (size + gap)
             painter.drawImage(x, gap, qimage.scaled(size, size, Qt.AspectRatioMode.IgnoreAspectRatio,
                                                     Qt.TransformationMode.SmoothTransformation))

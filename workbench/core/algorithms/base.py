@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from workbench.core.data.episodes import LabeledBatch
+from workbench.core.data.episodes import LabeledBatch  # noqa: F401 (re-exported)
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import HParamSpec, build, specs, to_dict
 from workbench.core.kinds import get_kind

@@ -37,7 +37,7 @@ from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family, accuracy, make_scheduler
 from workbench.core.algorithms.meta_weight_net_episodic import EpisodicLearner, normalized
 from workbench.core.algorithms.protonet import class_means, pairwise_logits
-from workbench.core.data.base import ClassSplit, PreprocessSpec
+from workbench.core.data.base import PreprocessSpec
 from workbench.core.errors import WorkbenchError
 from workbench.core.fileio import atomic_write_bytes
 from workbench.core.hparams import hparam

@@ -24,7 +24,6 @@ from workbench.core.algorithms import get_algorithm
 from workbench.core.checkpoints import make_payload, payload_algorithm, restore_rng_state, rng_state
 from workbench.core.config import ExperimentConfig
 from workbench.core.data.base import Cancelled, ProgressCallback, no_progress
-from workbench.core.data.episodes import LabeledBatch
 from workbench.core.device import configure_cpu_threads, resolve_device, tune_cpu_allocator
 from workbench.core.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.core.kinds import get_kind
