@@ -130,3 +130,22 @@ def test_recommended_recipe_is_named_unless_none_is_asked_for():
     recommended = [r.name for r in cls.recipes if r.recommended and r.fits("classification", "glyphs")]
     assert data["algorithm"].get("recipe", "") == (recommended[0] if recommended else "")
     assert "recipe" not in with_recommended_recipe({"algorithm": {"name": "protonet", "recipe": "none"}})["algorithm"]
+
+
+def test_recipe_changes_name_the_fields_that_depart_from_the_recipe():
+    from workbench.core.config import recipe_changes
+    from workbench.core.recipes import Recipe
+
+    recipe = Recipe("probe", "for the test", training={"lr": 0.002, "steps": 50}, hparams={"hidden": 16})
+    cls = get_algorithm("protonet")
+    original = cls.recipes
+    cls.recipes = original + (recipe,)
+    try:
+        config = ExperimentConfig.from_dict({"algorithm": {"name": "protonet", "recipe": "probe"}})
+        assert config.training.lr == 0.002 and config.algorithm.hparams["hidden"] == 16
+        assert recipe_changes(config) == []
+        changed = config.replace(training={"steps": 60}, algorithm={"hparams": {"hidden": 32}})
+        assert sorted(recipe_changes(changed)) == ["hparams.hidden", "training.steps"]
+        assert recipe_changes(ExperimentConfig.from_dict({"algorithm": {"name": "protonet"}})) == []
+    finally:
+        cls.recipes = original

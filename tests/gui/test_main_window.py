@@ -458,3 +458,23 @@ def test_a_regression_run_trains_and_its_curves_say_mse(qtbot, make_window, gui,
     assert "best validation MSE" in view.summary_label.text()
     run = RunStore(workbench_home).get(blocker.args[1]["run_id"])
     assert run.config.kind == "regression" and run.read_metrics()[0]["metric"] == "mse"
+
+
+def test_changing_a_field_marks_the_form_custom_from_its_recipe(qtbot, make_window):
+    window = make_window(auto_load=False)
+    window.set_kind("regression")  # MAML's recommended regression recipe sets hyperparameters and training
+    panel = window.algorithm_panel
+    recipe = panel.recipe()
+    assert recipe is not None and recipe.training
+    window.revalidate()
+    assert not panel.recipe_is_custom() and "Custom" not in panel.recipe_help.text()
+    field, value = next(iter(recipe.training.items()))
+    panel.training_form.set_values({field: value * 2})
+    window.revalidate()
+    assert panel.recipe_is_custom()
+    assert f"Custom (from recipe {recipe.name})" in panel.recipe_help.text() and f"training.{field}" in \
+        panel.recipe_help.text()
+    assert window.current_config().algorithm.recipe == recipe.name  # the run still says where it started
+    panel.training_form.set_values({field: value})
+    window.revalidate()
+    assert not panel.recipe_is_custom()

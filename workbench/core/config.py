@@ -260,6 +260,28 @@ def with_recommended_recipe(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def recipe_changes(config: ExperimentConfig) -> list[str]:
+    """The fields ("training.lr", "hparams.hidden") where a config departs from the recipe it names; empty when
+    it names none (or one that no longer fits its kind and dataset)."""
+    if not config.algorithm.recipe:
+        return []
+    algorithm_cls = _algorithm_class(config.algorithm.name)
+    try:
+        recipe = find_recipe(algorithm_cls, config.algorithm.recipe, config.kind, config.dataset.name)
+    except ConfigError:
+        return []
+    current = config.to_dict()
+    current["hparams"] = current["algorithm"]["hparams"]
+    changed = []
+    for section, values in recipe.sections().items():
+        typed = algorithm_cls.build_hparams(dict(values)) if section == "hparams" else None
+        for key, value in values.items():
+            wanted = getattr(typed, key) if typed is not None else value
+            if current.get(section, {}).get(key) != wanted:
+                changed.append(f"{section}.{key}")
+    return changed
+
+
 def _checked_sections(data: dict[str, Any]) -> dict[str, Any]:
     data = dict(data)
     known = {"name", "kind", *SECTIONS}

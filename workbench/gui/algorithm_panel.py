@@ -94,6 +94,7 @@ class AlgorithmPanel(QWidget):
     def __init__(self, parent: QWidget | None = None, kind: str = DEFAULT_KIND):
         super().__init__(parent)
         self._silent = False
+        self._recipe_changes: list[str] = []
         # Hyperparameters typed for one algorithm are kept when switching away and back.
         self._hparams_by_algorithm: dict[str, dict[str, Any]] = {}
         self._current_name: str | None = None
@@ -284,8 +285,22 @@ class AlgorithmPanel(QWidget):
 
     def _show_recipe_help(self) -> None:
         recipe = self.recipe()
-        self.recipe_help.setText(recipe.help if recipe is not None else "The algorithm's declared defaults, "
-                                 "with the fields as you set them.")
+        text = recipe.help if recipe is not None else "The algorithm's declared defaults, with the fields as you set them."
+        if recipe is not None and self._recipe_changes:
+            shown = ", ".join(self._recipe_changes[:4]) + (" …" if len(self._recipe_changes) > 4 else "")
+            text = f"<b>Custom (from recipe {recipe.name})</b>: you changed {shown}. {text}"
+        self.recipe_help.setText(text)
+        self.recipe_help.setToolTip("\n".join(self._recipe_changes))
+
+    def show_recipe_changes(self, changed: list[str]) -> None:
+        """Mark the form "custom (from recipe X)" when fields depart from the chosen recipe (the window computes
+        ``changed`` from the whole config, since a recipe also sets dataset fields)."""
+        if changed != self._recipe_changes:
+            self._recipe_changes = list(changed)
+            self._show_recipe_help()
+
+    def recipe_is_custom(self) -> bool:
+        return bool(self._recipe_changes) and self.recipe() is not None
 
     def recipe_name(self) -> str:
         """The recipe the config names ("" for none)."""
@@ -301,6 +316,7 @@ class AlgorithmPanel(QWidget):
         self._show_recipe_help()
 
     def _on_recipe_picked(self) -> None:
+        self._recipe_changes = []
         self._show_recipe_help()
         recipe = self.recipe()
         if recipe is not None:

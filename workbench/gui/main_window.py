@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, Q
                                QProgressBar, QScrollArea, QStyle, QTabWidget, QToolBar, QWidget)
 
 from workbench.core.algorithms import get_algorithm
-from workbench.core.config import ExperimentConfig
+from workbench.core.config import ExperimentConfig, recipe_changes
 from workbench.core.data import check_episode_setting
 from workbench.core.errors import ConfigError, EpisodeError, WorkbenchError
 from workbench.core.hparams import to_dict
@@ -562,6 +562,7 @@ class MainWindow(QMainWindow):
                 episode_problem = self._episode_problem(config)
                 reason = episode_problem
         panel.show_episode_problem(episode_problem)
+        self.algorithm_panel.show_recipe_changes(recipe_changes(config) if config is not None else [])
         self._update_tabs()
         self.run_blocked_reason = reason
         if reason and self.statusBar().currentMessage().startswith("Ready"):
