@@ -613,6 +613,8 @@ def cmd_resume(args) -> int:
 
 
 def _eval_json(result) -> dict:
+    """The kind's evaluation JSON (classification: accuracy and per-class numbers; regression: MSE by steps),
+    without the bulky fields, with algorithm additions at the top level."""
     data = result.to_dict()
     for key in ("confusion", "confusion_classes", "extras"):
         data.pop(key, None)
@@ -620,17 +622,38 @@ def _eval_json(result) -> dict:
     return data
 
 
+def _eval_threads(args, run) -> int:
+    """--threads, or with 0 the run's own training threads (a tiny regression MLP runs on one), else automatic."""
+    if args.threads or isinstance(run, str):
+        return args.threads
+    return run.config.training.threads
+
+
+def _print_evaluation(result, label: str) -> None:
+    print(f"{label} ({result.checkpoint} checkpoint): {result.summary()}")
+    if hasattr(result, "per_class_extremes"):
+        best, worst = result.per_class_extremes(3)
+        if worst:
+            print("  hardest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in worst))
+            print("  easiest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in best))
+    else:  # regression: the setting its numbers are for
+        print(f"  K = {result.shots} support points, {result.queries} query points, {result.episodes} "
+              f"{result.split} tasks, seed {result.seed}")
+    for key, value in result.extras.items():
+        print(f"  {key}: {value}")
+
+
 def cmd_eval(args) -> int:
     from workbench.core.device import configure_cpu_threads, resolve_device
     from workbench.core.evaluation import evaluate_run
     from workbench.core.runs import RunStore
 
-    if resolve_device(args.device).type == "cpu":
-        configure_cpu_threads(args.threads)
     printer = ProgressPrinter(enabled=not args.quiet)
     store = RunStore()
     is_file = args.run.endswith(".pt") and Path(args.run).expanduser().is_file()
     run = args.run if is_file else store.get(args.run)
+    if resolve_device(args.device).type == "cpu":
+        configure_cpu_threads(_eval_threads(args, run))
     result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
                           seed=args.seed, device=args.device, checkpoint=args.checkpoint,
                           progress=printer.callback("eval"), save=not args.no_save)
@@ -638,13 +661,7 @@ def cmd_eval(args) -> int:
     if args.json:
         _emit_json(_eval_json(result))
         return EXIT_OK
-    print(f"{'' if is_file else 'run '}{result.run} ({result.checkpoint} checkpoint): {result.summary()}")
-    best, worst = result.per_class_extremes(3)
-    if worst:
-        print("  hardest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in worst))
-        print("  easiest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in best))
-    for key, value in result.extras.items():
-        print(f"  {key}: {value}")
+    _print_evaluation(result, f"{'' if is_file else 'run '}{result.run}")
     return EXIT_OK
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Family
-from workbench.core.algorithms.maml import MAML, InnerLoopHParams
+from workbench.core.algorithms.maml import CLASSIFICATION_DEFAULT, MAML, SINE_PAPER, InnerLoopHParams
 from workbench.core.hparams import hparam
 
 
@@ -36,9 +36,14 @@ class FOMAML(MAML):
                    "the meta-gradient is simply the query-loss gradient at the adapted weights, applied to the "
                    "starting weights. It skips the backward pass through the inner loop: roughly half the time and "
                    "memory of second-order MAML per step, and on Omniglot nearly the same accuracy. Otherwise it "
-                   "behaves like MAML: a Conv-4 classifier with transductive batch norm, fine-tuned on each support "
-                   "set from a meta-learned start.")
+                   "behaves like MAML: a Conv-4 classifier with transductive batch norm (or an MLP for regression), "
+                   "fine-tuned on each support set from a meta-learned start.")
     HParams = FOMAMLHParams
+    recipes = (CLASSIFICATION_DEFAULT, replace(
+        SINE_PAPER, help="The paper's sine-regression setup (Finn et al. 2017, section 5.1), which first-order MAML "
+        "shares with MAML: an MLP 1-40-40-1, K = 10 support and 100 query points, one inner step at lr 0.01 in "
+        "training (the paper's; this recipe overrides the 5-step default), 10 at test time, Adam 1e-3 over "
+        "meta-batches of 25 tasks."))
 
     @property
     def first_order(self) -> bool:

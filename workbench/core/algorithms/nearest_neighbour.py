@@ -12,6 +12,7 @@ from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Family
 from workbench.core.algorithms.pretrain import PretrainBaseline, PretrainHParams
 from workbench.core.hparams import hparam
+from workbench.core.recipes import Recipe
 
 
 @dataclass
@@ -48,6 +49,7 @@ class NearestNeighbour(PretrainBaseline):
                    "cosine similarity by default) in the frozen feature space. Nothing is fitted per task, so it is "
                    "instant; it shows how much of few-shot accuracy comes from a good embedding alone.")
     HParams = NearestNeighbourHParams
+    recipes = (Recipe("default", "The algorithm's declared defaults.", kind="classification", recommended=True),)
     capabilities = frozenset({"embeddings"})
 
     def adapt(self, support_x, support_y, ways):

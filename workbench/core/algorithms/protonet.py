@@ -11,6 +11,7 @@ from torch import nn
 from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family, accuracy
 from workbench.core.hparams import hparam
+from workbench.core.recipes import Recipe
 from workbench.core.models.conv4 import Conv4
 
 
@@ -51,6 +52,7 @@ class ProtoNet(Algorithm):
                    "softmax over negative squared distances to the prototypes. Training is episodic and needs no "
                    "inner loop, so it is fast and a strong baseline; training with more ways than testing helps.")
     HParams = ProtoNetHParams
+    recipes = (Recipe("default", "The algorithm's declared defaults.", kind="classification", recommended=True),)
     capabilities = frozenset({"embeddings"})
 
     def __init__(self, hparams, model_spec, device="cpu"):
