@@ -149,3 +149,23 @@ def test_recipe_changes_name_the_fields_that_depart_from_the_recipe():
         assert recipe_changes(ExperimentConfig.from_dict({"algorithm": {"name": "protonet"}})) == []
     finally:
         cls.recipes = original
+
+
+@pytest.mark.parametrize("name", algorithm_names())
+def test_every_algorithm_has_a_recipe_for_the_built_in_glyphs_and_every_recipe_validates(name):
+    from workbench.core.recipes import recipes_for
+
+    cls = get_algorithm(name)
+    image_kinds = [kind for kind in cls.kinds if "glyphs" in get_kind(kind).info()["datasets"]]
+    assert any(recipes_for(cls, kind, "glyphs") for kind in image_kinds), f"{name} has no recipe for glyphs"
+    for recipe in cls.recipes:
+        datasets = recipe.datasets or (get_kind(recipe.kind).default_dataset,)
+        for dataset in datasets:
+            data = {"kind": recipe.kind, "dataset": {"name": dataset, "root": "/data" if dataset != "glyphs" else ""},
+                    "algorithm": {"name": name, "recipe": recipe.name}}
+            config = ExperimentConfig.from_dict(data)  # every field of the recipe validates, naming it if not
+            sections = config.to_dict()
+            for section, values in recipe.sections().items():
+                target = sections["algorithm"]["hparams"] if section == "hparams" else sections[section]
+                for key, value in values.items():
+                    assert target[key] == pytest.approx(value), f"{name}/{recipe.name}: {section}.{key}"

@@ -43,6 +43,7 @@ from workbench.core.fileio import atomic_write_bytes
 from workbench.core.hparams import hparam
 from workbench.core.models.conv4 import Conv4
 from workbench.core.noise import NOISE_KINDS, NoisyProblem, make_noisy_problem
+from workbench.core.recipes import Recipe
 
 HISTORY_FILE = "weight_history.npz"
 LOSS_GRID = np.linspace(0.0, 10.0, 101, dtype=np.float32)  # where the curve weight(loss) is sampled
@@ -151,6 +152,17 @@ class MetaWeightNet(Algorithm):
     kinds = ("noisy-labels", "classification")
     capabilities = frozenset({"sample_weights", "training_data", "run_folder", "evaluation_extras", "embeddings",
                               "adaptation"})
+    recipes = (
+        Recipe("noisy-40", "The README's setting (a): a classifier over 40 glyph classes with 40% uniform label "
+               "noise, SGD with momentum at 0.05 as in the paper, 600 steps. 55.2% clean test accuracy weighted vs "
+               "50.0% unweighted (mean of 3 seeds) on the reference machine.", kind="noisy-labels",
+               recommended=True, training={"steps": 600}, hparams={"label_noise": 0.4}),
+        Recipe("episodic-noisy-supports", "The README's setting (b): 5-way 5-shot MAML episodes whose support "
+               "labels are 40% corrupted, 300 meta-steps of one episode (about 3 CPU minutes). 80.8% on corrupted "
+               "test supports weighted vs 62.8% for plain MAML on glyphs (3 seeds).", kind="classification",
+               recommended=True, dataset={"shots": 5}, training={"train_queries": 5, "steps": 300},
+               hparams={"label_noise": 0.4}),
+    )
     adaptation_steps_hparam = "test_inner_steps"
     training_input = "episodes"  # the episodic setting's; the noisy-labels kind feeds batches
     gradient_based = True  # per instance below: only the episodic setting has an inner loop

@@ -52,7 +52,23 @@ class ProtoNet(Algorithm):
                    "softmax over negative squared distances to the prototypes. Training is episodic and needs no "
                    "inner loop, so it is fast and a strong baseline; training with more ways than testing helps.")
     HParams = ProtoNetHParams
-    recipes = (Recipe("default", "The algorithm's declared defaults.", kind="classification", recommended=True),)
+    recipes = (
+        Recipe("default", "The declared defaults: 5-way training episodes, 2,000 steps, cosine schedule. On the "
+               "built-in glyphs this reaches 95.3% (5-way 1-shot) in about a minute on two CPU cores.",
+               recommended=True),
+        Recipe("omniglot-10min", "Tuned here for 10 CPU minutes on Omniglot: 20-way training episodes with 5 "
+               "queries per class, rotation classes (x4), cosine schedule over 6,000 steps or the time budget. "
+               "97.5% (5-way 1-shot, Lake split) after 6,000 steps (382 s) on the reference machine.",
+               datasets=("omniglot",), recommended=True, dataset={"rotations": True},
+               training={"train_ways": 20, "train_queries": 5, "steps": 6000, "lr_schedule": "cosine",
+                         "val_interval": 500, "val_episodes": 200}),
+        Recipe("paper", "The paper's Omniglot setup (Snell et al. 2017): 60-way training episodes with 5 queries, "
+               "rotation classes, Adam 1e-3 halved every 2,000 episodes (here 8,000 steps; the paper stops on "
+               "validation loss). The paper reports 98.8% (5-way 1-shot, Vinyals split); about an hour on a CPU.",
+               datasets=("omniglot",), dataset={"rotations": True},
+               training={"train_ways": 60, "train_queries": 5, "steps": 8000, "lr_schedule": "step",
+                         "val_interval": 500, "val_episodes": 200}),
+    )
     capabilities = frozenset({"embeddings"})
 
     def __init__(self, hparams, model_spec, device="cpu"):
