@@ -492,8 +492,12 @@ def _print_start(printer: ProgressPrinter, trainer) -> None:
     else:
         tasks = f"{trainer.kind.title.lower()} tasks of {config.train_shots} support points"
     recipe = f" (recipe {config.algorithm.recipe})" if config.algorithm.recipe else ""
-    printer.line(f"training {config.algorithm.name}{recipe} on {config.dataset.name}, {tasks}, "
-                 f"{config.training.steps} steps on {trainer.device}")
+    training = config.training
+    length = f"{training.steps} steps" if training.steps else "steps"
+    if training.max_minutes:
+        length += f" {'or' if training.steps else 'until'} a {training.max_minutes:g}-minute budget"
+    printer.line(f"training {config.algorithm.name}{recipe} on {config.dataset.name}, {tasks}, {length} on "
+                 f"{trainer.device}")
 
 
 def _record_printer(printer: ProgressPrinter, metric) -> Callable:
