@@ -103,6 +103,26 @@ class AdaptationView(QWidget):
         self.refresh_runs()
 
     def _build(self) -> None:
+        controls = self._build_controls()
+
+        self.progress_bar = QProgressBar()
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+
+        self._build_pages()
+
+        self.caption = QLabel("")
+        self.caption.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(controls)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self.pages, 1)
+        layout.addWidget(self.caption)
+        self.apply_theme(self.theme)
+
+    def _build_controls(self) -> QHBoxLayout:
+        """Run, inner steps, probe tasks and the buttons."""
         controls = QHBoxLayout()
         form = QFormLayout()
         self.run_combo = QComboBox()
@@ -129,11 +149,10 @@ class AdaptationView(QWidget):
         for button in (self.compute_button, self.cancel_button, self.refresh_button):
             buttons.addWidget(button)
         controls.addLayout(buttons)
+        return controls
 
-        self.progress_bar = QProgressBar()
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-
+    def _build_pages(self) -> None:
+        """The loss and accuracy plots on one page; on the other, why a run has no inner loop to trace."""
         self.loss_plot = pg.PlotWidget()
         self.accuracy_plot = pg.PlotWidget()
         # Loss falls and accuracy rises: legends sit where the curves are not (top right / bottom right).
@@ -157,16 +176,6 @@ class AdaptationView(QWidget):
         self.pages = QStackedWidget()
         self.pages.addWidget(plots)
         self.pages.addWidget(self.explanation)
-
-        self.caption = QLabel("")
-        self.caption.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.addLayout(controls)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status_label)
-        layout.addWidget(self.pages, 1)
-        layout.addWidget(self.caption)
-        self.apply_theme(self.theme)
 
     def apply_theme(self, theme: themes.Theme) -> None:
         self.theme = theme

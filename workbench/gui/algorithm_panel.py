@@ -105,6 +105,19 @@ class AlgorithmPanel(QWidget):
 
     def _build(self) -> None:
         fields = config_fields()
+        algo_box = self._build_algorithm_box()
+        training_box = self._build_training_box(fields)
+        evaluation_box = self._build_evaluation_box(fields)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(algo_box)
+        layout.addWidget(training_box)
+        layout.addWidget(evaluation_box)
+        layout.addStretch(1)
+        self._connect_signals()
+
+    def _build_algorithm_box(self) -> QGroupBox:
+        """Algorithm choice, description, recipe and hyperparameter form."""
         self.algorithm_combo = AlgorithmCombo(kind=self.kind)
         self.algorithm_combo.setObjectName("algorithmName")
         self.family_label = QLabel()
@@ -146,7 +159,10 @@ class AlgorithmPanel(QWidget):
         reset_row.addStretch(1)
         reset_row.addWidget(self.reset_button)
         algo_layout.addLayout(reset_row)
+        return algo_box
 
+    def _build_training_box(self, fields: dict[str, list]) -> QGroupBox:
+        """Run name, device and the training settings."""
         self.name_edit = QLineEdit()
         self.name_edit.setObjectName("runName")
         self.name_edit.setPlaceholderText("optional; a name is generated")
@@ -174,20 +190,18 @@ class AlgorithmPanel(QWidget):
         reset_row2.addStretch(1)
         reset_row2.addWidget(self.training_reset)
         training_layout.addLayout(reset_row2)
+        return training_box
 
+    def _build_evaluation_box(self, fields: dict[str, list]) -> QGroupBox:
         self.evaluation_form = HParamForm(fields["evaluation"])
         self.evaluation_form.setObjectName("evaluationForm")
         if "seed" in self.evaluation_form.names():
             self.evaluation_form.label("seed").setText("Test seed")
         evaluation_box = QGroupBox("Evaluation")
         QVBoxLayout(evaluation_box).addWidget(self.evaluation_form)
+        return evaluation_box
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(algo_box)
-        layout.addWidget(training_box)
-        layout.addWidget(evaluation_box)
-        layout.addStretch(1)
-
+    def _connect_signals(self) -> None:
         self.algorithm_combo.currentIndexChanged.connect(lambda _: self._on_algorithm_changed())
         self.recipe_combo.activated.connect(lambda _: self._on_recipe_picked())
         self.hparam_form.changed.connect(self._emit_changed)

@@ -202,6 +202,21 @@ class DatasetPanel(QWidget):
     # --- widgets ----------------------------------------------------------------------------
     def _build(self) -> None:
         specs = {spec.name: spec for spec in config_fields()["dataset"]}
+        source = self._build_source(specs)
+        splits_box = self._build_splits()
+        episode_box = self._build_episodes(specs)
+        preview_box = self._build_preview()
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(source)
+        layout.addWidget(episode_box)
+        layout.addWidget(splits_box)
+        layout.addWidget(preview_box)
+        layout.addStretch(1)
+        self._connect_signals()
+
+    def _build_source(self, specs: dict) -> QGroupBox:
+        """Dataset choice, location, options and the Load row."""
         self.name_combo = QComboBox()
         self.name_combo.setObjectName("datasetName")
         self._fill_names()
@@ -210,6 +225,27 @@ class DatasetPanel(QWidget):
         self.description.setWordWrap(True)
         self.description.setObjectName("datasetDescription")
 
+        self._build_root_row(specs)
+
+        self.options = HParamForm([spec for name, spec in specs.items() if name not in CUSTOM_FIELDS])
+        self.options.setObjectName("datasetOptions")
+
+        load_row = self._build_load_row()
+
+        source = QGroupBox("Source")
+        form = QFormLayout(source)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.addRow("Dataset", self.name_combo)
+        form.addRow(self.description)
+        form.addRow("Location", self.root_widget)
+        form.addRow("", self.download_check)
+        form.addRow(self.options)
+        form.addRow(load_row)
+        self.source_form = form
+        return source
+
+    def _build_root_row(self, specs: dict) -> None:
+        """The location field with its Folder and Zip buttons, and the download check."""
         self.root_edit = QLineEdit()
         self.root_edit.setObjectName("datasetRoot")
         self.root_edit.setPlaceholderText("folder with the data")
@@ -229,9 +265,8 @@ class DatasetPanel(QWidget):
         self.root_widget = QWidget()
         self.root_widget.setLayout(root_row)
 
-        self.options = HParamForm([spec for name, spec in specs.items() if name not in CUSTOM_FIELDS])
-        self.options.setObjectName("datasetOptions")
-
+    def _build_load_row(self) -> QHBoxLayout:
+        """Progress bar, Load and Cancel."""
         self.load_button = QPushButton("Load")
         self.load_button.setObjectName("datasetLoad")
         self.load_button.setToolTip("Read the dataset now (it also loads by itself when its settings change)")
@@ -248,18 +283,10 @@ class DatasetPanel(QWidget):
         load_row.addWidget(self.progress, 1)
         load_row.addWidget(self.load_button)
         load_row.addWidget(self.cancel_button)
+        return load_row
 
-        source = QGroupBox("Source")
-        form = QFormLayout(source)
-        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        form.addRow("Dataset", self.name_combo)
-        form.addRow(self.description)
-        form.addRow("Location", self.root_widget)
-        form.addRow("", self.download_check)
-        form.addRow(self.options)
-        form.addRow(load_row)
-        self.source_form = form
-
+    def _build_splits(self) -> QGroupBox:
+        """The split summary and the skipped-files note."""
         self.status_label = QLabel()
         self.status_label.setObjectName("datasetStatus")
         self.status_label.setWordWrap(True)
@@ -273,7 +300,10 @@ class DatasetPanel(QWidget):
         splits_layout = QVBoxLayout(splits_box)
         splits_layout.addWidget(self.status_label)
         splits_layout.addWidget(self.skipped_label)
+        return splits_box
 
+    def _build_episodes(self, specs: dict) -> QGroupBox:
+        """The N-way / K-shot / Q-query fields and what to change when they do not fit."""
         self.episode_form = HParamForm([specs[name] for name in EPISODE_FIELDS])
         self.episode_form.setObjectName("episodeForm")
         for name, title in (("ways", "N-way"), ("shots", "K-shot"), ("queries", "Q-query")):
@@ -286,7 +316,10 @@ class DatasetPanel(QWidget):
         episode_layout = QVBoxLayout(episode_box)
         episode_layout.addWidget(self.episode_form)
         episode_layout.addWidget(self.episode_problem)
+        return episode_box
 
+    def _build_preview(self) -> QGroupBox:
+        """One sampled episode with its caption and Resample."""
         self.grid = EpisodeGrid(theme=self.theme)
         self.grid.setObjectName("episodeGrid")
         self.preview_caption = QLabel()
@@ -301,14 +334,9 @@ class DatasetPanel(QWidget):
         preview_layout = QVBoxLayout(preview_box)
         preview_layout.addLayout(caption_row)
         preview_layout.addWidget(self.grid)
+        return preview_box
 
-        layout = QVBoxLayout(self)
-        layout.addWidget(source)
-        layout.addWidget(episode_box)
-        layout.addWidget(splits_box)
-        layout.addWidget(preview_box)
-        layout.addStretch(1)
-
+    def _connect_signals(self) -> None:
         self.name_combo.currentIndexChanged.connect(self._on_dataset_changed)
         self.root_edit.textChanged.connect(lambda _: self._on_source_changed())
         self.download_check.toggled.connect(lambda _: self._on_source_changed())

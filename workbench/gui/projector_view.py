@@ -201,67 +201,10 @@ class ProjectorView(QWidget):
 
     # --- layout ---------------------------------------------------------------------------------------
     def _build(self) -> None:
-        top = QHBoxLayout()
-        top.addWidget(QLabel("Run"))
-        self.run_combo = QComboBox()
-        self.run_combo.setMinimumContentsLength(26)
-        self.run_combo.activated.connect(lambda _i: self.load_selected())
-        top.addWidget(self.run_combo, 2)
-        self.history_button = QPushButton("Training history")
-        self.history_button.setToolTip("Replay the snapshots saved at each validation during training")
-        self.history_button.clicked.connect(self.load_selected)
-        self.checkpoint_button = QPushButton("Embed best checkpoint")
-        self.checkpoint_button.setToolTip("Embed the probe task with the run's saved best checkpoint now")
-        self.checkpoint_button.clicked.connect(self.embed_selected)
-        top.addWidget(self.history_button)
-        top.addWidget(self.checkpoint_button)
-        second = QHBoxLayout()  # two rows keep the tab's minimum width small
-        second.addWidget(QLabel("Features"))
-        self.stage_combo = QComboBox()
-        self.stage_combo.setMinimumContentsLength(16)
-        self.stage_combo.currentIndexChanged.connect(lambda _i: self.show_frame(self.frame_index))
-        second.addWidget(self.stage_combo)
-        second.addWidget(QLabel("Projection"))
-        self.projection_combo = QComboBox()
-        self.projection_combo.addItems(["PCA", "t-SNE", "UMAP"])
-        self.projection_combo.setItemData(0, "Principal components of each frame; instant, follows training live",
-                                          Qt.ItemDataRole.ToolTipRole)
-        self.projection_combo.setItemData(1, "t-SNE (scikit-learn) of the frame shown, computed on request in a "
-                                             "separate process; Cancel stops it", Qt.ItemDataRole.ToolTipRole)
-        from workbench.core.probes import umap_available
-
-        if umap_available():
-            self.projection_combo.setItemData(2, "UMAP (umap-learn) of the frame shown, computed on request in a "
-                                                 "separate process; Cancel stops it", Qt.ItemDataRole.ToolTipRole)
-        else:  # listed but disabled, so the option is discoverable and says why it is off
-            self.projection_combo.setItemText(2, "UMAP (not installed)")
-            self.projection_combo.setItemData(2, UMAP_MISSING, Qt.ItemDataRole.ToolTipRole)
-            self.projection_combo.model().item(2).setEnabled(False)
-        self.projection_combo.currentIndexChanged.connect(self._on_projection_changed)
-        second.addWidget(self.projection_combo)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        second.addWidget(self.cancel_button)
-        second.addStretch(1)
-
-        self.plot = pg.PlotWidget()
-        self.plot.setAspectLocked(False)
-        self.plot.hideAxis("left")
-        self.plot.hideAxis("bottom")
-        self.legend = self.plot.addLegend(offset=(10, 10), brush=pg.mkBrush(128, 128, 128, 40))
-        self.scatter: dict[str, pg.ScatterPlotItem] = {}
-        self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
-
-        scrub = QHBoxLayout()
-        self.step_label = QLabel("step –")
-        self.step_label.setMinimumWidth(140)
-        self.slider = QSlider(Qt.Orientation.Horizontal)
-        self.slider.setEnabled(False)
-        self.slider.valueChanged.connect(self._on_slider)
-        scrub.addWidget(QLabel("Time"))
-        scrub.addWidget(self.slider, 1)
-        scrub.addWidget(self.step_label)
+        top = self._build_run_row()
+        second = self._build_view_row()
+        self._build_plot()
+        scrub = self._build_scrub_row()
         for text, slot in (("PNG…", lambda: self._export_dialog("png")), ("SVG…", lambda: self._export_dialog("svg")),
                            ("CSV…", lambda: self._export_dialog("csv"))):
             button = QPushButton(f"Export {text}")
@@ -281,6 +224,82 @@ class ProjectorView(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         self.apply_theme(self.theme)
+
+    def _build_run_row(self) -> QHBoxLayout:
+        """The run and what to show of it: its training history or its best checkpoint."""
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Run"))
+        self.run_combo = QComboBox()
+        self.run_combo.setMinimumContentsLength(26)
+        self.run_combo.activated.connect(lambda _i: self.load_selected())
+        top.addWidget(self.run_combo, 2)
+        self.history_button = QPushButton("Training history")
+        self.history_button.setToolTip("Replay the snapshots saved at each validation during training")
+        self.history_button.clicked.connect(self.load_selected)
+        self.checkpoint_button = QPushButton("Embed best checkpoint")
+        self.checkpoint_button.setToolTip("Embed the probe task with the run's saved best checkpoint now")
+        self.checkpoint_button.clicked.connect(self.embed_selected)
+        top.addWidget(self.history_button)
+        top.addWidget(self.checkpoint_button)
+        return top
+
+    def _build_view_row(self) -> QHBoxLayout:
+        """Features, projection and Cancel (the export buttons join this row later)."""
+        second = QHBoxLayout()  # two rows keep the tab's minimum width small
+        second.addWidget(QLabel("Features"))
+        self.stage_combo = QComboBox()
+        self.stage_combo.setMinimumContentsLength(16)
+        self.stage_combo.currentIndexChanged.connect(lambda _i: self.show_frame(self.frame_index))
+        second.addWidget(self.stage_combo)
+        second.addWidget(QLabel("Projection"))
+        self._build_projection_combo()
+        second.addWidget(self.projection_combo)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        second.addWidget(self.cancel_button)
+        second.addStretch(1)
+        return second
+
+    def _build_projection_combo(self) -> None:
+        self.projection_combo = QComboBox()
+        self.projection_combo.addItems(["PCA", "t-SNE", "UMAP"])
+        self.projection_combo.setItemData(0, "Principal components of each frame; instant, follows training live",
+                                          Qt.ItemDataRole.ToolTipRole)
+        self.projection_combo.setItemData(1, "t-SNE (scikit-learn) of the frame shown, computed on request in a "
+                                             "separate process; Cancel stops it", Qt.ItemDataRole.ToolTipRole)
+        from workbench.core.probes import umap_available
+
+        if umap_available():
+            self.projection_combo.setItemData(2, "UMAP (umap-learn) of the frame shown, computed on request in a "
+                                                 "separate process; Cancel stops it", Qt.ItemDataRole.ToolTipRole)
+        else:  # listed but disabled, so the option is discoverable and says why it is off
+            self.projection_combo.setItemText(2, "UMAP (not installed)")
+            self.projection_combo.setItemData(2, UMAP_MISSING, Qt.ItemDataRole.ToolTipRole)
+            self.projection_combo.model().item(2).setEnabled(False)
+        self.projection_combo.currentIndexChanged.connect(self._on_projection_changed)
+
+    def _build_plot(self) -> None:
+        self.plot = pg.PlotWidget()
+        self.plot.setAspectLocked(False)
+        self.plot.hideAxis("left")
+        self.plot.hideAxis("bottom")
+        self.legend = self.plot.addLegend(offset=(10, 10), brush=pg.mkBrush(128, 128, 128, 40))
+        self.scatter: dict[str, pg.ScatterPlotItem] = {}
+        self.plot.scene().sigMouseMoved.connect(self._on_mouse_moved)
+
+    def _build_scrub_row(self) -> QHBoxLayout:
+        """The time slider over the saved snapshots."""
+        scrub = QHBoxLayout()
+        self.step_label = QLabel("step –")
+        self.step_label.setMinimumWidth(140)
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setEnabled(False)
+        self.slider.valueChanged.connect(self._on_slider)
+        scrub.addWidget(QLabel("Time"))
+        scrub.addWidget(self.slider, 1)
+        scrub.addWidget(self.step_label)
+        return scrub
 
     def apply_theme(self, theme: themes.Theme) -> None:
         self.theme = theme

@@ -166,18 +166,10 @@ def _regression_tour(tour: Tour, args) -> None:
     tour.shoot(window, "try-regression")
 
 
-def run_tour(args) -> list[Path]:
-    from workbench.gui.app import create_application
-
-    app = create_application([])
-    from workbench.gui import dialogs
-    from workbench.gui.main_window import MainWindow
-
-    dialogs.BLOCKING_DIALOGS = False
-    out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-
+def _open_window(args):
+    """The main window on its own settings (and the ``--home`` run store when given), shown at the asked size."""
     from workbench.core.runs import RunStore
+    from workbench.gui.main_window import MainWindow
     from workbench.gui.settings import Settings
 
     window = MainWindow(store=RunStore(args.home) if args.home else None, settings=Settings(), restore=False)
@@ -185,7 +177,12 @@ def run_tour(args) -> list[Path]:
     window.set_theme(args.theme)
     window.resize(args.width, args.height)
     window.show()
-    tour = Tour(app, window, out, args.timeout)
+    return window
+
+
+def _panels_tour(tour: Tour) -> None:
+    """The main window, the dataset and algorithm panels, and an impossible episode setting."""
+    window = tour.window
     panel = window.dataset_panel
     tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the dataset")
     tour.wait_until(lambda: window.run_blocked_reason is None, "a runnable experiment")
@@ -205,6 +202,11 @@ def run_tour(args) -> list[Path]:
     panel.episode_form.set_value("shots", 1)
     tour.wait_until(lambda: window.run_blocked_reason is None, "the episode check")
 
+
+def _train_demo_runs(tour: Tour, args) -> list[dict]:
+    """Two short runs of the default experiment, the second with a higher learning rate; returns the list that
+    collects the final records of finished trainings."""
+    window = tour.window
     training = window.algorithm_panel.training_form
     training.set_values({"steps": args.steps, "val_interval": args.val_interval,
                          "val_episodes": args.val_episodes})
@@ -228,7 +230,13 @@ def run_tour(args) -> list[Path]:
     if window.start_training() is None:
         raise RuntimeError(f"the tour could not start the second run: {window.run_blocked_reason}")
     tour.wait_until(lambda: len(finished) >= 2, "the end of the second run")
+    return finished
 
+
+def _runs_tour(tour: Tour, args, finished: list[dict]) -> list[str]:
+    """The Runs tab, the runs overlaid in the Training view and an evaluation of the last one; returns the run
+    ids (none without a Runs view)."""
+    window, view = tour.window, tour.window.training_view
     run_ids: list[str] = []
     if window.runs_view is not None:
         window.show_view("Runs")
@@ -246,8 +254,12 @@ def run_tour(args) -> list[Path]:
             window.runs_view.evaluate(run_ids[-1], episodes=args.val_episodes * 4)
             tour.wait_until(lambda: bool(evaluated), "the evaluation of the last run")
             window.run_store_changed.emit()
+    return run_ids
 
-    # The analysis views, each once its background work (evaluation, trace, projection, adaptation) is done.
+
+def _views_tour(tour: Tour, run_ids: list[str]) -> None:
+    """The analysis views, each once its background work (evaluation, trace, projection, adaptation) is done."""
+    window = tour.window
     for name in ("Evaluation", "Adaptation", "Embeddings", "Sample weights", "Try a task"):
         widget = window.view(name)
         if widget is None:
@@ -259,30 +271,50 @@ def run_tour(args) -> list[Path]:
             if hasattr(widget, action):
                 getattr(widget, action)()
         if name == "Try a task":
-            _fill_try_view(widget, out / ".try-images", window.dataset())
+            _fill_try_view(widget, tour.out / ".try-images", window.dataset())
         tour.pump(300)
         tasks = [t for t in vars(widget).values() if hasattr(t, "is_running") and hasattr(t, "cancel")]
         tour.wait_until(lambda: not any(t.is_running for t in tasks), f"the {name} view")
         tour.pump(300)
         tour.shoot(window, name.lower().replace(" ", "-"))
 
+
+def _theme_and_dialogs_tour(tour: Tour, args) -> None:
+    """The main window in the other theme, then the shortcuts and About dialogs."""
+    window = tour.window
     other = "dark" if args.theme == "light" else "light"
     window.set_theme(other)
     window.show_view("Training")
     tour.shoot(window, f"main-{other}")
     window.set_theme(args.theme)
 
-    if dialogs is not None:
-        window.show_shortcuts()
-        tour.shoot(window._last_dialog, "shortcuts")
-        window._last_dialog.close()
-        window.show_about()
-        tour.shoot(window._last_dialog, "about")
-        window._last_dialog.close()
+    window.show_shortcuts()
+    tour.shoot(window._last_dialog, "shortcuts")
+    window._last_dialog.close()
+    window.show_about()
+    tour.shoot(window._last_dialog, "about")
+    window._last_dialog.close()
 
+
+def run_tour(args) -> list[Path]:
+    from workbench.gui.app import create_application
+
+    app = create_application([])
+    from workbench.gui import dialogs
+
+    dialogs.BLOCKING_DIALOGS = False
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+
+    tour = Tour(app, _open_window(args), out, args.timeout)
+    _panels_tour(tour)
+    finished = _train_demo_runs(tour, args)
+    run_ids = _runs_tour(tour, args, finished)
+    _views_tour(tour, run_ids)
+    _theme_and_dialogs_tour(tour, args)
     _regression_tour(tour, args)
 
-    window.close()
+    tour.window.close()
     tour.pump()
     return tour.saved
 

@@ -219,7 +219,22 @@ class TrainingView(QWidget):
         self.title_label = QLabel("No training yet: choose a dataset and an algorithm, then press Run (Ctrl+R).")
         self.title_label.setWordWrap(True)
         self.title_label.setObjectName("trainingTitle")
+        top = self._build_top()
+        self._build_plots()
 
+        self.summary_label = QLabel()
+        self.summary_label.setObjectName("trainingSummary")
+        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.title_label)
+        layout.addLayout(top)
+        layout.addWidget(self.plots, 1)
+        layout.addWidget(self.summary_label)
+        self._on_smoothing_changed(self.smoothing_slider.value())
+
+    def _build_top(self) -> QHBoxLayout:
+        """Progress bar, smoothing slider and the Export menu."""
         self.progress = QProgressBar()
         self.progress.setObjectName("trainingProgress")
         self.progress.setRange(0, 1)
@@ -240,15 +255,7 @@ class TrainingView(QWidget):
         self.smoothing_value.setMinimumWidth(32)
         self.smoothing_slider.valueChanged.connect(self._on_smoothing_changed)
 
-        self.export_button = QToolButton()
-        self.export_button.setText("Export")
-        self.export_button.setToolTip("Save the curves as an image (PNG, SVG) or their data (CSV)")
-        self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
-        menu = QMenu(self.export_button)
-        menu.addAction("Image (PNG)…", lambda: self._export_dialog("png"))
-        menu.addAction("Vector image (SVG)…", lambda: self._export_dialog("svg"))
-        menu.addAction("Data (CSV)…", lambda: self._export_dialog("csv"))
-        self.export_button.setMenu(menu)
+        self._build_export_button()
 
         # The bar sits in a holder that keeps its place when the bar is hidden, so the controls do not move.
         holder = QWidget()
@@ -263,7 +270,21 @@ class TrainingView(QWidget):
         top.addWidget(self.smoothing_value)
         top.addSpacing(8)
         top.addWidget(self.export_button)
+        return top
 
+    def _build_export_button(self) -> None:
+        self.export_button = QToolButton()
+        self.export_button.setText("Export")
+        self.export_button.setToolTip("Save the curves as an image (PNG, SVG) or their data (CSV)")
+        self.export_button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        menu = QMenu(self.export_button)
+        menu.addAction("Image (PNG)…", lambda: self._export_dialog("png"))
+        menu.addAction("Vector image (SVG)…", lambda: self._export_dialog("svg"))
+        menu.addAction("Data (CSV)…", lambda: self._export_dialog("csv"))
+        self.export_button.setMenu(menu)
+
+    def _build_plots(self) -> None:
+        """The loss plot above the metric plot (x axes linked) and their curves."""
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setObjectName("trainingPlots")
         self.loss_plot = self.plots.addPlot(row=0, col=0)
@@ -298,17 +319,6 @@ class TrainingView(QWidget):
         self.acc_plot.addItem(self.val_lower)
         self.acc_plot.addItem(self.val_band)
         self.acc_plot.addItem(self.val_curve)
-
-        self.summary_label = QLabel()
-        self.summary_label.setObjectName("trainingSummary")
-        self.summary_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.title_label)
-        layout.addLayout(top)
-        layout.addWidget(self.plots, 1)
-        layout.addWidget(self.summary_label)
-        self._on_smoothing_changed(self.smoothing_slider.value())
 
     def set_metric(self, key: str | None) -> None:
         """Label the second plot, its range and the summary after the run's metric (accuracy, MSE, ...)."""

@@ -360,6 +360,20 @@ class TryView(QWidget):
 
     # --- layout --------------------------------------------------------------------------------
     def _build(self) -> None:
+        top = self._build_top()
+        classes_widget = self._build_classes()
+        queries_widget = self._build_queries()
+        side_widget = self._build_side()
+        splitter = QSplitter(Qt.Orientation.Horizontal)
+        for widget, stretch in ((classes_widget, 3), (queries_widget, 3), (side_widget, 2)):
+            splitter.addWidget(widget)
+            splitter.setStretchFactor(splitter.count() - 1, stretch)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(splitter, 1)
+
+    def _build_top(self) -> QHBoxLayout:
+        """Model chooser, status line and the Task menu."""
         self.model_combo = QComboBox()
         self.model_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.model_combo.setMinimumContentsLength(24)
@@ -384,8 +398,10 @@ class TryView(QWidget):
         task_menu.addAction("Export as image-folder dataset…", self.export_dataset_dialog)
         self.task_button.setMenu(task_menu)
         top.addWidget(self.task_button)
+        return top
 
-        # classes
+    def _build_classes(self) -> QWidget:
+        """The class cards (support images) under an "Add class" header."""
         self.cards_layout, cards_scroll = _scrolling_column(spacing=6)
         add_class = QPushButton("Add class")
         add_class.clicked.connect(lambda: self.add_class())
@@ -399,8 +415,10 @@ class TryView(QWidget):
         classes_widget = QWidget()
         classes_widget.setLayout(classes_box)
         self.cards: list[ClassCard] = []
+        return classes_widget
 
-        # queries
+    def _build_queries(self) -> DropArea:
+        """The query drop strip and the rows of predictions; the whole panel takes drops."""
         self.query_drop = ImageStrip()
         self.query_drop.setMinimumHeight(THUMB // 2 + 28)
         self.query_drop.setMaximumHeight(THUMB // 2 + 28)
@@ -430,8 +448,10 @@ class TryView(QWidget):
         queries_widget = DropArea()
         queries_widget.setLayout(queries_box)
         queries_widget.dropped.connect(lambda mime: self.drop_into(None, mime))
+        return queries_widget
 
-        # sketch pad and adaptation plot
+    def _build_side(self) -> QScrollArea:
+        """The sketch pad and the adaptation / embedding plot."""
         self.sketch = SketchPad()
         self.sketch_target = QComboBox()
         self.sketch_target.setToolTip("Where the drawing goes")
@@ -472,14 +492,7 @@ class TryView(QWidget):
         side_widget.setFrameShape(QFrame.Shape.NoFrame)
         side_widget.setWidget(side_inner)
         side_widget.setMinimumWidth(self.sketch.sizeHint().width() + 40)
-
-        splitter = QSplitter(Qt.Orientation.Horizontal)
-        for widget, stretch in ((classes_widget, 3), (queries_widget, 3), (side_widget, 2)):
-            splitter.addWidget(widget)
-            splitter.setStretchFactor(splitter.count() - 1, stretch)
-        layout = QVBoxLayout(self)
-        layout.addLayout(top)
-        layout.addWidget(splitter, 1)
+        return side_widget
 
     # --- model -----------------------------------------------------------------------------------
     def refresh_models(self) -> None:

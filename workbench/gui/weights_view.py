@@ -130,7 +130,12 @@ class WeightsView(QWidget):
         self._last_check = 0.0
         self._loaded_mtime: float | None = None
         self._follow_latest = True
+        self._build()
+        self.apply_theme(theme)
+        self.show_explanation("No run is shown yet.")
 
+    def _build(self) -> None:
+        """Two pages: the explanation, and the run's weights."""
         self.stack = QStackedWidget()
         self.explanation = QLabel()
         self.explanation.setWordWrap(True)
@@ -138,10 +143,32 @@ class WeightsView(QWidget):
         self.explanation.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.explanation.setContentsMargins(24, 24, 24, 24)
         self.stack.addWidget(self.explanation)
+        self.stack.addWidget(self._build_content())
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self.stack)
 
+    def _build_content(self) -> QWidget:
         content = QWidget()
         self.title = QLabel()
         self.title.setWordWrap(True)
+        plots = self._build_plots()
+        scrubber = self._build_scrubber()
+        self.summary = QLabel()
+        self.summary.setWordWrap(True)
+        strip_scroll = self._build_strip()
+
+        layout = QVBoxLayout(content)
+        layout.addWidget(self.title)
+        layout.addWidget(plots, 1)
+        layout.addLayout(scrubber)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.strip_caption)
+        layout.addWidget(strip_scroll)
+        return content
+
+    def _build_plots(self) -> QSplitter:
+        """The weight function (learned weight by loss) beside the loss histograms of clean and noisy samples."""
         self.curve_plot = pg.PlotWidget()
         self.curve_plot.setLabel("bottom", "training loss of a sample")
         self.curve_plot.setLabel("left", "learned weight")
@@ -159,7 +186,9 @@ class WeightsView(QWidget):
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.curve_plot)
         plots.addWidget(self.hist_plot)
+        return plots
 
+    def _build_scrubber(self) -> QHBoxLayout:
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setMinimum(0)
         self.slider.setToolTip("Replay how the weight function changed during training.")
@@ -170,9 +199,10 @@ class WeightsView(QWidget):
         scrubber.addWidget(QLabel("Training time:"))
         scrubber.addWidget(self.slider, 1)
         scrubber.addWidget(self.step_label)
-        self.summary = QLabel()
-        self.summary.setWordWrap(True)
+        return scrubber
 
+    def _build_strip(self) -> QScrollArea:
+        """The training images sorted by weight, in a row that scrolls, and its caption."""
         self.strip = QLabel()
         self.strip.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         strip_scroll = QScrollArea()
@@ -182,20 +212,7 @@ class WeightsView(QWidget):
         strip_scroll.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.strip_caption = QLabel("Training images sorted by weight (lowest first); red frame: corrupted label, "
                                     "green: correct label.")
-
-        layout = QVBoxLayout(content)
-        layout.addWidget(self.title)
-        layout.addWidget(plots, 1)
-        layout.addLayout(scrubber)
-        layout.addWidget(self.summary)
-        layout.addWidget(self.strip_caption)
-        layout.addWidget(strip_scroll)
-        self.stack.addWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self.stack)
-        self.apply_theme(theme)
-        self.show_explanation("No run is shown yet.")
+        return strip_scroll
 
     # --- wiring ----------------------------------------------------------------------------------
     @classmethod
