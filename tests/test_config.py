@@ -34,6 +34,8 @@ def test_values_are_coerced_from_text():
     ({"training": {"stepz": 3}}, "training.stepz", "unknown setting"),
     ({"dataset": {"ways": 1}}, "dataset.ways", "between 2 and"),
     ({"dataset": {"rotations": "maybe"}}, "dataset.rotations", "expected bool"),
+    ({"dataset": {"rotations": 7}}, "dataset.rotations", "expected bool, got 7"),
+    ({"dataset": {"rotations": 1}}, "dataset.rotations", "expected bool, got 1"),
     ({"datasets": {}}, "datasets", "unknown section"),
     ({"training": 3}, "training", "table"),
     ({"algorithm": {"name": "magic"}}, "algorithm.name", "unknown algorithm"),

@@ -57,9 +57,8 @@ class HParamSpec:
                     if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
                         raise ValueError(value)
                     value = lowered in {"true", "1", "yes", "on"}
-                elif not isinstance(value, (bool, int)):
+                elif not isinstance(value, bool):  # 7 is not a boolean: true/false, or the flag forms as text
                     raise ValueError(value)
-                value = bool(value)
             elif self.type is int:
                 if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                     raise ValueError(value)

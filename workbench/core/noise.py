@@ -23,7 +23,8 @@ def corrupt_labels(labels: torch.Tensor, num_classes: int, rate: float, kind: st
 
     ``uniform``: each sample, with probability ``rate``, gets one of the *other* classes at random (so every
     corrupted label is wrong and the mask is exactly the noisy samples). ``flip``: each class has one fixed
-    other class (a random derangement) that its samples are flipped to with probability ``rate``.
+    other class, drawn at random by the seed (class c goes to c + s_c mod C with s_c in 1..C-1, so several classes
+    may share a target: not a permutation), that its samples are flipped to with probability ``rate``.
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"unknown noise kind {kind!r}; use one of {', '.join(NOISE_KINDS)}")
