@@ -92,7 +92,7 @@ class FakeTrainer:
     """Follows the Trainer contract (steps generator, thread-safe pause/resume/stop) without learning anything."""
 
     def __init__(self, config, total=20, final_event="finished", message="", fail_at=None, error=None,
-                 progress=None, val_every=5):
+                 progress=None, val_every=5, hold_at=None):
         import threading
 
         self.config = config
@@ -105,6 +105,7 @@ class FakeTrainer:
         self.fail_at = fail_at
         self.error = error
         self.val_every = val_every
+        self.hold_at = hold_at  # after this step, wait for stop() (a step that lasts until the user stops)
         self._running = threading.Event()
         self._running.set()
         self._stopping = threading.Event()
@@ -136,6 +137,8 @@ class FakeTrainer:
                     raise self.error
                 self.step += 1
                 yield self._record("step", extras={"inner_loss": 2.0 / self.step})
+                if self.hold_at is not None and self.step >= self.hold_at:
+                    self._stopping.wait()
                 if self.step % self.val_every == 0:
                     yield self._record("validation", val_accuracy=0.5 + self.step / 1000, val_ci95=0.02)
             yield self._record(self.final_event, message=self.message)

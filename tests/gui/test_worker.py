@@ -121,7 +121,8 @@ def test_signals_of_a_stale_job_are_dropped(qtbot, make_controller, fake_trainer
     controller = make_controller(trainer_factory=fake_trainer_factory(total=5))
     with qtbot.waitSignal(controller.job_finished, timeout=30_000):
         old_job = controller.start(ExperimentConfig())
-    factory = fake_trainer_factory(total=1_000_000)
+    # The new job holds after its first step until stopped, so it cannot finish on its own before stop().
+    factory = fake_trainer_factory(total=1_000_000, hold_at=1)
     controller.trainer_factory = factory
     new_job = controller.start(ExperimentConfig())
     qtbot.waitUntil(lambda: controller.state == "running", timeout=30_000)
