@@ -108,9 +108,7 @@ def subprocess_env(site: Path) -> dict[str, str]:
 def _registry_state():
     from workbench.core import algorithms, data, kinds, plugins
 
-    holders = [(algorithms, "_REGISTRY", "_loaded"), (kinds, "_REGISTRY", "_loaded"),
-               (data, "CATALOG", "_plugins_loaded")]
-    return holders, plugins
+    return [algorithms.REGISTRY, kinds.REGISTRY], (data, "CATALOG", "_plugins_loaded"), plugins
 
 
 @contextlib.contextmanager
@@ -123,24 +121,27 @@ def plugins_installed(site: Path):
     # Loaded first: built-in modules register on their first import only, so the state worth restoring is the
     # loaded one.
     catalog.load_everything()
-    holders, plugins = _registry_state()
-    saved = [(module, dict(getattr(module, table)), getattr(module, flag)) for module, table, flag in holders]
+    registries, (data, table, flag), plugins = _registry_state()
+    saved = [registry.snapshot() for registry in registries]
+    saved_catalog, saved_flag = dict(getattr(data, table)), getattr(data, flag)
     saved_entries, saved_groups = dict(plugins._entries), set(plugins._loaded_groups)
     modules_before, path_before = set(sys.modules), list(sys.path)
     sys.path[:0] = [str(site), str(EXAMPLE_DIR)]
     importlib.invalidate_caches()
-    for (module, table, flag), _ in zip(holders, saved):
-        setattr(module, flag, False)
+    for registry in registries:
+        registry.load_again()
+    setattr(data, flag, False)
     plugins.reset()
     try:
         yield
     finally:
         sys.path[:] = path_before
         importlib.invalidate_caches()
-        for (module, table, flag), (_, contents, loaded) in zip(holders, saved):
-            getattr(module, table).clear()
-            getattr(module, table).update(contents)
-            setattr(module, flag, loaded)
+        for registry, snapshot in zip(registries, saved):
+            registry.restore(snapshot)
+        getattr(data, table).clear()
+        getattr(data, table).update(saved_catalog)
+        setattr(data, flag, saved_flag)
         plugins.reset()
         plugins._entries.update(saved_entries)
         plugins._loaded_groups.update(saved_groups)

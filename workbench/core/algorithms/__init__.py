@@ -3,69 +3,40 @@ algorithms through the ``workbench.algorithms`` entry point (a broken one is rec
 
 from __future__ import annotations
 
-import importlib
-import threading
-
 from workbench.core.algorithms.base import Algorithm, Family, LabeledBatch, ModelSpec, check_declarations
-
-_REGISTRY: dict[str, type[Algorithm]] = {}
-_lock = threading.RLock()
-_loaded = False
-
-# One module per algorithm; importing a module registers it.
-_MODULES = ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net")
+from workbench.core.registry import Registry
 
 
-def register(cls: type[Algorithm]) -> type[Algorithm]:
+def _checked(cls: type[Algorithm]) -> str:
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise TypeError(f"{cls!r} is not an Algorithm subclass")
     check_declarations(cls)
-    with _lock:
-        if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-            raise ValueError(f"algorithm name {cls.name!r} is registered twice")
-        _REGISTRY[cls.name] = cls
-    return cls
+    return cls.name
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    with _lock:
-        if _loaded:
-            return
-        for module in _MODULES:
-            importlib.import_module(f"workbench.core.algorithms.{module}")
-        from workbench.core import plugins
-
-        plugins.load_group("algorithms", register)
-        _loaded = True
+# One module per algorithm; importing a module registers it.
+REGISTRY: Registry[type[Algorithm]] = Registry(
+    "algorithm", "algorithm.name", "workbench.core.algorithms",
+    ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net"), "algorithms", _checked)
+register = REGISTRY.register
 
 
 def algorithm_names() -> list[str]:
-    _load_all()
-    return list(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        from workbench.core.errors import ConfigError
-
-        raise ConfigError("algorithm.name", f"unknown algorithm '{name}'; choose one of {', '.join(_REGISTRY)}") from None
+    return REGISTRY.get(name)
 
 
 def algorithms_by_family(kind: str | None = None) -> dict[Family, list[type[Algorithm]]]:
     """Registered algorithms grouped by family; only those supporting ``kind`` when given."""
-    _load_all()
     grouped: dict[Family, list[type[Algorithm]]] = {family: [] for family in Family}
-    for cls in _REGISTRY.values():
+    for cls in REGISTRY.items():
         if kind is None or cls.supports(kind):
             grouped[cls.family].append(cls)
     return grouped
 
 
-__all__ = ["Algorithm", "Family", "LabeledBatch", "ModelSpec", "register", "algorithm_names", "get_algorithm",
-           "algorithms_by_family"]
+__all__ = ["Algorithm", "Family", "LabeledBatch", "ModelSpec", "REGISTRY", "register", "algorithm_names",
+           "get_algorithm", "algorithms_by_family"]

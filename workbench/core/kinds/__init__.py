@@ -3,20 +3,13 @@ imported; plugins add kinds through the ``workbench.kinds`` entry point."""
 
 from __future__ import annotations
 
-import importlib
-import threading
-
-from workbench.core.errors import ConfigError
 from workbench.core.kinds.base import ACCURACY, MSE, ExperimentKind, MetricSpec, VIEW_CAPABILITIES
+from workbench.core.registry import Registry
 
 DEFAULT_KIND = "classification"
-_REGISTRY: dict[str, type[ExperimentKind]] = {}
-_MODULES = ("classification", "regression", "noisy_labels")
-_lock = threading.RLock()
-_loaded = False
 
 
-def register(cls: type[ExperimentKind]) -> type[ExperimentKind]:
+def _checked(cls: type[ExperimentKind]) -> str:
     if not (isinstance(cls, type) and issubclass(cls, ExperimentKind)):
         raise TypeError(f"{cls!r} is not an ExperimentKind subclass")
     for attribute in ("name", "title", "description", "trains_on", "metric", "views", "default_dataset",
@@ -27,39 +20,21 @@ def register(cls: type[ExperimentKind]) -> type[ExperimentKind]:
     if unknown:
         raise TypeError(f"kind {cls.name}: unknown views {unknown}; known are {', '.join(VIEW_CAPABILITIES)}")
     cls.option_specs()  # a bad Options dataclass is refused here, not at first use
-    with _lock:
-        if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-            raise ValueError(f"kind name {cls.name!r} is registered twice")
-        _REGISTRY[cls.name] = cls
-    return cls
+    return cls.name
 
 
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    with _lock:
-        if _loaded:
-            return
-        for module in _MODULES:
-            importlib.import_module(f"workbench.core.kinds.{module}")
-        from workbench.core import plugins
-
-        plugins.load_group("kinds", register)
-        _loaded = True
+REGISTRY: Registry[type[ExperimentKind]] = Registry(
+    "experiment kind", "kind", "workbench.core.kinds", ("classification", "regression", "noisy_labels"), "kinds",
+    _checked)
+register = REGISTRY.register
 
 
 def kind_names() -> list[str]:
-    _load_all()
-    return list(_REGISTRY)
+    return REGISTRY.names()
 
 
 def get_kind_class(name: str) -> type[ExperimentKind]:
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError("kind", f"unknown experiment kind '{name}'; choose one of {', '.join(_REGISTRY)}") from None
+    return REGISTRY.get(name)
 
 
 def get_kind(name: str, options: dict | None = None) -> ExperimentKind:
@@ -68,5 +43,5 @@ def get_kind(name: str, options: dict | None = None) -> ExperimentKind:
     return cls(cls.build_options(options))
 
 
-__all__ = ["ACCURACY", "MSE", "DEFAULT_KIND", "ExperimentKind", "MetricSpec", "VIEW_CAPABILITIES", "register",
-           "kind_names", "get_kind_class", "get_kind"]
+__all__ = ["ACCURACY", "MSE", "DEFAULT_KIND", "ExperimentKind", "MetricSpec", "REGISTRY", "VIEW_CAPABILITIES",
+           "register", "kind_names", "get_kind_class", "get_kind"]
