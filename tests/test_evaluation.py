@@ -13,7 +13,10 @@ import torch
 from conftest import synthetic_dataset, tiny_dataset_config
 from workbench.core.data import Cancelled, FixedEpisodes
 from workbench.core.errors import EpisodeError
-from workbench.core.evaluation import EvalResult, evaluate, evaluate_run, mean_ci95
+from workbench.core.evaluation import evaluate_run
+from workbench.core.kinds.classification import EvalResult
+from workbench.core.kinds.classification import evaluate_episodes as evaluate
+from workbench.core.stats import mean_ci95
 from workbench.core.runs import RunStore
 from workbench.core.training import Trainer
 

@@ -9,19 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.core import data
-from workbench.core.runs import load_model
 from workbench.core.data.base import ProgressCallback, no_progress
 from workbench.core.device import resolve_device
 from workbench.core.errors import CheckpointError, ConfigError
 from workbench.core.kinds import get_kind
-from workbench.core.kinds.classification import EvalResult, evaluate_episodes
-from workbench.core.runs import Run, RunStore, now_iso
-from workbench.core.stats import mean_ci95
+from workbench.core.runs import Run, RunStore, load_model, now_iso
 
-# Kept for callers of the first version: classification's evaluation under its old name.
-evaluate = evaluate_episodes
-
-__all__ = ["EvalResult", "evaluate", "evaluate_run", "mean_ci95"]
+__all__ = ["evaluate_run"]
 
 
 def _resolve_source(run_or_id, store, torch_device, checkpoint: str):
