@@ -220,6 +220,33 @@ def test_non_checkpoints_are_refused(tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
+def test_a_checkpoint_whose_weight_bytes_changed_is_refused_naming_the_file():
+    run = RunStore().create(tiny_dataset_config())
+    path = run.save_checkpoint(_payload(run, 3.0), "best")
+    assert load_model(run).step == 3
+    data = bytearray(path.read_bytes())
+    pattern = torch.full((4,), 3.0).numpy().tobytes()  # four weights of 3.0, as stored in the zip
+    at = bytes(data).find(pattern)
+    assert at > 0
+    data[at:at + 4] = torch.tensor([2.0]).numpy().tobytes()  # one weight silently becomes 2.0
+    path.write_bytes(bytes(data))
+    assert torch.load(path, weights_only=True)["step"] == 3  # torch itself reads it without complaint
+    with pytest.raises(CheckpointError, match=re.escape(str(path)) + ".*do not match the checksum"):
+        load_model(run)
+
+
+def test_a_checkpoint_without_checksum_loads_with_a_one_line_note(caplog):
+    run = RunStore().create(tiny_dataset_config())
+    payload = _payload(run, 3.0)
+    del payload["checksum"]  # as written before checksums
+    path = run.save_checkpoint(payload, "best")
+    with caplog.at_level("WARNING", logger="workbench.core.checkpoints"):
+        assert load_model(run).step == 3
+        assert load_model(run).step == 3
+    notes = [r.getMessage() for r in caplog.records if "no checksum" in r.getMessage()]
+    assert len(notes) == 1 and str(path) in notes[0] and "\n" not in notes[0]
+
+
 def test_checkpoint_from_another_architecture_is_refused():
     run = RunStore().create(tiny_dataset_config())
     payload = _payload(run, 1.0)

@@ -192,6 +192,53 @@ def test_weights_going_nan_are_caught_at_the_checkpoint(monkeypatch):
     assert trainer.run.load_checkpoint("last")["step"] == 2
 
 
+def _blow_up_loss_after(trainer, monkeypatch, step: int):
+    """The loss grows huge but stays finite from ``step`` on, as MAML's does at learning rates at their caps."""
+    real_step = trainer.algorithm.meta_train_step
+    calls = {"n": 0}
+
+    def blowing_up(batch):
+        calls["n"] += 1
+        out = real_step(batch)
+        if calls["n"] >= step:
+            out["loss"] = 2.4e10
+        return out
+
+    monkeypatch.setattr(trainer.algorithm, "meta_train_step", blowing_up)
+
+
+def test_a_finite_loss_blow_up_stops_as_diverged_and_keeps_the_checkpoints(monkeypatch):
+    trainer = Trainer(tiny_dataset_config(training={"steps": 200, "val_interval": 10, "checkpoint_interval": 10}))
+    _blow_up_loss_after(trainer, monkeypatch, 25)
+    records = list(trainer.steps())
+    final = records[-1]
+    patience = trainer_module.DivergenceWatch.PATIENCE
+    assert final.event == "diverged" and final.step == 24 + patience
+    assert "stayed above 10 times its starting value" in final.message
+    assert "last good checkpoint" in final.message and "training.lr" in final.message
+    assert trainer.run.record().status == "diverged"
+    assert trainer.run.load_checkpoint("best")["step"] == trainer.best_step <= final.step
+    assert trainer.run.load_checkpoint("last")["start_loss"] == pytest.approx(
+        trainer.divergence.reference) and trainer.divergence.reference < 100
+
+
+def test_warn_on_divergence_warns_once_and_trains_on(monkeypatch):
+    trainer = Trainer(tiny_dataset_config(training={"steps": 120, "val_interval": 0, "on_divergence": "warn"}))
+    _blow_up_loss_after(trainer, monkeypatch, 25)
+    records = list(trainer.steps())
+    warnings = [r for r in records if r.event == "warning"]
+    assert records[-1].event == "finished" and records[-1].step == 120
+    assert len(warnings) == 1 and warnings[0].step == 24 + trainer_module.DivergenceWatch.PATIENCE
+    assert "may be diverging" in warnings[0].message and trainer.warnings == [warnings[0].message]
+    assert [m["event"] for m in trainer.run.read_metrics()].count("warning") == 1
+
+
+def test_the_divergence_check_can_be_turned_off(monkeypatch):
+    trainer = Trainer(tiny_dataset_config(training={"steps": 90, "val_interval": 0, "divergence_factor": 0}))
+    _blow_up_loss_after(trainer, monkeypatch, 25)
+    assert list(trainer.steps())[-1].event == "finished"
+
+
 def test_time_budget_validates_saves_and_finishes(monkeypatch):
     now = {"t": 1000.0}
     monkeypatch.setattr(trainer_module, "clock", lambda: now["t"])

@@ -6,10 +6,16 @@ Checkpoints hold only plain containers, numbers, strings and tensors, so they lo
 Format 2 stores the run's config once (the algorithm, its hyperparameters, the kind and the data settings are
 read from it); format 1, written before experiment kinds, also stored the algorithm's name and hyperparameters
 at the top level. Both load.
+
+Each checkpoint carries a SHA-256 of its tensors (weights and optimizer state, with their names, dtypes and
+shapes) under ``checksum``; a file whose tensor bytes changed since it was written is refused on load. Files from
+before checksums load with a one-line note.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import pickle
 from dataclasses import dataclass
@@ -32,6 +38,49 @@ CHECKPOINT_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 REQUIRED_KEYS = {1: ("format", "algorithm", "hparams", "model_spec", "preprocess", "state"),
                  2: ("format", "config", "model_spec", "preprocess", "state")}
+CHECKSUMMED_KEYS = ("state", "optimizer")  # the payload parts whose tensors the checksum covers
+log = logging.getLogger(__name__)
+_noted_without_checksum: set[str] = set()
+
+
+def _tensors(value: Any, prefix: str):
+    """(name, tensor) pairs of a nested payload part, in a fixed order."""
+    if isinstance(value, torch.Tensor):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            yield from _tensors(value[key], f"{prefix}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{prefix}/{index}")
+
+
+def tensor_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the payload's weight and optimizer tensors."""
+    digest = hashlib.sha256()
+    for key in CHECKSUMMED_KEYS:
+        for name, tensor in _tensors(payload.get(key), key):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def verify_checksum(payload: dict[str, Any], path: Path) -> None:
+    """Refuse a payload whose tensors differ from the checksum written with them; note a file without one."""
+    stored = payload.get("checksum")
+    if stored is None:
+        if str(path) not in _noted_without_checksum:
+            _noted_without_checksum.add(str(path))
+            log.warning("note: %s has no checksum (written by an older version); its weights are not verified",
+                        path)
+        return
+    if not isinstance(stored, dict) or stored.get("algorithm") != "sha256" or "value" not in stored:
+        raise CheckpointError(f"{path}: refused: its checksum field is malformed ({stored!r:.80})")
+    if tensor_checksum(payload) != stored["value"]:
+        raise CheckpointError(f"{path}: refused: the weights do not match the checksum written with them (the "
+                              "file was corrupted or changed after it was saved); use another checkpoint, e.g. "
+                              "the run's 'last' one, or train again")
 
 
 def rng_state(sampler_generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -83,6 +132,7 @@ def make_payload(algorithm: "Algorithm", config: ExperimentConfig, spec: Preproc
     }
     if extra:
         payload.update(extra)
+    payload["checksum"] = {"algorithm": "sha256", "covers": list(CHECKSUMMED_KEYS), "value": tensor_checksum(payload)}
     return payload
 
 
@@ -115,6 +165,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"{path}: not a workbench checkpoint (it lacks the workbench fields "
                               f"{', '.join(missing)})")
+    verify_checksum(payload, path)
     return payload
 
 

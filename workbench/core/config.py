@@ -71,6 +71,12 @@ class TrainingConfig:
     val_interval: int = hparam(200, "Validate every this many steps; 0 only validates at the end.", low=0,
                                high=10_000_000)
     val_episodes: int = hparam(100, "Fixed meta-validation episodes per validation.", low=1, high=10_000)
+    on_divergence: str = hparam("stop", "What to do when the loss stays far above where training started "
+                                "(divergence_factor times its first steps' median, for 50 steps in a row): stop "
+                                "and keep the checkpoints, or warn once and go on. A NaN or infinite loss always "
+                                "stops.", choices=("stop", "warn"))
+    divergence_factor: float = hparam(10.0, "How far above its starting value the loss must stay to count as "
+                                      "diverging; 0 turns the check off.", low=0.0, high=1e9)
     checkpoint_interval: int = hparam(500, "Write the latest checkpoint every this many steps (a crash loses at "
                                       "most these).", low=1, high=10_000_000)
     device: str = hparam("auto", "Where to train: auto picks CUDA, then MPS, then CPU.", choices=DEVICE_CHOICES)

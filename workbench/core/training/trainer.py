@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import threading
 import time
 from contextlib import contextmanager
@@ -64,7 +65,7 @@ class StepRecord:
     elapsed_s: float  # training wall-clock time, pauses excluded, summed over resumed sessions
     steps_per_s: float
     eta_s: float | None
-    event: str = "step"  # "step" | "validation" | "finished" | "stopped" | "budget" | "diverged"
+    event: str = "step"  # "step" | "validation" | "warning" | "finished" | "stopped" | "budget" | "diverged"
     val_score: float | None = None
     val_ci95: float | None = None
     best_val_score: float | None = None
@@ -158,6 +159,36 @@ def _flatten(config_dict: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class DivergenceWatch:
+    """Flags a loss that stays far above where training started: a blow-up that stays finite (2e10) and so
+    slips past the NaN checks. The reference is the median loss of the run's first steps."""
+
+    REFERENCE_STEPS = 20
+    PATIENCE = 50  # steps in a row above the threshold
+
+    def __init__(self, factor: float, reference: float | None = None):
+        self.factor = factor
+        self.reference = reference
+        self._first: list[float] = []
+        self._streak = 0
+
+    def observe(self, loss: float) -> bool:
+        """True at the step that completes a streak of PATIENCE steps above factor x reference."""
+        if self.factor <= 0:
+            return False
+        if self.reference is None:
+            self._first.append(loss)
+            if len(self._first) == self.REFERENCE_STEPS:
+                self.reference = max(statistics.median(self._first), 1e-8)
+            return False
+        self._streak = self._streak + 1 if loss > self.factor * self.reference else 0
+        return self._streak == self.PATIENCE
+
+    def describe(self, loss: float) -> str:
+        return (f"the loss ({loss:.3g}) has stayed above {self.factor:g} times its starting value "
+                f"({self.reference:.3g}) for {self.PATIENCE} steps")
+
+
 class Trainer:
     """Meta-trains one run. Build it (loads data, builds the model, creates or reopens the run),
     then iterate :meth:`steps` or call :meth:`run_all`.
@@ -240,6 +271,8 @@ class Trainer:
         self.last_checkpoint_step: int | None = None
         self._elapsed_before = 0.0  # training time of earlier sessions of a resumed run
         self.resume_message = ""
+        self.divergence = DivergenceWatch(self.config.training.divergence_factor)
+        self.warnings: list[str] = []
 
     def _reset_session(self) -> None:
         self._run_event = threading.Event()
@@ -307,6 +340,7 @@ class Trainer:
             self.best_val_ci95 = payload.get("best_val_ci95")
             self.best_step = payload.get("best_step")
             self._elapsed_before = float(payload.get("elapsed_s", 0.0))
+            self.divergence.reference = payload.get("start_loss")
             self.last_checkpoint_step = self.step
             self.resume_message = (f"resumed run {run.id} at step {self.step} of {total}" if total else
                                    f"resumed run {run.id} at step {self.step}, to train until its time budget")
@@ -450,6 +484,12 @@ class Trainer:
                 return "diverged", self._diverged_message(self.step + 1, f"the loss became {loss}")
             self.step += 1
             yield self._step_record(out, loss, started)
+            if self.divergence.observe(loss):
+                what = self.divergence.describe(loss)
+                if training.on_divergence == "stop":
+                    return "diverged", self._diverged_message(self.step, what)
+                yield self._warning_record(f"warning: training may be diverging at step {self.step}: {what}; "
+                                           f"training goes on (training.on_divergence = \"warn\")")
             if training.val_interval and self.step % training.val_interval == 0:
                 validation = self._validate()
                 if validation is not None:
@@ -483,6 +523,15 @@ class Trainer:
         self._pending.append(record)
         if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= FLUSH_SECONDS:
             self._flush_metrics()
+        return record
+
+    def _warning_record(self, message: str) -> StepRecord:
+        """A record that tells the user something without stopping; kept in metrics.jsonl."""
+        self.warnings.append(message)
+        record = StepRecord(self.step, self.planned_steps, self._last_loss, self._last_score, self._current_lr(),
+                            self._elapsed_before + self._active_elapsed(), self._steps_per_s, None, "warning",
+                            best_val_score=self.best_val_score, message=message, metric=self.metric.key)
+        self._pending.append(record)
         return record
 
     def _finish(self, event: str, message: str) -> Iterator[StepRecord]:
@@ -529,6 +578,8 @@ class Trainer:
     def _diverged_message(self, step: int, what: str) -> str:
         kept = (f"the last good checkpoint (step {self.last_checkpoint_step}) was kept"
                 if self.last_checkpoint_step is not None else "no checkpoint was saved")
+        if self.best_step is not None and self.best_step != self.last_checkpoint_step:
+            kept += f", as was the best one (step {self.best_step})"
         return (f"training diverged at step {step}: {what}; {kept}. Lower training.lr (now "
                 f"{self.config.training.lr:g}) and train again")
 
@@ -612,7 +663,8 @@ class Trainer:
         payload = make_payload(self.algorithm, self.config, self.dataset.spec, step=self.step,
                                best_val_accuracy=self.best_val_score, rng=rng_state(self.sampler.generator),
                                extra={"best_val_ci95": self.best_val_ci95, "best_step": self.best_step,
-                                      "elapsed_s": float(elapsed), "metric": self.metric.key},
+                                      "elapsed_s": float(elapsed), "metric": self.metric.key,
+                                      "start_loss": self.divergence.reference},
                                config_dict=self.config_dict)
         self.run.save_checkpoint(payload, kind)
         if kind == "last":
