@@ -212,9 +212,9 @@ def test_a_finite_loss_blow_up_stops_as_diverged_and_keeps_the_checkpoints(monke
     _blow_up_loss_after(trainer, monkeypatch, 25)
     records = list(trainer.steps())
     final = records[-1]
-    patience = trainer_module.DivergenceWatch.PATIENCE
-    assert final.event == "diverged" and final.step == 24 + patience
-    assert "stayed above 10 times its starting value" in final.message
+    watch = trainer_module.DivergenceWatch
+    assert final.event == "diverged" and final.step == 24 + int(watch.WINDOW * watch.SHARE)
+    assert f"above 10 times its starting value" in final.message and f"of the last {watch.WINDOW} steps" in final.message
     assert "last good checkpoint" in final.message and "training.lr" in final.message
     assert trainer.run.record().status == "diverged"
     assert trainer.run.load_checkpoint("best")["step"] == trainer.best_step <= final.step
@@ -228,7 +228,8 @@ def test_warn_on_divergence_warns_once_and_trains_on(monkeypatch):
     records = list(trainer.steps())
     warnings = [r for r in records if r.event == "warning"]
     assert records[-1].event == "finished" and records[-1].step == 120
-    assert len(warnings) == 1 and warnings[0].step == 24 + trainer_module.DivergenceWatch.PATIENCE
+    watch = trainer_module.DivergenceWatch
+    assert len(warnings) == 1 and warnings[0].step == 24 + int(watch.WINDOW * watch.SHARE)
     assert "may be diverging" in warnings[0].message and trainer.warnings == [warnings[0].message]
     assert [m["event"] for m in trainer.run.read_metrics()].count("warning") == 1
 

@@ -72,7 +72,7 @@ class TrainingConfig:
                                high=10_000_000)
     val_episodes: int = hparam(100, "Fixed meta-validation episodes per validation.", low=1, high=10_000)
     on_divergence: str = hparam("stop", "What to do when the loss stays far above where training started "
-                                "(divergence_factor times its first steps' median, for 50 steps in a row): stop "
+                                "(divergence_factor times the first step's loss, in 45 of 50 steps): stop "
                                 "and keep the checkpoints, or warn once and go on. A NaN or infinite loss always "
                                 "stops.", choices=("stop", "warn"))
     divergence_factor: float = hparam(10.0, "How far above its starting value the loss must stay to count as "

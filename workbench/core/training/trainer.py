@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -160,33 +160,40 @@ def _flatten(config_dict: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class DivergenceWatch:
-    """Flags a loss that stays far above where training started: a blow-up that stays finite (2e10) and so
-    slips past the NaN checks. The reference is the median loss of the run's first steps."""
+    """Flags a loss that stays far above where training started: a blow-up that stays finite (2e10) slips past
+    the NaN checks. The reference is the run's first loss, that of the initial weights (a blow-up can start at
+    the second step, so later losses would hide it); a resumed run keeps its reference from the checkpoint.
+    It takes most of a window of steps above the threshold, so single noisy episodes never trip it, and a loss
+    that swings between huge and normal still does."""
 
-    REFERENCE_STEPS = 20
-    PATIENCE = 50  # steps in a row above the threshold
+    WINDOW = 50  # steps
+    SHARE = 0.9  # of the window above factor x reference
 
     def __init__(self, factor: float, reference: float | None = None):
         self.factor = factor
         self.reference = reference
-        self._first: list[float] = []
-        self._streak = 0
+        self._above: deque[bool] = deque(maxlen=self.WINDOW)
+        self._flagged = False
 
     def observe(self, loss: float) -> bool:
-        """True at the step that completes a streak of PATIENCE steps above factor x reference."""
+        """True at the step where the share of recent steps above the threshold first reaches SHARE."""
         if self.factor <= 0:
             return False
         if self.reference is None:
-            self._first.append(loss)
-            if len(self._first) == self.REFERENCE_STEPS:
-                self.reference = max(statistics.median(self._first), 1e-8)
+            self.reference = max(loss, 1e-8)
             return False
-        self._streak = self._streak + 1 if loss > self.factor * self.reference else 0
-        return self._streak == self.PATIENCE
+        self._above.append(loss > self.factor * self.reference)
+        share = sum(self._above) / self.WINDOW
+        if share < 0.5:
+            self._flagged = False  # recovered: a later blow-up is reported again
+        if self._flagged or share < self.SHARE:
+            return False
+        self._flagged = True
+        return True
 
     def describe(self, loss: float) -> str:
-        return (f"the loss ({loss:.3g}) has stayed above {self.factor:g} times its starting value "
-                f"({self.reference:.3g}) for {self.PATIENCE} steps")
+        return (f"the loss (now {loss:.3g}) was above {self.factor:g} times its starting value "
+                f"({self.reference:.3g}) in {sum(self._above)} of the last {self.WINDOW} steps")
 
 
 class Trainer:
