@@ -7,11 +7,14 @@ algorithm without the hook the view needs) is kept as its ``note``, which the vi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from workbench.core.inspection import InspectionSpec, compact, specs_from_json, specs_to_json
 
 
 class EmbeddingSnapshots:
@@ -132,8 +135,91 @@ def _load_fit_history(path: Path) -> dict[str, np.ndarray]:
         return empty
 
 
+INSPECTION_FILE = "inspections.npz"
+INSPECTION_MAX_SNAPSHOTS = 200
+
+
+@dataclass
+class InspectionHistory:
+    """A run's inspection records over training: ``specs`` as declared, ``steps`` [S] and, per snapshot, the
+    compacted records by spec name (see workbench.core.inspection.compact)."""
+
+    specs: list[InspectionSpec]
+    steps: list[int]
+    records: list[dict[str, dict[str, np.ndarray]]]
+    algorithm: str = ""
+
+
+class InspectionSnapshots:
+    """The Mechanism view's history (<run>/inspections.npz): the algorithm's ``inspect()`` records at every
+    validation. Keys: ``steps``, ``specs`` (JSON), ``algorithm`` and ``<snapshot>/<spec>/<array>``; at most
+    INSPECTION_MAX_SNAPSHOTS snapshots (every other one is thinned beyond)."""
+
+    def __init__(self, dataset: Any, config: Any, run_path: Path):
+        self.path = Path(run_path) / INSPECTION_FILE
+        self.note = ""
+
+    def record(self, algorithm: Any, step: int) -> None:
+        if not algorithm.has("inspection"):
+            return
+        try:
+            with torch.no_grad():
+                raw = algorithm.inspect()
+            record = {spec.name: compact(spec, raw[spec.name]) for spec in algorithm.inspections if spec.name in raw}
+            history = read_inspections(self.path)
+            keep = [i for i, s in enumerate(history.steps) if s < step]  # a resumed run replaces later ones
+            steps = [history.steps[i] for i in keep] + [int(step)]
+            records = [history.records[i] for i in keep] + [record]
+            while len(steps) > INSPECTION_MAX_SNAPSHOTS:
+                chosen = sorted(set(range(0, len(steps) - 1, 2)) | {len(steps) - 1})
+                steps, records = [steps[i] for i in chosen], [records[i] for i in chosen]
+            write_inspections(self.path, InspectionHistory(list(algorithm.inspections), steps, records,
+                                                           algorithm.name))
+            self.note = ""
+        except Exception as exc:  # never stops training; the view explains a missing history
+            self.note = f"{type(exc).__name__}: {exc}"
+
+
+def write_inspections(path: Path, history: InspectionHistory) -> None:
+    from workbench.core.fileio import atomic_write
+
+    arrays: dict[str, np.ndarray] = {"steps": np.asarray(history.steps, np.int64),
+                                     "specs": np.array(specs_to_json(history.specs)),
+                                     "algorithm": np.array(history.algorithm)}
+    for index, record in enumerate(history.records):
+        for spec_name, named in record.items():
+            for array_name, value in named.items():
+                arrays[f"{index}/{spec_name}/{array_name}"] = value
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    atomic_write(Path(path), write)
+
+
+def read_inspections(path: Path) -> InspectionHistory:
+    """A run's inspection history; empty when the file is missing or unreadable (a view says so)."""
+    path = Path(path)
+    if not path.is_file():
+        return InspectionHistory([], [], [])
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            steps = [int(s) for s in npz["steps"]]
+            records: list[dict[str, dict[str, np.ndarray]]] = [{} for _ in steps]
+            for key in npz.files:
+                index, _, rest = key.partition("/")
+                if rest and index.isdigit() and int(index) < len(steps):
+                    spec_name, _, array_name = rest.partition("/")
+                    records[int(index)].setdefault(spec_name, {})[array_name] = npz[key]
+            return InspectionHistory(specs_from_json(str(npz["specs"])), steps, records, str(npz["algorithm"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return InspectionHistory([], [], [])
+
+
 # View capability -> recorder class (dataset, config, run folder) with .record(algorithm, step).
-RECORDERS: dict[str, Callable[..., Any]] = {"embeddings": EmbeddingSnapshots, "fit": FitSnapshots}
+RECORDERS: dict[str, Callable[..., Any]] = {"embeddings": EmbeddingSnapshots, "fit": FitSnapshots,
+                                            "inspection": InspectionSnapshots}
 
 
 def recorders_for(views: tuple[str, ...], dataset: Any, config: Any, run_path: Path) -> list[Any]:

@@ -30,6 +30,7 @@ from torch import nn
 from workbench.core.data.episodes import LabeledBatch  # noqa: F401 (re-exported)
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import HParamSpec, build, specs, to_dict
+from workbench.core.inspection import InspectionSpec
 from workbench.core.kinds import get_kind
 from workbench.core.models.spec import ModelSpec
 from workbench.core.recipes import Recipe
@@ -43,6 +44,7 @@ HOOKS = {
     "training_data": "attach_training_data",  # builds its own problem from the training data before training
     "run_folder": "set_run_folder",  # mirrors view data (histories) into the run folder
     "evaluation_extras": "evaluation_extras",  # adds its own numbers to an evaluation
+    "inspection": "inspect",  # records of its mechanism (learned rates, gates, ...): the Mechanism view
 }
 
 
@@ -77,6 +79,8 @@ class Algorithm(ABC):
     gradient_based: ClassVar[bool] = False  # has an inner loop, so adaptation_trace is meaningful
     # The hyperparameter holding its test-time adaptation steps, if it has one (the Adaptation view reads it).
     adaptation_steps_hparam: ClassVar[str] = ""
+    # The records ``inspect()`` returns (capability "inspection"), drawn by the generic Mechanism view.
+    inspections: ClassVar[tuple[InspectionSpec, ...]] = ()
 
     def __init__(self, hparams: Any, model_spec: ModelSpec, device: torch.device | str = "cpu"):
         self.hparams = hparams
@@ -228,6 +232,11 @@ class Algorithm(ABC):
         """[evaluation_extras] Algorithm-specific numbers added to an evaluation on ``tasks``."""
         return {}
 
+    def inspect(self) -> dict[str, dict[str, Any]]:
+        """[inspection] One record per declared :class:`InspectionSpec` (by name): named numpy arrays as its
+        plot type describes (see workbench.core.inspection). Called at every validation, in eval mode."""
+        return {}
+
 
 class ScheduleClock:
     """What a learning-rate schedule follows: the fraction of the planned steps or, when training has a time
@@ -285,6 +294,19 @@ def check_declarations(cls: type[Algorithm]) -> None:
         _check_default(cls, spec)
     for recipe in cls.recipes:
         recipe.check(cls)
+    _check_inspections(cls)
+
+
+def _check_inspections(cls: type[Algorithm]) -> None:
+    if ("inspection" in cls.capabilities) != bool(cls.inspections):
+        raise TypeError(f"algorithm {cls.name}: the 'inspection' capability and the 'inspections' declaration go "
+                        "together (one without the other)")
+    names = [spec.name for spec in cls.inspections]
+    if len(set(names)) != len(names):
+        raise TypeError(f"algorithm {cls.name}: inspection names repeat: {names}")
+    for spec in cls.inspections:
+        for problem in spec.problems():
+            raise TypeError(f"algorithm {cls.name}: {problem}")
 
 
 def _check_default(cls: type[Algorithm], spec: HParamSpec) -> None:

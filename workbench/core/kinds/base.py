@@ -28,7 +28,7 @@ TRAINS_ON = ("image episodes", "regression tasks", "labelled batches", "optimize
 # feeds (see Algorithm.capabilities). Views a kind lists but no algorithm must feed ("curves", "evaluation", "try")
 # are always on for that kind.
 VIEW_CAPABILITIES = ("curves", "embeddings", "adaptation", "sample_weights", "evaluation", "fit", "try_images",
-                     "try_points")
+                     "try_points", "inspection")
 
 
 @dataclass(frozen=True)

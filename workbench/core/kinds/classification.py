@@ -300,7 +300,7 @@ class FewShotClassification(ImageKind):
     description = ("N-way K-shot image classification: meta-train on episodes from training classes, then adapt to "
                    "each test episode's K labelled images per class and classify its queries. Reported as mean "
                    "accuracy with a 95% confidence interval over fixed test episodes.")
-    views = ("curves", "embeddings", "adaptation", "sample_weights", "evaluation", "try_images")
+    views = ("curves", "embeddings", "adaptation", "sample_weights", "evaluation", "try_images", "inspection")
     try_task = "images"
     try_task_help = "Drop, paste, pick or draw a few images per class, then classify new images."
     default_algorithm = "protonet"

@@ -17,7 +17,7 @@ class NoisyLabelClassification(ImageKind):
                    "set guides methods that learn to weight samples. Reported as accuracy on fixed few-shot test "
                    "episodes (with the learned weights of clean and noisy samples).")
     trains_on = "labelled batches"
-    views = ("curves", "embeddings", "sample_weights", "evaluation", "try_images")
+    views = ("curves", "embeddings", "sample_weights", "evaluation", "try_images", "inspection")
     try_task = "images"
     try_task_help = "Drop, paste, pick or draw a few images per class, then classify new images."
     default_algorithm = "meta-weight-net"

@@ -147,7 +147,7 @@ class FewShotRegression(ExperimentKind):
                    "interval over fixed test tasks, after 0, 1 and 10 gradient steps.")
     trains_on = "regression tasks"
     metric = MSE
-    views = ("curves", "fit", "adaptation", "evaluation", "try_points")
+    views = ("curves", "fit", "adaptation", "evaluation", "try_points", "inspection")
     try_task = "points"
     try_task_help = "Click points on the canvas (or type them) to make a support set; watch the model adapt."
     dataset_fields = ("name", "shots", "queries")
