@@ -182,23 +182,24 @@ def test_runs_list_show_rename_resume_delete(capsys, trained_run):
     assert code == 2 and err.startswith("error: no run")
 
 
-def test_ctrl_c_stops_cleanly_and_saves(capsys, use_synthetic_data, monkeypatch):
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_saves(capsys, use_synthetic_data, monkeypatch, signum, exit_code):
     from workbench.core.algorithms.protonet import ProtoNet
 
     real_step = ProtoNet.meta_train_step
     calls = {"n": 0}
 
-    def step_then_ctrl_c(self, batch):
+    def step_then_signal(self, batch):
         calls["n"] += 1
         if calls["n"] == 2:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         return real_step(self, batch)
 
-    monkeypatch.setattr(ProtoNet, "meta_train_step", step_then_ctrl_c)
-    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(ProtoNet, "meta_train_step", step_then_signal)
+    previous = signal.getsignal(signum)
     code, out, err = run_cli(capsys, "train", *TINY_FLAGS, "--steps", "50", "--json")
-    assert signal.getsignal(signal.SIGINT) is previous  # handler restored
-    assert code == 130
+    assert signal.getsignal(signum) is previous  # handler restored
+    assert code == exit_code
     result = one_json(out)
     assert result["status"] == "stopped" and result["steps"] == 2 and result["test"] is None
     assert f"workbench runs resume {result['run']}" in err
@@ -292,6 +293,42 @@ def _image_folder(root, classes: int = 15, per_class: int = 6, size: int = 16):
     return root
 
 
+def test_sigterm_to_a_training_process_saves_every_step_and_prints_json(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from workbench.core.checkpoints import read_checkpoint
+
+    root = _image_folder(tmp_path / "images")
+    command = [sys.executable, "-m", "workbench", "train", "--dataset", "folder", "--data-root", str(root),
+               "--image-size", "16", "--ways", "3", "--shots", "1", "--queries", "2", "--steps", "100000",
+               "--val-interval", "0", "--checkpoint-interval", "100000", "--device", "cpu", "--threads", "1",
+               "--hparam", "hidden=8", "--json", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = RunStore()
+    deadline = time.monotonic() + 120
+    try:
+        # Wait (polling the disk) until metrics past step 5 are written: the only checkpoint is step 0's.
+        while time.monotonic() < deadline and process.poll() is None:
+            records = store.list()
+            metrics = store.run(records[0].id).read_metrics() if records else []
+            if any(m["event"] == "step" and m["step"] > 5 for m in metrics):
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, err.decode()
+    result = json.loads(out.decode())
+    assert result["status"] == "stopped" and result["steps"] > 5
+    assert f"stopped; resume with: workbench runs resume {result['run']}" in err.decode()
+    run = store.get(result["run"])
+    assert read_checkpoint(run.checkpoint_path("last"))["step"] == result["steps"]
+    assert run.record().status == "stopped"
+
+
 @pytest.mark.slow
 def test_a_killed_training_process_resumes_from_its_last_checkpoint(capsys, tmp_path):
     import subprocess
@@ -332,3 +369,86 @@ def test_a_killed_training_process_resumes_from_its_last_checkpoint(capsys, tmp_
     assert (result["steps"], result["status"]) == (saved_step + 3, "finished")
     steps = [m["step"] for m in store.run(record.id).read_metrics() if m["event"] == "step"]
     assert steps == list(range(1, saved_step + 4))
+
+
+def _bad_image_files(folder) -> dict:
+    """Unreadable files of every sort in ``folder``, with a word their reason must contain."""
+    import io
+
+    from PIL import Image
+
+    from fixtures_data import png_header_only
+
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 60).save(buffer, "PNG")
+    png = buffer.getvalue()
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 60).save(buffer, "JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    files = {"truncated.png": (png[: len(png) // 2], "truncated"), "cut.jpg": (jpeg[: len(jpeg) // 3], "truncated"),
+             "notes.png": (b"just some text, not an image", "not an image"), "empty.png": (b"", "empty"),
+             "bomb.png": (png_header_only(12_000, 12_000), "too large")}
+    expected = {}
+    for name, (content, word) in files.items():
+        (folder / name).write_bytes(content)
+        expected[str(folder / name)] = word
+    return expected
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_train_on_a_folder_reports_skipped_files_and_left_out_folders(capsys, tmp_path):
+    root = _image_folder(tmp_path / "data")
+    bad = _bad_image_files(root / "class00")
+    bad.update(_bad_image_files(root / "unreadable"))  # a class folder of unreadable files only
+    (root / "empty").mkdir()
+    flags = ["train", "--dataset", "folder", "--data-root", str(root), *TINY_FLAGS, "--steps", "2", "--no-eval",
+             "--json", "--quiet"]
+    code, out, err = run_cli(capsys, *flags)
+    assert code == 0, err
+    result = one_json(out)
+    assert {item["path"]: item["reason"] for item in result["skipped"]}.keys() == bad.keys()
+    for item in result["skipped"]:
+        assert bad[item["path"]] in item["reason"], item
+    listing = f"{result['path']}/skipped_files.txt"
+    assert f"warning: skipped {len(bad)} files that could not be read; see {listing} for the full list:" in err
+    assert sum(line.startswith(f"  {root}") for line in err.splitlines()) == 5  # the first few, with reasons
+    assert f"... and {len(bad) - 5} more" in err
+    with open(listing, encoding="utf-8") as handle:
+        assert dict(line.rstrip("\n").split("\t", 1) for line in handle) == {i["path"]: i["reason"]
+                                                                              for i in result["skipped"]}
+    assert "'empty'" in err and "the folder is empty" in err
+    assert "'unreadable'" in err and "none of its 5 image file(s) could be read" in err
+    assert any("'empty'" in line for line in result["warnings"])
+    # A second load comes from the disk cache and reports the same files and folders.
+    code, out, err_again = run_cli(capsys, *flags)
+    again = one_json(out)
+    assert again["skipped"] == result["skipped"] and again["warnings"] == result["warnings"]
+
+
+def test_eval_on_another_dataset_and_a_channel_mismatch(capsys, tmp_path, monkeypatch):
+    from fixtures_data import make_class_folders
+
+    train_root = _image_folder(tmp_path / "a")
+    other = _image_folder(tmp_path / "b", classes=12, per_class=5)
+    code, out, err = run_cli(capsys, "train", "--dataset", "folder", "--data-root", str(train_root), *TINY_FLAGS,
+                             "--steps", "2", "--no-eval", "--json", "--quiet")
+    assert code == 0, err
+    run_id = one_json(out)["run"]
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "eval", run_id, "--data-root", "b", "--episodes", "3", "--json", "--quiet")
+    assert code == 0, err
+    result = one_json(out)
+    assert result["dataset"] == "folder" and result["ways"] == 3 and result["episodes"] == 3
+    assert result["evaluated_on"] == {"dataset": "folder", "root": str(other), "trained_on": "folder"}
+    code, out, err = run_cli(capsys, "eval", run_id, "--data-root", "b", "--episodes", "3", "--quiet")
+    assert code == 0 and f"tested on folder ({other}); trained on folder" in out
+    saved = RunStore().get(run_id).evaluations()
+    assert len(saved) == 1 and "-on-folder-" in saved[0]["file"]
+    assert RunStore().get(run_id).record().test_accuracy is None  # the run's own test columns stay empty
+    rgb = tmp_path / "rgb"
+    make_class_folders(rgb, {f"c{c:02d}": 4 for c in range(12)})  # colour images: 3 channels
+    code, out, err = run_cli(capsys, "eval", run_id, "--data-root", str(rgb), "--episodes", "3", "--quiet")
+    assert code == 2 and "1-channel" in err and "3-channel" in err
+    code, out, err = run_cli(capsys, "eval", run_id, "--dataset", "no-such-data", "--quiet")
+    assert code == 2 and "unknown dataset 'no-such-data'" in err

@@ -192,3 +192,67 @@ def test_a_run_stopped_before_validation_is_evaluated_from_its_last_checkpoint()
     assert not trainer.run.has_checkpoint("best")
     result = evaluate_run(trainer.run, store, episodes=3, device="cpu")
     assert result.checkpoint == "last"
+
+
+def tiny_omniglot_zip(omniglot_root, path, alphabets: int = 5, characters: int = 3):
+    """A small-set style zip with a few real Omniglot characters (fast to decode)."""
+    import zipfile
+
+    with zipfile.ZipFile(omniglot_root / "images_background_small1.zip") as source, \
+            zipfile.ZipFile(path, "w") as target:
+        keep = sorted({n.split("/")[1] for n in source.namelist() if n.count("/") >= 2})[:alphabets]
+        for member in source.namelist():
+            parts = member.split("/")
+            if (len(parts) == 4 and parts[3].endswith(".png") and parts[1] in keep
+                    and int(parts[2].removeprefix("character")) <= characters):
+                target.writestr(member, source.read(member))
+    return path
+
+
+def test_a_glyph_run_is_evaluated_on_omniglot(omniglot_root, tmp_path, monkeypatch):
+    from workbench.core.kinds import classification
+
+    store = RunStore()
+    trainer = Trainer(tiny_dataset_config(), store)  # real glyphs, 16 px, 3-way 1-shot
+    list(trainer.steps())
+    own = evaluate_run(trainer.run, store, device="cpu")
+    record = trainer.run.record()
+    specs = []
+
+    class Spy(classification.FixedEpisodes):
+        def __init__(self, split, spec, *args, **kwargs):
+            specs.append(spec)
+            super().__init__(split, spec, *args, **kwargs)
+
+    monkeypatch.setattr(classification, "FixedEpisodes", Spy)
+    archive = tiny_omniglot_zip(omniglot_root, tmp_path / "tiny.zip")
+    other = evaluate_run(trainer.run, store, device="cpu", dataset="omniglot", data_root=str(archive), episodes=4)
+    assert (other.ways, other.shots, other.episodes, other.seed) == (3, 1, 4, 7)  # the run's setting
+    assert other.dataset == "omniglot" and 0 <= other.accuracy <= 1
+    assert other.extras["evaluated_on"] == {"dataset": "omniglot", "root": str(archive), "trained_on": "glyphs"}
+    assert specs == [trainer.dataset.spec]  # the glyph model's preprocessing, at its 16 px
+    assert all("/character" in name for name in other.confusion_classes)  # Omniglot's alphabet/character names
+    files = sorted((e["file"].rsplit("/", 1)[-1] for e in trainer.run.evaluations()), key=lambda f: "-on-" in f)
+    assert files[0] == "3w1s-5ep-seed7-q2.json" and files[1].startswith("3w1s-4ep-seed7-q2-on-omniglot-")
+    saved = [e for e in trainer.run.evaluations() if e["dataset"] == "omniglot"]
+    assert saved[0]["extras"]["evaluated_on"]["trained_on"] == "glyphs"
+    assert trainer.run.record().test_accuracy == record.test_accuracy == pytest.approx(own.accuracy)
+    assert trainer.run.load_evaluation(saved[0]["file"]).dataset == "omniglot"
+
+
+def test_evaluating_on_another_dataset_checks_it_fits(tmp_path):
+    from fixtures_data import make_class_folders
+    from workbench.core.errors import ConfigError
+
+    store = RunStore()
+    trainer = Trainer(tiny_dataset_config(training={"steps": 1, "val_interval": 0}), store)
+    list(trainer.steps())
+    with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
+        evaluate_run(trainer.run, store, device="cpu", dataset="nope")
+    with pytest.raises(ConfigError, match="does not serve the run's kind 'classification'"):
+        evaluate_run(trainer.run, store, device="cpu", dataset="sine")
+    make_class_folders(tmp_path, {f"c{i:02d}": 3 for i in range(12)})  # colour: 3 channels
+    with pytest.raises(ConfigError) as info:
+        evaluate_run(trainer.run, store, device="cpu", dataset="folder", data_root=str(tmp_path), episodes=2)
+    assert "trained on 1-channel images (glyphs)" in str(info.value) and "3-channel" in str(info.value)
+    assert trainer.run.evaluations() == []

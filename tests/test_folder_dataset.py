@@ -233,3 +233,83 @@ def test_second_load_uses_the_disk_cache(tmp_path, monkeypatch):
     make_class_folders(tmp_path, {"c0": 4})
     with pytest.raises(AssertionError, match="decoded again"):
         load(config(tmp_path))
+
+
+def write_unreadable_files(folder) -> dict[str, str]:
+    """A truncated PNG and JPEG, a text file named .png, a 0-byte file and a decompression bomb, each with a word
+    its reason must hold."""
+    import io
+
+    from fixtures_data import png_header_only
+
+    folder.mkdir(parents=True, exist_ok=True)
+    jpeg = io.BytesIO()
+    Image.effect_noise((64, 64), 60).save(jpeg, "JPEG", quality=90)
+    (folder / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 3])
+    write_corrupt_png(folder / "cut.png")
+    (folder / "text.png").write_text("a text file renamed .png")
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "bomb.png").write_bytes(png_header_only(12_000, 12_000))
+    words = {"cut.jpg": "truncated", "cut.png": "truncated", "text.png": "not an image", "zero.png": "empty",
+             "bomb.png": "decompression bomb"}
+    return {str(folder / name): word for name, word in words.items()}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_every_unreadable_file_is_listed_with_its_reason_also_from_the_cache(tmp_path, monkeypatch):
+    make_class_folders(tmp_path, {f"c{i}": 4 for i in range(6)}, mode="L")
+    bad = write_unreadable_files(tmp_path / "c0")
+    first = load(config(tmp_path))
+    reasons = dict(first.skipped_files)
+    assert reasons.keys() == bad.keys()
+    for path, word in bad.items():
+        assert word in reasons[path], (path, reasons[path])
+    assert first.skipped_summary(2, "the list")[0] == "skipped 5 files that could not be read; see the list for the " \
+                                                      "full list:"
+    import workbench.core.data.folder as folder_module
+
+    monkeypatch.setattr(folder_module, "load_many", lambda *a, **k: pytest.fail("decoded again, not cached"))
+    second = load(config(tmp_path))
+    assert second.skipped_files == first.skipped_files and second.warnings == first.warnings
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_class_folder_of_unreadable_files_is_named_in_the_split_error(tmp_path):
+    make_split_folders(tmp_path, {"train": {"a": 3, "b": 3, "c": 3}, "val": {"d": 3, "e": 3, "h": 3},
+                                  "test": {"f": 3, "g": 3}})
+    write_unreadable_files(tmp_path / "test" / "broken")
+    with pytest.raises(EpisodeError) as info:
+        load(config(tmp_path, ways=3))
+    message = str(info.value)
+    assert "meta-test split" in message and "2 classes" in message  # the count, and why it is short:
+    assert "'broken' (meta-test): none of its 5 image file(s) could be read, e.g. 'bomb.png': " in message
+    assert "decompression bomb" in message
+    # With a ratio split the same folder can take a held-out place and leave the split short.
+    flat = tmp_path / "flat"
+    make_class_folders(flat, {f"c{i:02d}": 3 for i in range(14)})
+    whole = validate_folder(config(flat, ways=4))  # split 6/4/4
+    assert whole.ok
+    victim = whole.classes["test"][0]
+    for image in (flat / victim).iterdir():
+        image.unlink()
+    write_unreadable_files(flat / victim)
+    report = validate_folder(config(flat, ways=4))
+    assert not report.ok and any("meta-test split has 3 classes" in e for e in report.errors)
+    assert any(f"'{victim}' (meta-test): none of its 5 image file(s) could be read" in e for e in report.errors)
+
+
+def test_empty_class_folders_are_warned_about(tmp_path):
+    make_split_folders(tmp_path, {"train": {"a": 3, "b": 3, "c": 3}, "val": {"d": 3, "e": 3},
+                                  "test": {"f": 3, "g": 3}})
+    (tmp_path / "train" / "nothing").mkdir()
+    (tmp_path / "test" / "notes").mkdir()
+    (tmp_path / "test" / "notes" / "readme.txt").write_text("no images here")
+    dataset = load(config(tmp_path))
+    assert dataset.splits["train"].class_names == ["a", "b", "c"]
+    [warning] = dataset.warnings
+    assert "'nothing' (meta-train): the folder is empty" in warning
+    assert "'notes' (meta-test): it holds no image file (1 other file(s), e.g. 'readme.txt'" in warning
+    flat = tmp_path / "flat"
+    make_class_folders(flat, {f"c{i:02d}": 3 for i in range(9)})
+    (flat / "hollow").mkdir()
+    assert any("'hollow': the folder is empty" in line for line in load(config(flat)).warnings)

@@ -89,10 +89,41 @@ def test_lake_split(full):
     assert 0.8 < train.images.float().mean().item() / 255 < 0.97
 
 
-def test_mean_and_std_constants_come_from_the_data(full):
-    pixels = torch.cat([s.images for s in full.dataset.splits.values()]).double() / 255
-    assert abs(pixels.mean().item() - omniglot.MEAN) < 0.002
-    assert abs(pixels.std().item() - omniglot.STD) < 0.002
+def test_normalisation_comes_from_the_meta_train_images_only(full):
+    train = full.dataset.splits["train"].images.double() / 255
+    spec = full.dataset.spec
+    assert spec.mean[0] == pytest.approx(train.mean().item(), abs=1e-4)
+    assert spec.std[0] == pytest.approx(train.std().item(), abs=1e-4)
+    everything = torch.cat([s.images for s in full.dataset.splits.values()]).double() / 255
+    assert abs(spec.mean[0] - everything.mean().item()) > 1e-3  # the test characters would shift it
+
+
+def synthetic_pool(test_value: int, train_value: int = 250) -> dict[str, np.ndarray]:
+    """A decoded pool of 4 background and 2 evaluation characters (2 images each) with chosen pixel values."""
+    parts = ["background"] * 4 + ["evaluation"] * 2
+    labels = np.repeat(np.arange(6), 2).astype(np.int32)
+    images = np.full((12, 28, 28), train_value, np.uint8)
+    images[:, :4, :4] = 0  # a stroke, so the spread is not zero
+    images[labels >= 4] = test_value
+    return {"images": images, "labels": labels, "names": np.array([f"a{i}/c" for i in range(6)]),
+            "alphabets": np.array(["A", "A", "B", "B", "E", "E"]), "parts": np.array(parts),
+            "skipped": np.array([], dtype=str)}
+
+
+def test_test_images_do_not_change_the_normalisation(tmp_path, monkeypatch):
+    monkeypatch.setattr(omniglot, "find_sources", lambda root: [object()])
+    specs = {}
+    for test_value, train_value in ((0, 250), (255, 250), (0, 200)):
+        monkeypatch.setattr(omniglot, "load_pool", lambda root, size, progress, p=synthetic_pool(test_value,
+                                                                                                 train_value): p)
+        dataset = omniglot.load(config(tmp_path))
+        assert dataset.splits["test"].num_classes == 2
+        specs[test_value, train_value] = dataset.spec
+    assert specs[0, 250] == specs[255, 250]  # black or white test characters: the same statistics
+    assert specs[0, 200].mean != specs[0, 250].mean  # while the meta-train pixels do count
+    train = torch.from_numpy(synthetic_pool(0)["images"][:8]).double() / 255
+    assert specs[0, 250].mean[0] == pytest.approx(train.mean().item(), abs=1e-4)
+    assert specs[0, 250].std[0] == pytest.approx(train.std().item(), abs=1e-4)
 
 
 def test_vinyals_split(shared_cache):

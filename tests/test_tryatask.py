@@ -205,6 +205,32 @@ def test_odd_formats_work_and_bad_files_are_reported_while_the_rest_is_used(tmp_
         assert f"skipped {path}: " in err
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_unreadable_queries_are_each_named_with_their_reason(tmp_path, capsys, demo_model):
+    bad = bad_files(tmp_path / "queries")
+    empty = tmp_path / "queries" / "empty.png"
+    empty.write_bytes(b"")
+    bad[empty] = "empty"
+    task = task_with_glyphs()
+    task.queries.clear()
+    task.add_query_files(list(bad))
+    with pytest.raises(TaskError) as info:
+        classify(demo_model, task)
+    message = str(info.value)
+    assert f"none of the {len(bad)} queries could be read" in message
+    for path, word in bad.items():
+        assert f"{path}: " in message and word in message, path
+    assert {label for label, _ in info.value.problems} == {str(p) for p in bad}
+    # The CLI puts each file on its own line, then the error.
+    support = glyph_support(tmp_path / "support")
+    code, out, err = run_cli(capsys, "demo", "--support", *support, "--query", *bad)
+    assert code == 2 and not out
+    for path, word in bad.items():
+        line = next(line for line in err.splitlines() if line.startswith(f"skipped {path}: "))
+        assert word in line
+    assert err.strip().splitlines()[-1] == f"error: none of the {len(bad)} queries could be read"
+
+
 def test_orient_inverts_light_on_dark_drawings():
     dark_on_light = render_glyph(CLASS_A, 0)[:, :, None]
     assert np.array_equal(orient(dark_on_light, "dark"), dark_on_light)

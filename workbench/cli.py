@@ -29,7 +29,7 @@ from typing import Any, Callable, TextIO
 
 from workbench import __version__
 
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 # Config fields whose flag is not simply --field-name.
 FLAG_NAMES = {
@@ -363,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: workbench train --dataset omniglot --data-root ../shared/data/omniglot --algorithm "
                "protonet --ways 5 --shots 1 --steps 2000")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--startup-time", action="store_true",
+                        help="Open the GUI, print the seconds from the process's start to the shown window (first "
+                        "event-loop tick) and to the ready window, and exit (--json: as JSON; offscreen without a "
+                        "display).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", help="Meta-train an algorithm and evaluate it.",
@@ -453,31 +457,44 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
     parser.add_argument("--no-save", action="store_true", help="Do not store the result in the run.")
+    parser.add_argument("--dataset", metavar="NAME", help="Test on another dataset than the run trained on (see "
+                        "'workbench datasets'), e.g. a glyph-trained run on Omniglot; its images are preprocessed "
+                        "like the run's. Default: the run's dataset.")
+    parser.add_argument("--data-root", metavar="PATH", help="Folder (or zip) of the --dataset to test on; with no "
+                        "--dataset, another folder of the run's dataset type.")
 
 
 # --- commands ------------------------------------------------------------------------------------
+STOP_SIGNALS = {signal.SIGINT: ("Ctrl+C", EXIT_INTERRUPTED), signal.SIGTERM: ("SIGTERM", EXIT_TERMINATED)}
+
+
 @contextmanager
-def _ctrl_c_stops(trainer, printer: ProgressPrinter):
-    """First Ctrl+C: stop after the current step and save; a second one aborts at once."""
-    state = {"count": 0}
+def _signals_stop(trainer, printer: ProgressPrinter):
+    """The first Ctrl+C or SIGTERM (timeout, systemd, docker stop): stop after the current step and save; a
+    second one aborts at once, as does one after training (during the test evaluation): the run is saved by
+    then. ``state["exit_code"]`` is 130 after Ctrl+C, 143 after SIGTERM."""
+    state = {"count": 0, "exit_code": None, "training": True}
 
     def handler(signum, frame):
         state["count"] += 1
-        if state["count"] == 1:
+        name, state["exit_code"] = STOP_SIGNALS[signum]
+        if state["count"] == 1 and state["training"]:
             trainer.stop()
-            printer.line("stopping after the current step and saving (press Ctrl+C again to abort)")
+            printer.line(f"{name}: stopping after the current step and saving (send it again to abort)")
         else:
             raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
-        previous = None
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread
+            pass
     try:
         yield state
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler_before in previous.items():
+            signal.signal(signum, handler_before)
 
 
 def _print_start(printer: ProgressPrinter, trainer) -> None:
@@ -498,6 +515,22 @@ def _print_start(printer: ProgressPrinter, trainer) -> None:
         length += f" {'or' if training.steps else 'until'} a {training.max_minutes:g}-minute budget"
     printer.line(f"training {config.algorithm.name}{recipe} on {config.dataset.name}, {tasks}, {length} on "
                  f"{trainer.device}")
+    _warn_about_data(printer, trainer)
+
+
+def _warn_about_data(printer: ProgressPrinter, trainer) -> None:
+    """Unreadable files and left-out class folders on stderr even with --quiet; the trainer lists every skipped
+    file in the run folder."""
+    from workbench.core.data.base import skipped_lines
+
+    dataset = trainer.dataset
+    skipped = list(getattr(dataset, "skipped_files", None) or [])
+    lines = skipped_lines(skipped, 5, trainer.skipped_note)
+    lines += list(getattr(dataset, "warnings", None) or [])
+    if lines:
+        printer.end()
+        for line in lines:
+            _say(line if line.startswith("  ") else f"warning: {line}")
 
 
 def _record_printer(printer: ProgressPrinter, metric) -> Callable:
@@ -537,7 +570,10 @@ def _report_training(args, trainer, final, test) -> None:
                     "steps_total": config.training.steps, "metric": metric.key,
                     f"best_val_{metric.key}": trainer.best_val_score, "best_val_ci95": trainer.best_val_ci95,
                     "best_step": trainer.best_step, "elapsed_s": final.elapsed_s, "algorithm": config.algorithm.name,
-                    "dataset": config.dataset.name, "device": str(trainer.device), "test": test})
+                    "dataset": config.dataset.name, "device": str(trainer.device), "test": test,
+                    "skipped": [{"path": path, "reason": reason}
+                                for path, reason in getattr(trainer.dataset, "skipped_files", None) or []],
+                    "warnings": list(getattr(trainer.dataset, "warnings", None) or []) + trainer.warnings})
         return
     print(f"run {run.id}: {record.status} after {trainer.step}/{config.training.steps} steps "
           f"({format_duration(final.elapsed_s)})")
@@ -562,28 +598,32 @@ def _train_and_report(args, config, resume: str | None = None) -> int:
     printer.end()
     _print_start(printer, trainer)
     run = trainer.run
-    with _ctrl_c_stops(trainer, printer) as ctrl_c:
+    with _signals_stop(trainer, printer) as signalled:
         try:
             final = trainer.run_all(_record_printer(printer, trainer.metric))
         except KeyboardInterrupt:
             printer.end()
             _say(f"interrupted; run {run.id} was saved as stopped at step {trainer.step}")
-            return EXIT_INTERRUPTED
-        interrupted = ctrl_c["count"] > 0
-    printer.end()
-    try:
-        test = _test_after_training(args, trainer, final, interrupted, printer)
-    except KeyboardInterrupt:
+            if trainer.final_record is not None:
+                _report_training(args, trainer, trainer.final_record, None)
+            return signalled["exit_code"] or EXIT_INTERRUPTED
+        signalled["training"] = False
+        interrupted = signalled["count"] > 0
         printer.end()
-        _say(f"test evaluation interrupted; run {run.id} is saved")
-        return EXIT_INTERRUPTED
+        try:
+            test = _test_after_training(args, trainer, final, interrupted, printer)
+        except KeyboardInterrupt:
+            printer.end()
+            _say(f"test evaluation interrupted; run {run.id} is saved")
+            _report_training(args, trainer, final, None)
+            return signalled["exit_code"] or EXIT_INTERRUPTED
     _report_training(args, trainer, final, test)
     if final.event == "diverged":
         _say(f"error: {final.message}")
         return EXIT_USER_ERROR
     if interrupted:
         _say(f"stopped; resume with: workbench runs resume {run.id}")
-        return EXIT_INTERRUPTED
+        return signalled["exit_code"]
     return EXIT_OK
 
 
@@ -635,6 +675,10 @@ def _eval_threads(args, run) -> int:
 
 def _print_evaluation(result, label: str) -> None:
     print(f"{label} ({result.checkpoint} checkpoint): {result.summary()}")
+    other = result.extras.get("evaluated_on")
+    if other:
+        where = f" ({other['root']})" if other.get("root") else ""
+        print(f"  tested on {other['dataset']}{where}; trained on {other['trained_on']}")
     if hasattr(result, "per_class_extremes"):
         best, worst = result.per_class_extremes(3)
         if worst:
@@ -644,7 +688,8 @@ def _print_evaluation(result, label: str) -> None:
         print(f"  K = {result.shots} support points, {result.queries} query points, {result.episodes} "
               f"{result.split} tasks, seed {result.seed}")
     for key, value in result.extras.items():
-        print(f"  {key}: {value}")
+        if key != "evaluated_on":
+            print(f"  {key}: {value}")
 
 
 def cmd_eval(args) -> int:
@@ -658,9 +703,11 @@ def cmd_eval(args) -> int:
     run = args.run if is_file else store.get(args.run)
     if resolve_device(args.device).type == "cpu":
         configure_cpu_threads(_eval_threads(args, run))
+    root = _absolute_root(args.data_root, [Path.cwd()]) if args.data_root else None
     result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
                           seed=args.seed, device=args.device, checkpoint=args.checkpoint,
-                          progress=printer.callback("eval"), save=not args.no_save)
+                          progress=printer.callback("eval"), save=not args.no_save, dataset=args.dataset,
+                          data_root=root)
     printer.end()
     if args.json:
         _emit_json(_eval_json(result))
@@ -893,13 +940,13 @@ def cmd_demo(args) -> int:
     store = RunStore()
     trainer = Trainer(config, store, progress=printer.callback("loading"))
     printer.end()
-    with _ctrl_c_stops(trainer, printer):
+    with _signals_stop(trainer, printer) as signalled:
         final = trainer.run_all(lambda r: printer.update(r.step, r.total_steps, f"loss {r.loss:.3f}", key="demo",
                                                          eta_s=r.eta_s) if r.event == "step" else None)
     printer.end()
     if final.event not in ("finished", "budget"):
         _say(f"demo {final.event}: {final.message}")
-        return EXIT_INTERRUPTED if final.event == "stopped" else EXIT_USER_ERROR
+        return (signalled["exit_code"] or EXIT_INTERRUPTED) if final.event == "stopped" else EXIT_USER_ERROR
     result = evaluate_run(trainer.run, store, device=config.training.device, progress=printer.callback("test"))
     printer.end()
     if args.json:
@@ -945,6 +992,8 @@ def _has_display() -> bool:
 
 
 def _open_gui_or_demo(argv: list[str]) -> int:
+    if "--startup-time" in argv and not _has_display():
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a measurement needs no visible window
     if not _has_display():
         # An offscreen window nobody can see would just hang; the demo shows the engine working instead.
         _say("no display found (DISPLAY is unset), so the window cannot open; running the headless demo instead "

@@ -413,3 +413,57 @@ def test_both_views_share_the_windows_evaluation_service(qtbot, use_synthetic_da
         assert evaluation.selected_run_id() == other
     finally:
         assert evaluation.shutdown() and runs.shutdown()
+
+
+def test_a_run_is_tested_on_another_dataset_chosen_from_the_catalog(qtbot, tmp_path):
+    from fixtures_data import make_class_folders
+    from workbench.core.data import dataset_info, datasets_for_kind
+    from workbench.gui.evaluation.view import OWN_DATA
+
+    store = RunStore()
+    run_id = train_run(store)  # real glyphs: 1 channel, 16 px, 3-way
+    folder = tmp_path / "drawings"
+    make_class_folders(folder, {f"shape{i:02d}": 4 for i in range(15)}, mode="L")
+    view = EvaluationView(store)
+    qtbot.addWidget(view)
+    view.resize(1200, 800)
+    view.show()
+    try:
+        view.select_run(run_id)
+        combo = view.dataset_combo
+        assert combo.itemText(0) == OWN_DATA and combo.currentIndex() == 0 and view.data_choice() == {}
+        assert [combo.itemData(i) for i in range(1, combo.count())] == datasets_for_kind("classification")
+        assert not view.form.isRowVisible(view.data_root_row)  # the run's own data needs no location
+        combo.setCurrentIndex(combo.findData("folder"))
+        assert combo.currentText() == dataset_info("folder").title
+        assert view.form.isRowVisible(view.data_root_row)
+        view.data_root_edit.setText(str(folder))
+        view.episodes_spin.setValue(4)
+        assert view.data_choice() == {"dataset": "folder", "data_root": str(folder)}
+        with qtbot.waitSignal(view.evaluation_finished, timeout=EVAL_TIMEOUT_MS) as finished:
+            view.evaluate_selected()
+        result = finished.args[0]
+        assert result.dataset == "folder" and result.ways == 3 and result.episodes == 4
+        assert result.extras["evaluated_on"]["root"] == str(folder)
+        assert f"on {dataset_info('folder').title} ({folder})" in view.summary_label.text()
+        assert "trained on" in view.summary_label.text()
+        assert view.saved_combo.count() == 1 and view.saved_combo.itemText(0).startswith(
+            f"on {dataset_info('folder').title}: ")
+        assert view.shot_series(store.get(run_id)) == {}  # another dataset's numbers stay off the run's curve
+        # A saved result is reused only for the data it was tested on.
+        from workbench.gui.evaluation.service import matching_evaluation
+
+        request = view._request(run_id, "classification")
+        assert matching_evaluation(store.get(run_id), request).dataset == "folder"
+        assert matching_evaluation(store.get(run_id), {k: v for k, v in request.items()
+                                                       if k not in ("dataset", "data_root")}) is None
+        # The images behind a confusion cell come from the data the result was tested on.
+        with qtbot.waitSignal(view.examples_shown, timeout=EVAL_TIMEOUT_MS) as shown:
+            view.confusion_table.cellClicked.emit(0, 0)
+        assert shown.args[0]["dataset"].name == "folder"
+        assert all(name.startswith("shape") for name in shown.args[0]["dataset"].split("test").class_names)
+        save_screenshot(view, "evaluation_other_dataset.png")
+        combo.setCurrentIndex(0)
+        assert view.data_choice() == {} and not view.form.isRowVisible(view.data_root_row)
+    finally:
+        assert view.shutdown()

@@ -47,7 +47,14 @@ TASK_FORMAT = 1
 
 
 class TaskError(WorkbenchError):
-    """A task cannot be classified as it is (too few classes with images, no queries ...)."""
+    """A task cannot be classified as it is (too few classes with images, no queries ...). ``problems`` holds
+    (image label, reason) for every image that could not be used; the message names the ones that caused the
+    error, while ``headline`` is the message without them (for callers that list ``problems`` themselves)."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[str, str]] = (), named: Sequence = ()):
+        super().__init__(message + "".join(f"; {label}: {reason}" for label, reason in named))
+        self.headline = message
+        self.problems = list(problems)
 
 
 def bundled_models() -> dict[str, Path]:
@@ -368,9 +375,11 @@ def classify(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = 
     problems.extend(bad)
     if len(names) < 2:
         raise TaskError(f"add support images to at least two classes before classifying (classes with images: "
-                        f"{', '.join(names) or 'none'})", )
+                        f"{', '.join(names) or 'none'})", problems, problems)
     if len(kept) == 0:
-        raise TaskError("add a query image to classify" if not task.queries else "none of the queries could be read")
+        if not task.queries:
+            raise TaskError("add a query image to classify", problems)
+        raise TaskError(f"none of the {len(task.queries)} queries could be read", problems, bad)
     support_x = to_model_input(np.concatenate(support), spec, device)
     support_y = torch.tensor(labels, dtype=torch.long, device=device)
     query_x = to_model_input(query_pixels, spec, device)

@@ -54,7 +54,7 @@ def run(args) -> int:
 
     from workbench.core.runs import load_model
     from workbench.core.device import resolve_device
-    from workbench.core.tryatask import Task, classify, resolve_model_source
+    from workbench.core.tryatask import Task, TaskError, classify, resolve_model_source
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -64,7 +64,12 @@ def run(args) -> int:
         task.add_support_files(name, [folder])
     task.add_query_files(args.query)
     model = load_model(resolve_model_source(args.model), resolve_device(args.device), kind=args.checkpoint)
-    result = classify(model, task, seed=args.seed)
+    try:
+        result = classify(model, task, seed=args.seed)
+    except TaskError as exc:  # every unusable file on its own line, as when classifying works
+        for label, reason in exc.problems:
+            _say(f"skipped {label}: {reason}")
+        raise WorkbenchError(exc.headline) from None
     for label, reason in result.problems:
         _say(f"skipped {label}: {reason}")
     if args.json:

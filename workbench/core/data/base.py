@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from workbench.core.fileio import atomic_write_text
 from workbench.core.progress import Cancelled, ProgressCallback, no_progress  # noqa: F401 (re-exported)
 
 SPLITS = ("train", "val", "test")
@@ -94,6 +96,9 @@ class FewShotDataset:
     description: str = ""
     # Files that could not be read, as (path, reason); they were skipped.
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    # What a user should know about the data itself (class folders left out as empty or unreadable, ignored
+    # folders); one sentence each, independent of the episode setting. Unreadable files are in skipped_files.
+    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         missing = [s for s in SPLITS if s not in self.splits]
@@ -111,7 +116,17 @@ class FewShotDataset:
             "channels": self.spec.channels,
             "splits": {name: {"classes": s.num_classes, "images": len(s)} for name, s in self.splits.items()},
             "skipped_files": len(self.skipped_files),
+            "warnings": list(self.warnings),
         }
+
+    def skipped_summary(self, limit: int = 5, where: str = "") -> list[str]:
+        """'skipped N files ...' then the first ``limit`` as 'path: reason' lines; empty when nothing was skipped.
+        ``where`` names the file holding the full list."""
+        return skipped_lines(self.skipped_files, limit, where)
+
+    def write_skipped(self, path) -> Path:
+        """Every skipped file as 'path<TAB>reason' lines (the full list the summary points to)."""
+        return write_skipped(path, self.skipped_files)
 
     def check_disjoint(self) -> None:
         """Raise if one class name appears in two splits (a leak between meta-train and meta-test)."""
@@ -121,6 +136,23 @@ class FewShotDataset:
                 if cname in seen and seen[cname] != split_name:
                     raise ValueError(f"class {cname!r} is in both {seen[cname]} and {split_name}")
                 seen[cname] = split_name
+
+
+def skipped_lines(skipped: list[tuple[str, str]], limit: int = 5, where: str = "") -> list[str]:
+    """A headline and the first ``limit`` skipped files with their reasons (shared by the CLI and the GUI)."""
+    if not skipped:
+        return []
+    see = f"; see {where} for the full list" if where else ""
+    lines = [f"skipped {len(skipped)} file{'s' if len(skipped) != 1 else ''} that could not be read{see}:"]
+    lines += [f"  {path}: {reason}" for path, reason in skipped[:limit]]
+    if len(skipped) > limit:
+        lines.append(f"  ... and {len(skipped) - limit} more")
+    return lines
+
+
+def write_skipped(path, skipped: list[tuple[str, str]]) -> Path:
+    """The skipped files as 'path<TAB>reason' lines, written atomically."""
+    return atomic_write_text(Path(path), "".join(f"{p}\t{reason}\n" for p, reason in skipped))
 
 
 def rotate_classes(split: ClassSplit) -> ClassSplit:

@@ -47,7 +47,8 @@ class FolderReport:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     # (split, class name, images found) for classes with fewer than k-shot + q-query images
     small_classes: list[tuple[str, str, int]] = field(default_factory=list)
-    empty_classes: list[str] = field(default_factory=list)
+    # (class name, split or "" when left out before splitting, why) for class folders with no readable image
+    left_out: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     # True when the errors concern the folder itself rather than the n-way / k-shot setting
@@ -60,21 +61,33 @@ class FolderReport:
     def ok(self) -> bool:
         return not self.errors
 
-    def warnings(self) -> list[str]:
+    def warnings(self, skipped: bool = True, small: bool = True) -> list[str]:
+        """Sentences for the user. ``skipped=False`` leaves out the unreadable files (listed on their own),
+        ``small=False`` the classes too small for this k-shot + q-query (they depend on the episode setting, not
+        on the data)."""
         lines = list(self.notes)
-        if self.skipped_files:
+        if self.skipped_files and skipped:
             first = self.skipped_files[0]
             lines.append(f"{len(self.skipped_files)} file(s) could not be read and were skipped, e.g. {first[0]}: "
                          f"{first[1]}")
-        if self.empty_classes:
-            lines.append(f"{len(self.empty_classes)} class folder(s) hold no readable images and were left out: "
-                         f"{_name_list(self.empty_classes)}")
-        if self.small_classes:
+        if self.left_out:
+            lines.append(self.left_out_text())
+        if self.small_classes and small:
             named = _name_list([f"'{name}' ({count}, {SPLIT_TITLES[split]})"
                                 for split, name, count in self.small_classes], quote=False)
             lines.append(f"{len(self.small_classes)} class(es) have fewer than k-shot + q-query = "
                          f"{self.needed_per_class} images and cannot appear in episodes: {named}")
         return lines
+
+    @property
+    def empty_classes(self) -> list[str]:
+        """The names of the class folders left out (empty, or none of their images readable)."""
+        return [name for name, _, _ in self.left_out]
+
+    def left_out_text(self) -> str:
+        named = _name_list([f"'{name}'" + (f" ({SPLIT_TITLES[split]})" if split else "") + f": {why}"
+                            for name, split, why in self.left_out], quote=False, separator="; ")
+        return (f"{len(self.left_out)} class folder(s) hold no readable image and were left out: {named}")
 
     def summary(self) -> str:
         counts = ", ".join(f"{SPLIT_TITLES[s]} {len(self.classes[s])} classes / {sum(self.images_per_class[s])} "
@@ -82,8 +95,8 @@ class FolderReport:
         return f"Image folder {self.root} ({self.layout}): {counts}."
 
 
-def _name_list(names: list[str], limit: int = 8, quote: bool = True) -> str:
-    shown = ", ".join(f"'{n}'" if quote else n for n in names[:limit])
+def _name_list(names: list[str], limit: int = 8, quote: bool = True, separator: str = ", ") -> str:
+    shown = separator.join(f"'{n}'" if quote else n for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
@@ -160,7 +173,11 @@ def _plan_from_split_folders(root: Path, split_folders: dict[str, Path], config,
                     "a class may be in only one split (meta-test classes must be unseen in training)")
                 report.folder_problem = True
             owner[class_dir.name] = split
-            plan[split].append((class_dir.name, scan_images(class_dir)))
+            files = scan_images(class_dir)
+            if files:
+                plan[split].append((class_dir.name, files))
+            else:  # reported, and takes no place in the split
+                report.left_out.append((class_dir.name, split, _no_image_files([class_dir])))
     report.layout = "train/val/test subfolders"
     if "val" not in split_folders:
         train = dict(plan["train"])
@@ -177,15 +194,18 @@ def _plan_by_ratio(root: Path, sources: list[Path], config,
                    report: FolderReport) -> dict[str, list[tuple[str, list[Path]]]]:
     plan: dict[str, list[tuple[str, list[Path]]]] = {s: [] for s in SPLITS}
     class_files: dict[str, list[Path]] = {}
+    class_dirs: dict[str, list[Path]] = {}
     for source in sources:
         for class_dir in _subfolders(source):
             class_files.setdefault(class_dir.name, []).extend(scan_images(class_dir))
+            class_dirs.setdefault(class_dir.name, []).append(class_dir)
     if not class_files or not any(class_files.values()):
         report.errors.append(_no_images_message(root, sources, class_files))
         report.folder_problem = True
         return plan
     # Empty class folders would take a place in the split; they are reported instead.
-    report.empty_classes.extend(sorted(name for name, files in class_files.items() if not files))
+    report.left_out.extend((name, "", _no_image_files(class_dirs[name]))
+                           for name, files in sorted(class_files.items()) if not files)
     order = _shuffled([name for name, files in class_files.items() if files], config.split_seed)
     counts = _ratio_counts(len(order), RATIOS)
     start = 0
@@ -196,6 +216,22 @@ def _plan_by_ratio(root: Path, sources: list[Path], config,
     report.layout = (f"{len(order)} class folders split {'/'.join(str(round(r * 100)) for r in RATIOS)} "
                      f"by ratio (seed {config.split_seed})")
     return plan
+
+
+def _no_image_files(folders: list[Path]) -> str:
+    """Why a class folder without image files is left out: it is empty, or holds only other files."""
+    others = [p.name for folder in folders for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    if not others:
+        return "the folder is empty"
+    return (f"it holds no image file ({len(others)} other file(s), e.g. '{others[0]}'; image files end in "
+            f".png, .jpg, .bmp ...)")
+
+
+def _unreadable(files: list[Path], skipped: dict[str, str]) -> str:
+    """Why a class folder whose image files all failed to decode is left out, with the first file's reason."""
+    first = files[0]
+    return (f"none of its {len(files)} image file(s) could be read, e.g. '{first.name}': "
+            f"{skipped.get(str(first), 'unreadable')}")
 
 
 def _no_images_message(root: Path, sources: list[Path], class_files: dict[str, list[Path]]) -> str:
@@ -294,22 +330,31 @@ def _validate(config, progress) -> tuple[FolderReport, np.ndarray | None, dict[s
     size = config.image_size or DEFAULT_IMAGE_SIZE
     decoded = _decode(root, plan, size, progress)
     report.skipped_files = [tuple(line.split("\t", 1)) for line in decoded["skipped"].tolist()]
-    row_of = {path: i for i, path in enumerate(decoded["ok"].tolist())}
+    per_split = _rows_per_class(report, plan, decoded)
     images = decoded["images"]
+    if len(images) and all(np.array_equal(images[..., 0], images[..., c]) for c in (1, 2)):
+        report.channels = 1
+    _check_counts(report, root, config, ratio_layout=report.ratio_split)
+    if report.errors and report.left_out:  # the counts above are short by these folders: say why
+        report.errors.append(f"Note: {report.left_out_text()}.")
+    return report, images, per_split
+
+
+def _rows_per_class(report: FolderReport, plan, decoded) -> dict[str, list[list[int]]]:
+    """Each kept class's rows in the decoded images, per split; classes with no readable image are left out."""
+    row_of = {path: i for i, path in enumerate(decoded["ok"].tolist())}
+    skipped = dict(report.skipped_files)
     per_split: dict[str, list[list[int]]] = {s: [] for s in SPLITS}
     for split in SPLITS:
         for name, files in plan[split]:
             rows = [row_of[str(f)] for f in files if str(f) in row_of]
             if not rows:
-                report.empty_classes.append(name)
+                report.left_out.append((name, split, _unreadable(files, skipped)))
                 continue
             per_split[split].append(rows)
             report.classes[split].append(name)
             report.images_per_class[split].append(len(rows))
-    if len(images) and all(np.array_equal(images[..., 0], images[..., c]) for c in (1, 2)):
-        report.channels = 1
-    _check_counts(report, root, config, ratio_layout=report.ratio_split)
-    return report, images, per_split
+    return per_split
 
 
 def validate_folder(config, progress=no_progress) -> FolderReport:
@@ -359,4 +404,5 @@ def load(config, progress=no_progress) -> FewShotDataset:
     if config.rotations:
         splits["train"] = rotate_classes(splits["train"])
         description += " Meta-train classes are augmented with 90/180/270 degree rotations (x4)."
-    return FewShotDataset("folder", spec, splits, description, list(report.skipped_files))
+    return FewShotDataset("folder", spec, splits, description, list(report.skipped_files),
+                          report.warnings(skipped=False, small=False))

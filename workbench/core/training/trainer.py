@@ -24,7 +24,7 @@ from workbench.core import data
 from workbench.core.algorithms import get_algorithm
 from workbench.core.checkpoints import make_payload, payload_algorithm, restore_rng_state, rng_state
 from workbench.core.config import ExperimentConfig
-from workbench.core.data.base import Cancelled, ProgressCallback, no_progress
+from workbench.core.data.base import Cancelled, ProgressCallback, no_progress, write_skipped
 from workbench.core.device import configure_cpu_threads, resolve_device, tune_cpu_allocator
 from workbench.core.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.core.kinds import get_kind
@@ -35,6 +35,7 @@ from workbench.core.runs import Run, RunStore
 clock = time.monotonic
 
 FINAL_EVENTS = ("finished", "stopped", "budget", "diverged")
+SKIPPED_FILE = "skipped_files.txt"  # in the run folder: the dataset's unreadable files and why
 # Metrics are appended in batches: after this many records or this many seconds.
 FLUSH_RECORDS = 200
 FLUSH_SECONDS = 5.0
@@ -231,6 +232,7 @@ class Trainer:
                 self.store.update(run.id, steps_total=config.training.steps, device=config.training.device)
         else:
             self.run = self.store.create(config)
+        self.skipped_note = self._write_skipped_files()
         if self.algorithm.has("run_folder"):  # where an algorithm may mirror view data (weight history)
             self.algorithm.set_run_folder(self.run.path)
         # Applied when steps() starts, so torch work done in between (e.g. by a GUI) cannot shift the run.
@@ -238,6 +240,18 @@ class Trainer:
         self._reset_session()
 
     # --- setup helpers ----------------------------------------------------------------------------
+    def _write_skipped_files(self) -> str:
+        """The dataset's unreadable files, listed in the run folder (GUI and CLI runs alike); returns where."""
+        skipped = list(getattr(self.dataset, "skipped_files", None) or [])
+        if not skipped:
+            return ""
+        path = self.run.path / SKIPPED_FILE
+        try:
+            write_skipped(path, skipped)
+        except OSError as exc:
+            return f"the dataset description (could not write {path}: {exc.strerror or exc})"
+        return str(path)
+
     def _set_up_device(self, reserve_gui_core: bool) -> None:
         training = self.config.training
         self.device = resolve_device(training.device)

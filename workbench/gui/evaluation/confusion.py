@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QGridLayout, QHeaderView, QLab
 
 from workbench.gui import theme as themes
 from workbench.gui.background import BackgroundTask
-from workbench.gui.evaluation.results import ResultData, most_confused
+from workbench.gui.evaluation.results import ResultData, most_confused, tested_on
 from workbench.gui.evaluation.widgets import heat, short, table_item, thumb
 
 # A clicked cell shows at most this many queries (each with its support images).
@@ -31,6 +31,26 @@ def tasks_key(run) -> str:
                       sort_keys=True, default=str)
 
 
+def data_key(run, result) -> str:
+    """tasks_key of the data a result was tested on: the run's own, or another dataset it names."""
+    other = tested_on(result.to_dict()) if result is not None else None
+    key = tasks_key(run)
+    return key if other is None else json.dumps([key, other["dataset"], other.get("root", "")])
+
+
+def _test_data(run, result, progress):
+    """The dataset ``result`` was tested on (another one is loaded as the evaluation read it)."""
+    from workbench.core import data
+    from workbench.core.evaluation import evaluation_dataset_config
+
+    other = tested_on(result.to_dict())
+    config = run.config
+    if other is not None:
+        config = evaluation_dataset_config(config, other["dataset"], other.get("root") or None,
+                                           config.dataset.image_size or None)
+    return data.load_dataset(config.dataset, progress)
+
+
 def _numpy(tensor) -> np.ndarray:
     return tensor.cpu().numpy() if hasattr(tensor, "cpu") else np.asarray(tensor)
 
@@ -42,7 +62,7 @@ def gather_examples(progress, run, result, true_name: str, pred_name: str, datas
     from workbench.core import data
 
     if dataset is None:
-        dataset = data.load_dataset(run.config.dataset, progress)
+        dataset = _test_data(run, result, progress)
     split = dataset.split("test")
     names = list(split.class_names)
     if true_name not in names or pred_name not in names:
@@ -66,7 +86,8 @@ def gather_examples(progress, run, result, true_name: str, pred_name: str, datas
             "pred_support": [split.images[int(r)].cpu().numpy() for r in support_rows if labels[r] == pred_id],
         })
         progress(n + 1, min(len(chosen), limit), "gathering images")
-    return {"true": true_name, "pred": pred_name, "total": len(chosen), "examples": examples, "dataset": dataset}
+    return {"true": true_name, "pred": pred_name, "total": len(chosen), "examples": examples, "dataset": dataset,
+            "data_key": data_key(run, result)}
 
 
 class ConfusionPage(QSplitter):
@@ -184,7 +205,7 @@ class ConfusionPage(QSplitter):
         self.examples_title.setText(f"Loading the queries of '{true_name}' predicted as '{pred_name}'…")
         run = self.store.get(self.run_id)
         self.examples_task.start(gather_examples, run, self.result, true_name, pred_name,
-                                 self._datasets.get(tasks_key(run)))
+                                 self._datasets.get(data_key(run, self.result)))
 
     def clear_examples(self) -> None:
         while self.examples_grid.count():
@@ -194,10 +215,7 @@ class ConfusionPage(QSplitter):
         self.examples = None
 
     def _on_examples(self, found: dict[str, Any]) -> None:
-        try:
-            self._datasets[tasks_key(self.store.get(self.run_id))] = found["dataset"]
-        except Exception:  # the run was deleted meanwhile: nothing to cache
-            pass
+        self._datasets[found["data_key"]] = found["dataset"]
         self.clear_examples()
         self.examples = found
         kind = "correctly classified" if found["true"] == found["pred"] else "misclassified"
@@ -216,6 +234,7 @@ class ConfusionPage(QSplitter):
         grid, t = self.examples_grid, self.theme
         caption = QLabel(f"episode {example['episode']}\nquery {example['query']}\np={example['confidence']:.2f}")
         caption.setStyleSheet(f"color: {t.muted_text};")
+        caption.setMinimumSize(caption.sizeHint())
         grid.addWidget(caption, r, 0)
         if example["query_image"] is not None:
             grid.addWidget(thumb(example["query_image"], t.query,

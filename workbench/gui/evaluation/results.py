@@ -42,6 +42,29 @@ def setting_text(kind: str | None, ways: int | None, shots: int | None) -> str:
     return f"{ways}-way {shots}-shot" if with_ways and ways else f"{shots}-shot"
 
 
+def tested_on(data: dict[str, Any]) -> dict[str, str] | None:
+    """For a result on another dataset than the run trained on: {"dataset", "root", "trained_on"}; else None."""
+    other = (data.get("extras") or {}).get("evaluated_on")
+    return other if isinstance(other, dict) and other.get("dataset") else None
+
+
+def data_title(name: str) -> str:
+    """A dataset's title from the catalog (its name when a plugin is gone)."""
+    from workbench.core.data import dataset_info
+
+    info = dataset_info(name)
+    return info.title if info is not None else name
+
+
+def tested_on_text(data: dict[str, Any]) -> str:
+    """'on <dataset title> (<location>)' for a result on another dataset, else ''."""
+    other = tested_on(data)
+    if other is None:
+        return ""
+    where = f" ({other['root']})" if other.get("root") else ""
+    return f"on {data_title(other['dataset'])}{where}"
+
+
 @dataclass
 class ResultData:
     """One evaluation result, read through its JSON and arrays."""
@@ -117,6 +140,9 @@ class ResultData:
         text += f", {self.episodes} {self.data.get('split', 'test')} {noun}, seed {self.data.get('seed')}"
         if self.steps is not None:
             text += f", after {self.steps} step{'s' if self.steps != 1 else ''}"
+        other = tested_on_text(self.data)
+        if other:
+            text += f", {other}, trained on {data_title(tested_on(self.data)['trained_on'])}"
         return text
 
     def headline(self) -> str:
@@ -169,7 +195,7 @@ def shot_series(saved: list[dict[str, Any]]) -> dict[int | None, list[tuple[int,
     (``Run.evaluations()``, oldest first: the newest per shot wins)."""
     series: dict[int | None, dict[int, tuple[float, float]]] = {}
     for entry in saved:
-        if entry.get("split", "test") != "test":
+        if entry.get("split", "test") != "test" or tested_on(entry):  # the run's own dataset only
             continue
         key = metric_of(entry.get("kind")).key
         if entry.get(key) is None or entry.get("shots") is None:
@@ -187,5 +213,7 @@ def describe_saved(entry: dict[str, Any]) -> str:
     setting = (f"{entry['ways']}-way {entry.get('shots')}-shot" if entry.get("ways") else
                f"{entry.get('shots')}-shot")
     steps = f", {entry['steps']} steps" if entry.get("steps") is not None else ""
-    return (f"{metric.format(entry.get(metric.key), entry.get('ci95'))} · {setting}, {entry.get('episodes')} ep, "
-            f"seed {entry.get('seed')}{steps} ({entry.get('checkpoint', '')})")
+    other = tested_on(entry)
+    data = f"on {data_title(other['dataset'])}: " if other else ""  # first, where a narrow list still shows it
+    return (f"{data}{metric.format(entry.get(metric.key), entry.get('ci95'))} · {setting}, {entry.get('episodes')} "
+            f"ep, seed {entry.get('seed')}{steps} ({entry.get('checkpoint', '')})")

@@ -2,7 +2,8 @@
 at a time, for every view that asks (the Evaluation tab, the Runs tab's Evaluate action).
 
 A view submits requests (``{"run": id, "checkpoint": "best", "episodes": ..., "ways": ..., "shots": ...,
-"queries": ..., "seed": ...}``, settings left out come from the run's config) and gets a job id back; the
+"queries": ..., "seed": ...}``, plus ``"dataset"`` / ``"data_root"`` to test on another dataset; settings left out
+come from the run's config) and gets a job id back; the
 signals carry the job id, so a view keeps the results of its own jobs and merely refreshes on the others'.
 """
 
@@ -18,6 +19,8 @@ from workbench.gui.evaluation.results import ResultData
 
 # The evaluation settings a request may fix; a saved result is reused only when it matches each one given.
 SETTING_KEYS = ("ways", "shots", "queries", "episodes", "seed")
+# Which data to test on (absent: the run's own dataset).
+DATA_KEYS = ("dataset", "data_root")
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,32 @@ class EvaluationJob:
     label: str  # what the progress bars say: "Evaluating tiny"
 
 
+def _tested_on(run, saved: dict[str, Any]) -> tuple[str, str]:
+    """(dataset, location) of a saved result; the run's own dataset has location ''."""
+    other = (saved.get("extras") or {}).get("evaluated_on") or {}
+    return (other.get("dataset") or saved.get("dataset") or run.config.dataset.name, other.get("root") or "")
+
+
+def _requested_data(run, request: dict[str, Any]) -> tuple[str, str]:
+    from workbench.core.evaluation import evaluated_on
+
+    own = run.config.dataset
+    name, root = request.get("dataset") or own.name, request.get("data_root") or ""
+    if name == own.name and root in ("", own.root):
+        return own.name, ""
+    return name, evaluated_on(run.config, name, root)["root"]
+
+
 def matching_evaluation(run, request: dict[str, Any]):
-    """A saved test evaluation of ``run`` at exactly the request's settings (hence the same tasks), or None."""
+    """A saved test evaluation of ``run`` at exactly the request's settings and data (hence the same tasks), or
+    None."""
     wanted = {key: request[key] for key in SETTING_KEYS if request.get(key) is not None}
     used = "last" if request.get("checkpoint") == "last" or not run.has_checkpoint("best") else "best"
+    data = _requested_data(run, request)
     for saved in reversed(run.evaluations()):
         if saved.get("split", "test") != "test" or any(saved.get(key) != value for key, value in wanted.items()):
+            continue
+        if _tested_on(run, saved) != data:
             continue
         if (saved.get("checkpoint") or "best") != used:
             continue
@@ -57,7 +80,7 @@ def _evaluate(run, store, request: dict[str, Any], device: str, progress):
     # Imported here: pulls in torch and the dataset modules only when someone evaluates.
     from workbench.core.evaluation import evaluate_run
 
-    options = {key: request[key] for key in SETTING_KEYS if request.get(key) is not None}
+    options = {key: request[key] for key in SETTING_KEYS + DATA_KEYS if request.get(key) is not None}
     return evaluate_run(run, store, checkpoint=request.get("checkpoint", "best"), device=device, progress=progress,
                         **options)
 

@@ -2,6 +2,9 @@
 (its kind's metric ± 95% CI and the pages that fit it), compare runs of one kind on identical test tasks, and plot
 the score against shots.
 
+A run can be tested on another dataset of its kind ("Test on", listed from the data catalog, with its location):
+the core reads it at the run's image size and preprocesses it like the run's training data.
+
 Everything is read from the run folders, so the tab works on runs saved before a restart.
 """
 
@@ -10,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QFormLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
-                               QPushButton, QScrollArea, QSpinBox, QSplitter, QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget,
+                               QListWidgetItem, QProgressBar, QPushButton, QScrollArea, QSpinBox, QSplitter, QTabWidget,
+                               QVBoxLayout, QWidget)
 
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui import theme as themes
@@ -24,6 +28,7 @@ from workbench.gui.evaluation.single_run import PROMPT, ResultPanel
 from workbench.gui.view_registry import register_view
 
 SHOT_SWEEP = (1, 5, 10)
+OWN_DATA = "the run's dataset"
 
 
 @register_view
@@ -107,11 +112,82 @@ class EvaluationView(QWidget):
         self.seed_spin = QSpinBox(minimum=0, maximum=2**31 - 1, value=0)
         self.checkpoint_combo = QComboBox()
         self.checkpoint_combo.addItems(["best", "last"])
-        for label, widget in (("Ways", self.ways_spin), ("Shots", self.shots_spin),
+        self._build_data_choice()
+        for label, widget in (("Test on", self.dataset_combo), ("Location", self.data_root_row),
+                              ("Ways", self.ways_spin), ("Shots", self.shots_spin),
                               ("Test episodes", self.episodes_spin), ("Episode seed", self.seed_spin),
                               ("Checkpoint", self.checkpoint_combo)):
             self.form.addRow(label, widget)
+        self.form.setRowVisible(self.data_root_row, False)
         layout.addLayout(self.form)
+
+    def _build_data_choice(self) -> None:
+        """Which dataset's test tasks: the run's own, or another of its kind (from the catalog) and its location."""
+        self.dataset_combo = QComboBox()
+        self.dataset_combo.setToolTip("Test the run on its own dataset, or on another dataset of its kind; the "
+                                      "other data is preprocessed like the run's training data")
+        self.dataset_combo.addItem(OWN_DATA, None)
+        self.dataset_combo.currentIndexChanged.connect(self._on_data_choice)
+        self.data_root_edit = QLineEdit()
+        self.data_root_edit.setPlaceholderText("folder (or zip) with the data")
+        self.data_root_edit.setClearButtonEnabled(True)
+        self.data_root_edit.textChanged.connect(self.data_root_edit.setToolTip)  # the whole path, when it is long
+        self.data_root_button = QPushButton("Browse…")
+        self.data_root_button.setToolTip("Choose the folder holding the dataset")
+        self.data_root_button.clicked.connect(self._choose_data_root)
+        self.data_root_row = QWidget()
+        row = QHBoxLayout(self.data_root_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.data_root_edit, 1)
+        row.addWidget(self.data_root_button)
+
+    # --- the dataset to test on -----------------------------------------------------------------------
+    def _fill_data_choices(self, kind: str) -> None:
+        """The catalog's datasets of ``kind`` after the run's own; the choice is kept when it still fits."""
+        from workbench.core.data import dataset_info, datasets_for_kind
+
+        chosen = self.dataset_combo.currentData()
+        self.dataset_combo.blockSignals(True)
+        while self.dataset_combo.count() > 1:
+            self.dataset_combo.removeItem(1)
+        for name in datasets_for_kind(kind):
+            info = dataset_info(name)
+            self.dataset_combo.addItem(info.title, name)
+            self.dataset_combo.setItemData(self.dataset_combo.count() - 1, info.description,
+                                           Qt.ItemDataRole.ToolTipRole)
+        index = self.dataset_combo.findData(chosen) if chosen else 0
+        self.dataset_combo.setCurrentIndex(max(index, 0))
+        self.dataset_combo.blockSignals(False)
+        self._on_data_choice()
+
+    def _on_data_choice(self) -> None:
+        from workbench.core.data import dataset_info
+
+        name = self.dataset_combo.currentData()
+        info = dataset_info(name) if name else None
+        self.form.setRowVisible(self.data_root_row, bool(info and info.needs_root))
+
+    def _choose_data_root(self) -> None:
+        from workbench.core.data import dataset_info
+
+        info = dataset_info(self.dataset_combo.currentData() or "")
+        title = info.title if info is not None else "dataset"
+        folder = QFileDialog.getExistingDirectory(self, f"Choose the {title} folder", self.data_root_edit.text())
+        if folder:
+            self.data_root_edit.setText(folder)
+
+    def data_choice(self) -> dict[str, str]:
+        """{"dataset": name, "data_root": location} for another dataset; empty for the run's own."""
+        from workbench.core.data import dataset_info
+
+        name = self.dataset_combo.currentData()
+        if not name:
+            return {}
+        choice = {"dataset": name}
+        info = dataset_info(name)
+        if info is not None and info.needs_root and self.data_root_edit.text().strip():
+            choice["data_root"] = self.data_root_edit.text().strip()
+        return choice
 
     def _build_actions(self, layout: QVBoxLayout) -> None:
         self.evaluate_button = QPushButton("Evaluate")
@@ -269,6 +345,7 @@ class EvaluationView(QWidget):
     def _apply_run_settings(self, run, kind) -> None:
         """The run's own test setting in the form (once per run: what the user typed stays)."""
         self.form.setRowVisible(self.ways_spin, "ways" in kind.dataset_fields)
+        self._fill_data_choices(kind.name)
         if self._settings_run == run.id:
             return
         self._settings_run = run.id
@@ -304,6 +381,7 @@ class EvaluationView(QWidget):
                    "seed": self.seed_spin.value(), "checkpoint": self.checkpoint_combo.currentText()}
         if "ways" in get_kind_class(kind).dataset_fields:
             request["ways"] = self.ways_spin.value()
+        request.update(self.data_choice())
         return request
 
     def _submit(self, purpose: str, requests: list[dict[str, Any]], reuse: bool, label: str) -> None:
@@ -349,7 +427,7 @@ class EvaluationView(QWidget):
         if len(kinds) > 1:
             return (f"The ticked runs are of different kinds ({', '.join(sorted(kinds))}), so they have no common "
                     "metric. Tick runs of one kind.")
-        if len(keys) > 1:  # different data means different tasks: a paired test would be meaningless
+        if len(keys) > 1 and not self.data_choice():  # different data, different tasks: no paired test
             return ("The ticked runs use different datasets or task settings, so they cannot be tested on "
                     "identical tasks. Tick runs of one dataset.")
         return ""

@@ -18,6 +18,7 @@ def thumb(image: np.ndarray, colour: str, tip: str, size: int = THUMB_SIZE) -> Q
     label.setPixmap(to_pixmap(image, size))
     label.setStyleSheet(f"border: 2px solid {colour}; padding: 1px;")
     label.setToolTip(tip)
+    label.setMinimumSize(label.sizeHint())  # many rows scroll instead of squashing the images
     return label
 
 
