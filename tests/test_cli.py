@@ -240,7 +240,8 @@ def test_no_command_without_a_display_runs_the_demo(capsys, monkeypatch):
     monkeypatch.setattr(cli, "_load_gui_app", lambda: pytest.fail("must not open an invisible window"))
     monkeypatch.setattr(cli, "cmd_demo", lambda args: calls.append(args.steps) or 0)
     assert cli.main([]) == 0 and calls == [300]
-    assert "no display found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no display found" in err and "QT_QPA_PLATFORM=offscreen" in err and "xvfb-run" in err
 
 
 def test_demo_trains_and_evaluates(capsys, monkeypatch):

@@ -996,8 +996,13 @@ def _open_gui_or_demo(argv: list[str]) -> int:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a measurement needs no visible window
     if not _has_display():
         # An offscreen window nobody can see would just hang; the demo shows the engine working instead.
-        _say("no display found (DISPLAY is unset), so the window cannot open; running the headless demo instead "
-             "(start the GUI under a desktop session or Xvfb)")
+        try:
+            from workbench.gui.platform_check import no_display_message
+
+            _say(no_display_message())
+        except ImportError:
+            _say("no display found (DISPLAY is unset), so the window cannot open")
+        _say("Running the headless demo instead (workbench demo).")
         return cmd_demo(argparse.Namespace(steps=300, episodes=300, threads=0, json=False, quiet=False))
     app = _load_gui_app()
     if app is not None:

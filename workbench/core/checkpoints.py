@@ -60,9 +60,11 @@ def tensor_checksum(payload: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     for key in CHECKSUMMED_KEYS:
         for name, tensor in _tensors(payload.get(key), key):
-            tensor = tensor.detach().cpu().contiguous()
+            tensor = tensor.detach().cpu()
             digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            # A fresh dense copy: a one-element or expanded tensor may have stride 0, which view() refuses.
+            flat = torch.empty(tensor.numel(), dtype=tensor.dtype).copy_(tensor.reshape(-1))
+            digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -18,7 +18,7 @@ from workbench.core.config import config_fields
 from workbench.core.device import detect_devices
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.core.recipes import Recipe, recipes_for
-from workbench.gui.hparam_form import HParamForm
+from workbench.gui.hparam_form import HParamForm, narrow_combo
 
 # Dataset fields whose training override ("train_ways", ...) means something only when the kind has the field.
 EPISODE_FIELDS = ("ways", "shots", "queries")
@@ -118,7 +118,7 @@ class AlgorithmPanel(QWidget):
 
     def _build_algorithm_box(self) -> QGroupBox:
         """Algorithm choice, description, recipe and hyperparameter form."""
-        self.algorithm_combo = AlgorithmCombo(kind=self.kind)
+        self.algorithm_combo = narrow_combo(AlgorithmCombo(kind=self.kind), 16)
         self.algorithm_combo.setObjectName("algorithmName")
         self.family_label = QLabel()
         self.family_label.setObjectName("algorithmFamily")
@@ -131,7 +131,7 @@ class AlgorithmPanel(QWidget):
         self.hparam_form.setObjectName("algorithmHParams")
         self.no_hparams = QLabel("This algorithm has no hyperparameters.")
         self.hp_title = QLabel("<b>Hyperparameters</b>")
-        self.recipe_combo = QComboBox()
+        self.recipe_combo = narrow_combo(QComboBox())
         self.recipe_combo.setObjectName("algorithmRecipe")
         self.recipe_combo.setToolTip("A complete training setup the algorithm declares for this kind and dataset; "
                                      "choosing one fills the fields it sets (edit them freely afterwards)")
@@ -167,11 +167,9 @@ class AlgorithmPanel(QWidget):
         self.name_edit.setObjectName("runName")
         self.name_edit.setPlaceholderText("optional; a name is generated")
         self.name_edit.setToolTip("A name for the run in the Runs tab")
-        self.device_combo = QComboBox()
-        self.device_combo.setObjectName("device")
         # Long device names are elided rather than widening the panel (the full text is in the list).
-        self.device_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        self.device_combo.setMinimumContentsLength(16)
+        self.device_combo = narrow_combo(QComboBox(), 16)
+        self.device_combo.setObjectName("device")
         for value, label, tip in device_choices():
             self.device_combo.addItem(label, value)
             self.device_combo.setItemData(self.device_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)

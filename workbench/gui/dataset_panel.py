@@ -27,7 +27,7 @@ from workbench.core.data.base import SPLIT_TITLES, SPLITS
 from workbench.core.errors import EpisodeError
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui.background import BackgroundTask
-from workbench.gui.hparam_form import HParamForm
+from workbench.gui.hparam_form import HParamForm, narrow_combo
 from workbench.gui.qimage import to_qimage
 from workbench.gui.theme import LIGHT, Theme
 
@@ -217,7 +217,7 @@ class DatasetPanel(QWidget):
 
     def _build_source(self, specs: dict) -> QGroupBox:
         """Dataset choice, location, options and the Load row."""
-        self.name_combo = QComboBox()
+        self.name_combo = narrow_combo(QComboBox(), 16)
         self.name_combo.setObjectName("datasetName")
         self._fill_names()
         self.name_combo.setToolTip(specs["name"].help)
@@ -235,6 +235,7 @@ class DatasetPanel(QWidget):
         source = QGroupBox("Source")
         form = QFormLayout(source)
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # a narrow dock puts fields under labels
         form.addRow("Dataset", self.name_combo)
         form.addRow(self.description)
         form.addRow("Location", self.root_widget)
@@ -279,6 +280,7 @@ class DatasetPanel(QWidget):
         self.progress.setFormat("")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
+        self.progress.setMinimumWidth(48)  # it stretches; a narrow dock should not scroll for it
         load_row = QHBoxLayout()
         load_row.addWidget(self.progress, 1)
         load_row.addWidget(self.load_button)
@@ -592,6 +594,27 @@ class DatasetPanel(QWidget):
         self.changed.emit()
 
     # --- display ----------------------------------------------------------------------------
+    def _splits_table(self, splits: dict, theme: Theme) -> str:
+        """Classes and images per split, then images per class, size and channels: narrow enough for the dock
+        (numbers never break from their units)."""
+        rows, spreads = [], []
+        for split in SPLITS:
+            part = splits[split]
+            counts = part.class_counts()
+            spreads.append(f"{min(counts)}–{max(counts)}" if counts and min(counts) != max(counts) else (
+                f"{counts[0]}" if counts else "0"))
+            rows.append(f"<tr><td>{SPLIT_TITLES[split]}</td><td align='right'>&nbsp;{part.num_classes:,}&nbsp;classes"
+                        f"</td><td align='right'>&nbsp;{len(part):,}&nbsp;images</td></tr>")
+        if len(set(spreads)) == 1:
+            per_class = f"{spreads[0]} images per class"
+        else:
+            per_class = "images per class: " + ", ".join(f"{spread} ({SPLIT_TITLES[split]})"
+                                                          for split, spread in zip(SPLITS, spreads))
+        spec = self.dataset.spec
+        return (f"<table>{''.join(rows)}</table><span style='color:{theme.muted_text}'>{per_class}; "
+                f"{spec.image_size}×{spec.image_size}, {spec.channels} channel{'s' if spec.channels > 1 else ''}"
+                "</span>")
+
     def _refresh_status(self) -> None:
         theme = self.theme
         if self.load_error:
@@ -618,18 +641,7 @@ class DatasetPanel(QWidget):
             self.status_label.setText(f"Loaded {html.escape(self.info().title)}: tasks are drawn as needed.")
             self.skipped_label.hide()
             return
-        rows = []
-        for split in SPLITS:
-            part = splits[split]
-            counts = part.class_counts()
-            spread = f"{min(counts)}–{max(counts)}" if counts and min(counts) != max(counts) else (
-                f"{counts[0]}" if counts else "0")
-            rows.append(f"<tr><td>{SPLIT_TITLES[split]}</td><td align='right'>&nbsp;{part.num_classes:,} classes</td>"
-                        f"<td align='right'>&nbsp;{len(part):,} images</td><td>&nbsp;({spread} per class)</td></tr>")
-        spec = self.dataset.spec
-        self.status_label.setText(f"<table>{''.join(rows)}</table>"
-                                  f"<span style='color:{theme.muted_text}'>{spec.image_size}×{spec.image_size}, "
-                                  f"{spec.channels} channel{'s' if spec.channels > 1 else ''}</span>")
+        self.status_label.setText(self._splits_table(splits, theme))
         skipped = getattr(self.dataset, "skipped_files", None) or []
         if skipped:
             listed = "\n".join(f"{path}: {reason}" for path, reason in skipped[:30])

@@ -18,6 +18,15 @@ from workbench.core.hparams import HParamSpec
 
 INT_LIMIT = 2**31 - 1
 FLOAT_LIMIT = 1e12
+NARROW_COMBO_CHARS = 12
+
+
+def narrow_combo(combo: QComboBox, chars: int = NARROW_COMBO_CHARS) -> QComboBox:
+    """Let a combo box be narrower than its longest item (elided; the open list shows whole items), so a narrow
+    dock needs no sideways scrolling."""
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(chars)
+    return combo
 
 
 class FloatSpinBox(QDoubleSpinBox):
@@ -79,7 +88,7 @@ def zero_meaning(spec: HParamSpec) -> str | None:
 
 def make_editor(spec: HParamSpec) -> QWidget:
     if spec.choices:
-        editor = QComboBox()
+        editor = narrow_combo(QComboBox())
         for choice in spec.choices:
             editor.addItem(str(choice), choice)
         return editor
@@ -174,7 +183,7 @@ class HParamForm(QWidget):
         self._layout = QFormLayout(self)
         self._layout.setContentsMargins(0, 0, 0, 0)
         self._layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
-        self._layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.DontWrapRows)
+        self._layout.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)  # narrow docks: field under label
         self._specs: dict[str, HParamSpec] = {}
         self._editors: dict[str, QWidget] = {}
         self._labels: dict[str, QLabel] = {}

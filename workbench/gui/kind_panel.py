@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QLabel, QVBoxLayout, QWidg
 
 from workbench.core import catalog
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
-from workbench.gui.hparam_form import HParamForm
+from workbench.gui.hparam_form import HParamForm, narrow_combo
 
 
 class KindPanel(QWidget):
@@ -23,7 +23,7 @@ class KindPanel(QWidget):
         self._silent = False
         # Options typed for one kind are kept when switching away and back.
         self._options_by_kind: dict[str, dict[str, Any]] = {}
-        self.combo = QComboBox()
+        self.combo = narrow_combo(QComboBox(), 16)
         self.combo.setObjectName("kindName")
         for info in catalog.kinds_info():
             self.combo.addItem(info["title"], info["name"])

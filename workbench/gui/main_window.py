@@ -11,38 +11,33 @@ Integration points for views:
   ``training_finished(job_id, final)`` bracket a job; ``kind_changed(name)`` follows the setup's kind.
   ``MainWindow.dataset()`` is the loaded dataset.
 - ``MainWindow.current_config()`` is the ONE place the panels become an ExperimentConfig.
+
+Cold start: this module imports neither torch nor the plotting code. ``MainWindow(deferred=True)`` builds only the
+frame (menus, toolbar, empty docks), so ``workbench`` shows the window at once; :meth:`MainWindow.finish_startup`
+then builds the panels and views (which import torch and pyqtgraph) a step per event-loop tick and emits ``ready``.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
+import threading
+import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
+from PySide6.QtCore import QRect, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (QApplication, QDockWidget, QFileDialog, QLabel, QMainWindow, QMessageBox,
                                QProgressBar, QScrollArea, QStyle, QTabWidget, QToolBar, QWidget)
 
-from workbench.core.algorithms import get_algorithm
-from workbench.core.config import ExperimentConfig, recipe_changes
-from workbench.core.data import check_episode_setting
 from workbench.core.errors import ConfigError, EpisodeError, WorkbenchError
-from workbench.core.hparams import to_dict
-from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui import theme as themes
 from workbench.gui import view_registry
-from workbench.gui.algorithm_panel import AlgorithmPanel
-from workbench.gui.dataset_panel import DatasetPanel
-from workbench.gui.kind_panel import KindPanel
 from workbench.gui.settings import Settings
-from workbench.gui.training_view import _format_duration
-from workbench.gui.worker import TrainingController
 
-try:  # written by another engineer; the window works without it
-    from workbench.gui import dialogs
-except ImportError:  # pragma: no cover
-    dialogs = None
+if TYPE_CHECKING:
+    from workbench.core.config import ExperimentConfig
 
 APP_TITLE = "Meta-Learning Workbench"
 FINAL_MESSAGES = {
@@ -52,19 +47,75 @@ FINAL_MESSAGES = {
     "diverged": "diverged",
     "cancelled": "cancelled before training started",
 }
+PREFERRED_SIZE = QSize(1360, 860)  # the window's size on a large screen
+SCREEN_SHARE = 0.94  # of the available screen, on smaller ones (the frame and title bar take the rest)
+DOCK_SHARE, DOCK_WIDTH = 0.27, (310, 380)  # the setup docks' share of the window's width, and its bounds
+DOCK_MINIMUM_WIDTH = 200  # narrower, the panels scroll sideways
+KIND_DOCK_HEIGHT = 90  # the experiment kind's dock before its panel is built
+# Imported in a thread while the shown window waits (torch is most of the start-up time).
+PRELOAD = ("workbench.core.catalog", "workbench.core.config", "workbench.core.algorithms")
+PRELOAD_POLL_MS = 15
+
+
+def _import_quietly(names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the main thread's own import reports it
+            return
+
+
+def _preload_core() -> threading.Thread:
+    """Import the core (torch, a second or two) in a thread, so the shown window keeps repainting meanwhile."""
+    thread = threading.Thread(target=_import_quietly, args=(PRELOAD,), name="workbench-preload")
+    thread.start()
+    return thread
+
+
+def _dialogs():
+    """workbench.gui.dialogs, imported on first use (it is not needed to show the window); None when absent."""
+    try:
+        from workbench.gui import dialogs
+    except ImportError:  # pragma: no cover
+        return None
+    return dialogs
+
+
+def default_window_size(available: QSize) -> QSize:
+    """The window's first size on a screen with this much room: PREFERRED_SIZE, shrunk to fit small screens."""
+    return QSize(min(PREFERRED_SIZE.width(), int(available.width() * SCREEN_SHARE)),
+                 min(PREFERRED_SIZE.height(), int(available.height() * SCREEN_SHARE)))
+
+
+def fit_to_screen(frame: QRect, available: QRect) -> QRect:
+    """A window frame (restored from settings) moved and shrunk to lie on the available screen."""
+    width, height = min(frame.width(), available.width()), min(frame.height(), available.height())
+    x = min(max(frame.x(), available.x()), available.right() + 1 - width)
+    y = min(max(frame.y(), available.y()), available.bottom() + 1 - height)
+    return QRect(x, y, width, height)
 
 
 def _scrolled(widget: QWidget) -> QScrollArea:
+    """A dock's contents: scrolls (sideways too, when the dock is narrower than the panel) rather than forcing the
+    window's size."""
     area = QScrollArea()
     area.setWidget(widget)
     area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     area.setFrameShape(QScrollArea.Shape.NoFrame)
     return area
 
 
+def _loading_label(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    label.setEnabled(False)
+    return label
+
+
 def _task_text(kind: str, ways: int, shots: int) -> str:
     """"5-way 1-shot" for kinds with classes, "10-shot" for kinds of points."""
+    from workbench.core.kinds import get_kind_class
+
     try:
         fields = get_kind_class(kind).dataset_fields
     except WorkbenchError:
@@ -73,6 +124,8 @@ def _task_text(kind: str, ways: int, shots: int) -> str:
 
 
 def _metric_key(kind: str) -> str | None:
+    from workbench.core.kinds import get_kind_class
+
     try:
         return get_kind_class(kind).metric.key
     except WorkbenchError:
@@ -87,8 +140,12 @@ class MainWindow(QMainWindow):
     run_store_changed = Signal()
     kind_changed = Signal(str)  # the experiment kind chosen in the setup
 
+    ready = Signal()  # the panels and views are built (see finish_startup)
+
     def __init__(self, store=None, settings: Settings | None = None, restore: bool = True,
-                 trainer_factory: Callable | None = None, auto_load: bool = True):
+                 trainer_factory: Callable | None = None, auto_load: bool = True, deferred: bool = False):
+        """``deferred``: build only the frame now (it shows at once, without importing torch); the caller then
+        calls :meth:`finish_startup` from the event loop. Otherwise the window is complete on return."""
         super().__init__()
         from workbench.core.runs import RunStore
 
@@ -108,12 +165,65 @@ class MainWindow(QMainWindow):
         self._shown_runs: dict[str, tuple[str, str]] = {}
         self._greeted = False
         self._active_run_id: str | None = None
+        self.is_ready = False
+        self._layout_restored = False
+        self._shown_once = False
+        self._steps: Iterator[threading.Thread | None] | None = self._build_contents(restore, trainer_factory,
+                                                                                   auto_load)
+        self._build_frame(restore)
+        if not deferred:
+            for thread in self._steps:
+                if thread is not None:
+                    thread.join()
+            self._steps = None
 
+    # --- construction -----------------------------------------------------------------------
+    def _build_frame(self, restore: bool) -> None:
+        """What shows before the contents are built: title, docks (empty), toolbar, menus, status bar, size."""
         self.setWindowTitle(APP_TITLE)
         self.setObjectName("MainWindow")
-        if dialogs is not None:
-            self.setWindowIcon(dialogs.app_icon())
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+        self.setCentralWidget(_loading_label("Loading the views…"))
+        self._build_docks()
+        self._build_actions()
+        self._build_menus()
+        self._build_status_bar()
+        app = QApplication.instance()
+        if app is not None:
+            themes.apply(app, self.theme)  # the palette now, so the frame does not change colours later
+        screen = self.screen() or QGuiApplication.primaryScreen()
+        self.resize(default_window_size(screen.availableGeometry().size()) if screen else PREFERRED_SIZE)
+        self._default_state = self.saveState()
+        if restore:
+            self._restore_layout()
+        for action in self._actions_after_startup:
+            action.setEnabled(False)
+        self.statusBar().showMessage("Loading the experiment setup…")
+
+    def finish_startup(self) -> None:
+        """Build the panels and views one step per event-loop tick (the window repaints between steps); emits
+        ``ready`` at the end. Call it once the window is shown, from the event loop."""
+        if self._steps is None:
+            return
+        try:
+            waiting = next(self._steps)
+        except StopIteration:
+            self._steps = None
+            return
+        except Exception as exc:  # a broken view or plugin: say so rather than leave a half-built window
+            self._steps = None
+            self.report_error("The workbench could not finish starting", str(exc), traceback.format_exc())
+            return
+        QTimer.singleShot(PRELOAD_POLL_MS if waiting is not None else 0, self.finish_startup)
+
+    def _build_contents(self, restore: bool, trainer_factory: Callable | None, auto_load: bool
+                        ) -> Iterator[threading.Thread | None]:
+        """The panels, the training controller and the views, then the restored experiment (a generator: it
+        yields between steps, or a thread to wait for)."""
+        preload = _preload_core()
+        while preload.is_alive():
+            yield preload
+        from workbench.gui.worker import TrainingController
 
         self.controller = TrainingController(self, trainer_factory=trainer_factory)
         self.controller.job_started.connect(self._on_job_started)
@@ -122,17 +232,24 @@ class MainWindow(QMainWindow):
         self.controller.job_finished.connect(self._on_job_finished)
         self.controller.job_failed.connect(self._on_job_failed)
         self.controller.state_changed.connect(lambda _: self._update_actions())
-
         self._build_panels(auto_load)
-        self._build_views()
-        self._build_actions()
-        self._build_menus()
-        self._build_status_bar()
+        yield
+        classes = self._build_tabs()
+        for cls in classes:
+            yield
+            self._build_view(cls)
+        self._update_tabs()
+        self._finish_contents(restore)
+
+    def _finish_contents(self, restore: bool) -> None:
+        dialogs = _dialogs()
+        if dialogs is not None:
+            self.setWindowIcon(dialogs.app_icon())
         self._apply_theme_now()
-        self.resize(1360, 860)
+        if not self._layout_restored and self._shown_once:
+            self._size_docks()  # again: the kind's height is known now
         if restore:
             self._restore_settings()
-
         self._revalidate_timer = QTimer(self)
         self._revalidate_timer.setSingleShot(True)
         self._revalidate_timer.setInterval(0)  # coalesce a burst of field changes into one check
@@ -143,8 +260,15 @@ class MainWindow(QMainWindow):
         hints = QGuiApplication.styleHints()
         if hasattr(hints, "colorSchemeChanged"):
             hints.colorSchemeChanged.connect(self._on_system_scheme_changed)
+        for widget in (*self._actions_after_startup, self.kind_dock.widget(), self.dataset_dock.widget(),
+                       self.algorithm_dock.widget()):
+            widget.setEnabled(True)
+        self.is_ready = True
+        if self.statusBar().currentMessage().startswith("Loading"):
+            self.statusBar().clearMessage()
         self.revalidate()
         self._note_plugin_problems()
+        self.ready.emit()
 
     def _note_plugin_problems(self) -> None:
         """A broken plugin never stops the app; the status bar says so and Help > Plugins… says why."""
@@ -154,8 +278,47 @@ class MainWindow(QMainWindow):
         if note:
             self.statusBar().showMessage(note, 15000)
 
-    # --- construction -----------------------------------------------------------------------
+    def _build_docks(self) -> None:
+        """The setup docks, holding "Loading…" until the panels are built."""
+        self.kind_dock = QDockWidget("Experiment", self)
+        self.kind_dock.setObjectName("kindDock")
+        self.dataset_dock = QDockWidget("Dataset", self)
+        self.dataset_dock.setObjectName("datasetDock")
+        self.algorithm_dock = QDockWidget("Algorithm && training", self)
+        self.algorithm_dock.setObjectName("algorithmDock")
+        for dock in (self.kind_dock, self.dataset_dock, self.algorithm_dock):
+            dock.setWidget(_loading_label("Loading…"))
+            dock.setAllowedAreas(Qt.DockWidgetArea.LeftDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
+            dock.setMinimumWidth(DOCK_MINIMUM_WIDTH)
+            self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
+        self.setTabPosition(Qt.DockWidgetArea.AllDockWidgetAreas, QTabWidget.TabPosition.North)
+        self.tabifyDockWidget(self.dataset_dock, self.algorithm_dock)
+        self.dataset_dock.raise_()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if not self._shown_once and not self._layout_restored:
+            self._size_docks()  # dock sizes set before the first show do not hold
+        self._shown_once = True
+
+    def _size_docks(self) -> None:
+        """The default dock sizes: a share of the window's width; the kind as short as its contents allow."""
+        low, high = DOCK_WIDTH
+        width = max(low, min(high, round(self.width() * DOCK_SHARE)))
+        self.resizeDocks([self.kind_dock, self.dataset_dock], [width, width], Qt.Orientation.Horizontal)
+        panel = getattr(self, "kind_panel", None)
+        height = KIND_DOCK_HEIGHT  # while starting: about what the panel will need
+        if panel is not None:  # the height its wrapped description needs at that width, plus the title bar
+            height = max(panel.heightForWidth(width) if panel.hasHeightForWidth() else -1, panel.sizeHint().height())
+            title_bar = self.kind_dock.minimumSizeHint().height() - self.kind_dock.widget().minimumSizeHint().height()
+            height += max(title_bar, 0)
+        self.resizeDocks([self.kind_dock], [height], Qt.Orientation.Vertical)
+
     def _build_panels(self, auto_load: bool) -> None:
+        from workbench.gui.algorithm_panel import AlgorithmPanel
+        from workbench.gui.dataset_panel import DatasetPanel
+        from workbench.gui.kind_panel import KindPanel
+
         self.kind_panel = KindPanel()
         self.dataset_panel = DatasetPanel(theme=self.theme, auto_load=auto_load, kind=self.kind_panel.kind_name())
         self.algorithm_panel = AlgorithmPanel(kind=self.kind_panel.kind_name())
@@ -163,27 +326,13 @@ class MainWindow(QMainWindow):
         self.algorithm_panel.recipe_applied.connect(self._apply_recipe)
         self.dataset_panel.name_combo.currentIndexChanged.connect(
             lambda _: self.algorithm_panel.set_dataset(self.dataset_panel.dataset_name()))
-        self.kind_dock = QDockWidget("Experiment", self)
-        self.kind_dock.setObjectName("kindDock")
-        self.kind_dock.setWidget(self.kind_panel)
-        self.dataset_dock = QDockWidget("Dataset", self)
-        self.dataset_dock.setObjectName("datasetDock")
-        self.dataset_dock.setWidget(_scrolled(self.dataset_panel))
-        self.algorithm_dock = QDockWidget("Algorithm && training", self)
-        self.algorithm_dock.setObjectName("algorithmDock")
-        self.algorithm_dock.setWidget(_scrolled(self.algorithm_panel))
-        for dock in (self.kind_dock, self.dataset_dock, self.algorithm_dock):
-            dock.setAllowedAreas(Qt.DockWidgetArea.LeftDockWidgetArea | Qt.DockWidgetArea.RightDockWidgetArea)
-            dock.setMinimumWidth(380)
-            self.addDockWidget(Qt.DockWidgetArea.LeftDockWidgetArea, dock)
-        self.setTabPosition(Qt.DockWidgetArea.AllDockWidgetAreas, QTabWidget.TabPosition.North)
-        self.tabifyDockWidget(self.dataset_dock, self.algorithm_dock)
-        self.dataset_dock.raise_()
-        # The kind sits above the tabbed panels, as small as its contents allow.
-        self.resizeDocks([self.kind_dock], [self.kind_panel.sizeHint().height()], Qt.Orientation.Vertical)
-        self._default_state: QByteArray | None = None
+        for dock, panel in ((self.kind_dock, self.kind_panel), (self.dataset_dock, self.dataset_panel),
+                            (self.algorithm_dock, self.algorithm_panel)):
+            dock.setWidget(_scrolled(panel))
+            dock.widget().setEnabled(False)  # until the views that follow the setup are built
 
-    def _build_views(self) -> None:
+    def _build_tabs(self) -> list[type]:
+        """The tab widget and the registered view classes (imported here: they bring pyqtgraph and torch)."""
         self.tabs = QTabWidget()
         self.tabs.setObjectName("views")
         self.tabs.setDocumentMode(True)
@@ -194,17 +343,18 @@ class MainWindow(QMainWindow):
             if hasattr(type(self), name):
                 raise TypeError(f"view {cls.__name__} would hide MainWindow.{name}; rename the class")
             setattr(self, name, None)
-        for cls in classes:
-            view = cls.for_window(self)
-            setattr(self, view_registry.attribute_name(cls), view)
-            view.setObjectName(view.objectName() or f"{view_registry.attribute_name(cls)}")
-            tab = self._view_tabs.get(cls.view_title)
-            if tab is None:
-                tab = self._view_tabs[cls.view_title] = view_registry.ViewTab(cls.view_title)
-                self.tabs.addTab(tab, cls.view_title)
-            tab.add_view(cls.view_capability, view)
-            self._registered.append((cls, view))
-        self._update_tabs()
+        return classes
+
+    def _build_view(self, cls: type) -> None:
+        view = cls.for_window(self)
+        setattr(self, view_registry.attribute_name(cls), view)
+        view.setObjectName(view.objectName() or f"{view_registry.attribute_name(cls)}")
+        tab = self._view_tabs.get(cls.view_title)
+        if tab is None:
+            tab = self._view_tabs[cls.view_title] = view_registry.ViewTab(cls.view_title)
+            self.tabs.addTab(tab, cls.view_title)
+        tab.add_view(cls.view_capability, view)
+        self._registered.append((cls, view))
 
     def add_view(self, name: str, widget: QWidget) -> int:
         """Add a plain tab (always enabled); it follows the theme when it has ``apply_theme(theme)``. Returns the
@@ -312,6 +462,9 @@ class MainWindow(QMainWindow):
                                         "Pick what kind of problem the experiment learns")
         self.plugins_action = self._action("&Plugins…", self.show_plugins, ("Ctrl+Shift+P",),
                                            "The installed plugins and what they add")
+        # Greyed while the window's contents are still being built (Quit and the help dialogs work at once).
+        self._actions_after_startup = [self.run_action, self.pause_action, self.stop_action, self.import_action,
+                                       self.export_action, self.reset_layout_action, self.kind_action]
 
         toolbar = QToolBar("Training")
         toolbar.setObjectName("trainingToolbar")
@@ -335,6 +488,7 @@ class MainWindow(QMainWindow):
         curves.addAction("Image (PNG)…", lambda: self.training_view._export_dialog("png"))
         curves.addAction("Vector image (SVG)…", lambda: self.training_view._export_dialog("svg"))
         curves.addAction("Data (CSV)…", lambda: self.training_view._export_dialog("csv"))
+        self._actions_after_startup.append(curves.menuAction())
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
 
@@ -380,14 +534,21 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.status_progress)
 
     # --- settings ---------------------------------------------------------------------------
-    def _restore_settings(self) -> None:
-        self._default_state = self.saveState()
+    def _restore_layout(self) -> None:
+        """The saved geometry (kept on the screen) and dock layout."""
         geometry = self.settings.window_geometry()
-        if geometry is not None:
-            self.restoreGeometry(geometry)
+        if geometry is not None and self.restoreGeometry(geometry):
+            screen = self.screen() or QGuiApplication.primaryScreen()
+            if screen is not None:
+                self.setGeometry(fit_to_screen(self.geometry(), screen.availableGeometry()))
         state = self.settings.window_state()
         if state is not None:
-            self.restoreState(state)
+            self._layout_restored = self.restoreState(state)
+
+    def _restore_settings(self) -> None:
+        from workbench.core.config import ExperimentConfig
+        from workbench.core.kinds import DEFAULT_KIND
+
         if self.runs_view is not None and hasattr(self.runs_view, "restore_state"):
             self.runs_view.restore_state(self.settings.qsettings)
         self.set_kind(self.settings.kind() or DEFAULT_KIND)  # kept even when the experiment cannot be restored
@@ -401,6 +562,8 @@ class MainWindow(QMainWindow):
                                              10000)
 
     def save_settings(self) -> None:
+        if not self.is_ready:
+            return  # closed while starting: the panels hold nothing worth saving
         self.settings.save_window(self.saveGeometry(), self.saveState())
         try:
             self.settings.save_experiment_toml(self.current_config().to_toml())
@@ -418,6 +581,7 @@ class MainWindow(QMainWindow):
         for dock in (self.kind_dock, self.dataset_dock, self.algorithm_dock):
             dock.show()
             dock.setFloating(False)
+        self._size_docks()
         self.dataset_dock.raise_()
 
     # --- theme ------------------------------------------------------------------------------
@@ -436,6 +600,8 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             themes.apply(app, self.theme)
+        if not hasattr(self, "dataset_panel"):
+            return  # starting: the panels and views take the theme when they are built
         self.dataset_panel.set_theme(self.theme)
         for widget in self.all_views():
             if hasattr(widget, "apply_theme"):
@@ -475,6 +641,9 @@ class MainWindow(QMainWindow):
 
     def current_config(self) -> ExperimentConfig:
         """The ONE function that turns the panels into an ExperimentConfig (raises ConfigError)."""
+        from workbench.core.config import ExperimentConfig
+        from workbench.core.kinds import get_kind_class
+
         algorithm = self.algorithm_panel
         kind = self.kind_panel.kind_name()
         if algorithm.algorithm_name() is None:
@@ -493,6 +662,8 @@ class MainWindow(QMainWindow):
 
     def apply_config(self, config: ExperimentConfig) -> None:
         """Fill the panels from a config (File > Import, last experiment, resumed run)."""
+        from workbench.core.hparams import to_dict
+
         if not self.set_kind(config.kind):
             raise ConfigError("kind", f"the experiment kind '{config.kind}' is not installed")
         self.kind_panel.set_options(config.task)
@@ -504,6 +675,8 @@ class MainWindow(QMainWindow):
         return self.current_config().save(path)
 
     def import_experiment(self, path: str | Path) -> ExperimentConfig:
+        from workbench.core.config import ExperimentConfig
+
         config = ExperimentConfig.load(path)
         self.apply_config(config)
         self.statusBar().showMessage(f"Imported the experiment from {path}.", 8000)
@@ -545,6 +718,8 @@ class MainWindow(QMainWindow):
     # --- validation -------------------------------------------------------------------------
     def revalidate(self) -> str | None:
         """Check the experiment; disable Run and say why when it cannot train. Returns the reason or None."""
+        from workbench.core.config import recipe_changes
+
         reason, episode_problem = None, None
         try:
             config = self.current_config()
@@ -574,6 +749,9 @@ class MainWindow(QMainWindow):
         return reason
 
     def _episode_problem(self, config: ExperimentConfig) -> str | None:
+        from workbench.core.algorithms import get_algorithm
+        from workbench.core.data import check_episode_setting
+
         if not self.dataset_panel.has_episodes():
             return None  # tasks of points or functions: nothing to draw from classes
         dataset = self.dataset_panel.dataset
@@ -659,6 +837,8 @@ class MainWindow(QMainWindow):
         return self._start_job(None, run_id, f"Resuming {name}: " + self._job_title(config), config, history)
 
     def _start_job(self, config, resume: str | None, title: str, shown_config=None, history=None) -> int:
+        from workbench.core.kinds import get_kind_class
+
         home = getattr(self.store, "home", None)
         job_id = self.controller.start(config, home, resume=resume)
         shown = config or shown_config
@@ -675,6 +855,8 @@ class MainWindow(QMainWindow):
 
     @staticmethod
     def _job_title(config: ExperimentConfig) -> str:
+        from workbench.core.algorithms import get_algorithm
+
         cls = get_algorithm(config.algorithm.name)
         d = config.dataset
         return (f"{cls.title} on {d.name}: {_task_text(config.kind, d.ways, d.shots)}, "
@@ -711,6 +893,8 @@ class MainWindow(QMainWindow):
         if total:
             self.status_progress.setRange(0, total)
             self.status_progress.setValue(min(step, total))
+        from workbench.gui.training_view import _format_duration
+
         rate = last.get("steps_per_s", math.nan)
         if isinstance(rate, float) and math.isfinite(rate) and last.get("event") == "step":
             self.status_rate.setText(f"{rate:.1f} steps/s · ETA {_format_duration(last.get('eta_s', math.nan))}")
@@ -763,6 +947,8 @@ class MainWindow(QMainWindow):
             self.report_error("Cannot open the run", str(exc))
             return
         name = record.name or run_id
+        from workbench.core.kinds import DEFAULT_KIND
+
         kind = getattr(config, "kind", DEFAULT_KIND)
         self._show_run_of(config, "opened")
         if self.controller.is_running:
@@ -794,6 +980,7 @@ class MainWindow(QMainWindow):
     def report_error(self, title: str, message: str, details: str | None = None, warning: bool = False) -> None:
         """A readable dialog; the traceback (if any) sits behind its details button. Never blocks a test."""
         self.last_error = (title, message, details)
+        dialogs = _dialogs()
         if dialogs is not None and not warning:
             dialogs.show_error(self, title, message, details)
             return
@@ -806,11 +993,13 @@ class MainWindow(QMainWindow):
         box.open()  # non-blocking: training signals keep flowing
 
     def show_shortcuts(self) -> None:
+        dialogs = _dialogs()
         if dialogs is None:
             return
         actions = list(self.actions())
-        if self.runs_view is not None and hasattr(self.runs_view, "run_actions"):
-            actions += list(self.runs_view.run_actions())
+        runs_view = getattr(self, "runs_view", None)  # None while the window is starting
+        if runs_view is not None and hasattr(runs_view, "run_actions"):
+            actions += list(runs_view.run_actions())
         dialog = dialogs.ShortcutsDialog(actions, self)
         dialog.open()
         self._last_dialog = dialog
@@ -829,6 +1018,7 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(text, timeout_ms)
 
     def show_about(self) -> None:
+        dialogs = _dialogs()
         if dialogs is None:
             return
         dialog = dialogs.AboutDialog(self)
@@ -846,20 +1036,24 @@ class MainWindow(QMainWindow):
         return answer == QMessageBox.StandardButton.Yes
 
     def shutdown(self) -> bool:
-        """Stop training and every background task, joining their threads. True when all ended."""
+        """Stop training and every background task, joining their threads. True when all ended. (A window closed
+        while starting builds nothing more.)"""
+        self._steps = None
         ok = True
-        if self.controller.is_running or self.controller.has_threads:
+        controller = getattr(self, "controller", None)
+        if controller is not None and (controller.is_running or controller.has_threads):
             self.statusBar().showMessage("Stopping training and saving the run…")
             QApplication.processEvents()
-            ok = self.controller.shutdown() and ok
-        ok = self.dataset_panel.shutdown() and ok
+            ok = controller.shutdown() and ok
+        if hasattr(self, "dataset_panel"):
+            ok = self.dataset_panel.shutdown() and ok
         for view in self.all_views():  # every view that runs background work joins its threads here
             if hasattr(view, "shutdown"):
                 ok = view.shutdown() is not False and ok
         return ok
 
     def closeEvent(self, event) -> None:
-        if self.controller.is_running and not self._ask_stop_on_close():
+        if self.is_ready and self.controller.is_running and not self._ask_stop_on_close():
             event.ignore()
             return
         self.save_settings()

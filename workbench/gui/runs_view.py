@@ -48,21 +48,22 @@ class Column:
     tooltip: str = ""
 
 
-# Score columns come early so they stay visible in a narrow tab; the header's context menu hides columns.
+# Score columns come early so they stay visible in a narrow tab; the header's context menu hides columns. The
+# widths add up to what a 1280-pixel screen leaves beside the setup docks (the last column stretches).
 COLUMNS = (
-    Column("name", "Name", 170, tooltip="Run name; F2 renames it"),
-    Column("status", "Status", 75),
-    Column("kind", "Kind", 95, tooltip="The experiment kind; it decides the metric (accuracy, MSE, …)"),
-    Column("algorithm", "Algorithm", 125),
-    Column("best_val", "Best val.", 80, numeric=True,
+    Column("name", "Name", 140, tooltip="Run name; F2 renames it"),
+    Column("status", "Status", 70),
+    Column("kind", "Kind", 80, tooltip="The experiment kind; it decides the metric (accuracy, MSE, …)"),
+    Column("algorithm", "Algorithm", 100),
+    Column("best_val", "Best val.", 70, numeric=True,
            tooltip="Best score on the fixed meta-validation tasks, in the metric of the run's kind"),
-    Column("test", "Test ± CI", 115, numeric=True,
+    Column("test", "Test ± CI", 95, numeric=True,
            tooltip="Score on the fixed meta-test tasks, in the metric of the run's kind, ± the half-width of its "
                    "95% confidence interval (Evaluate, Ctrl+E, fills it in)"),
-    Column("setting", "Way / shot", 95, numeric=True, tooltip="N-way K-shot setting the run was configured for"),
-    Column("steps", "Steps", 100, numeric=True, tooltip="Meta-training steps done / planned"),
-    Column("dataset", "Dataset", 95),
-    Column("created", "Created", 120),
+    Column("setting", "Way / shot", 75, numeric=True, tooltip="N-way K-shot setting the run was configured for"),
+    Column("steps", "Steps", 85, numeric=True, tooltip="Meta-training steps done / planned"),
+    Column("dataset", "Dataset", 75),
+    Column("created", "Created", 115),
 )
 COLUMN_INDEX = {column.key: index for index, column in enumerate(COLUMNS)}
 

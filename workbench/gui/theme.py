@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
-import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QGuiApplication, QPalette
 from PySide6.QtWidgets import QApplication
@@ -89,13 +89,16 @@ def dark_palette() -> QPalette:
 
 
 def apply(app: QApplication, theme: Theme) -> None:
-    """Style the whole application; plots created afterwards pick up the colours too."""
+    """Style the whole application; plots created afterwards pick up the colours too (once pyqtgraph is loaded:
+    it is not imported here, so the window can show before the plotting views load)."""
     app.setStyle("Fusion")  # the same look on every platform, and it honours palettes fully
     if theme.is_dark:
         app.setPalette(dark_palette())
     else:
         app.setPalette(app.style().standardPalette())
-    pg.setConfigOptions(background=theme.plot_background, foreground=theme.plot_foreground, antialias=False)
+    if "pyqtgraph" in sys.modules:
+        sys.modules["pyqtgraph"].setConfigOptions(background=theme.plot_background,
+                                                  foreground=theme.plot_foreground, antialias=False)
 
 
 def with_alpha(color: str, alpha: int) -> QColor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,10 +32,30 @@ from workbench.gui.worker import RecordBatch
 REDRAW_INTERVAL_MS = 200
 DEFAULT_SMOOTHING = 0.8  # per-episode values are noisy; TensorBoard's 0.6 leaves them jagged
 
-try:  # an IIR filter runs the EMA in C; the loop below is the fallback
-    from scipy.signal import lfilter as _lfilter
-except ImportError:  # pragma: no cover - scipy comes with scikit-learn
-    _lfilter = None
+# Longer series are filtered by scipy's lfilter (in C); shorter ones, like the few points of a live update, by a
+# Python loop, so scipy.signal (a second to import) is not loaded at start-up.
+LFILTER_MIN_POINTS = 2000
+
+
+def _lfilter():
+    """scipy.signal.lfilter, imported on first use; None without scipy."""
+    try:
+        from scipy.signal import lfilter
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return None
+    return lfilter
+
+
+def _biased_ema(x: np.ndarray, weight: float, biased: float) -> np.ndarray:
+    """ema_t = w*ema_{t-1} + (1-w)*x_t from ema_0 = ``biased``."""
+    lfilter = _lfilter() if x.size >= LFILTER_MIN_POINTS or "scipy.signal" in sys.modules else None
+    if lfilter is not None:
+        return lfilter([1.0 - weight], [1.0, -weight], x, zi=[weight * biased])[0]
+    values, running = [], biased
+    for value in x.tolist():
+        running = weight * running + (1.0 - weight) * value
+        values.append(running)
+    return np.array(values, dtype=np.float64)
 
 
 def debiased_ema(values: np.ndarray, weight: float, state: tuple[float, int, float] = (0.0, 0, math.nan)
@@ -60,14 +81,7 @@ def debiased_ema(values: np.ndarray, weight: float, state: tuple[float, int, flo
         x = np.where(source >= 0, x[np.maximum(source, 0)], fill)
     if weight <= 0:
         return x, (float(x[-1]), count + x.size, float(x[-1]))
-    if _lfilter is not None:
-        biased_values, _ = _lfilter([1.0 - weight], [1.0, -weight], x, zi=[weight * biased])
-    else:
-        biased_values = np.empty_like(x)
-        running = biased
-        for i, value in enumerate(x):
-            running = weight * running + (1.0 - weight) * value
-            biased_values[i] = running
+    biased_values = _biased_ema(x, weight, biased)
     t = np.arange(count + 1, count + x.size + 1, dtype=np.float64)
     smoothed = biased_values / (1.0 - np.power(weight, t))
     return smoothed, (float(biased_values[-1]), count + x.size, float(x[-1]))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QMimeData, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QBuffer, QByteArray, QEvent, QIODevice, QMimeData, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMenu, QProgressBar, QPushButton,
@@ -25,6 +25,7 @@ from workbench.gui.sketchpad import SketchPad
 from workbench.gui.view_registry import register_view
 
 THUMB = 56
+CLASS_LABEL_WIDTH = 90  # class names beside the probability bars; longer ones are elided (whole in the tooltip)
 CLASS_COLOURS = ("#1f6fd1", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#1098ad", "#f08c00", "#495057")
 DEFAULT_TRACE_STEPS = 10
 _MODEL_LOCK = threading.Lock()  # one classification at a time: adaptation seeds torch's global generator
@@ -185,7 +186,7 @@ class ClassCard(DropArea):
         self.setStyleSheet(f"QFrame#class_card {{ border: 1px solid palette(mid); border-left: 5px solid {colour}; "
                            "border-radius: 3px; }")
         self.name_edit = QLineEdit(name)
-        self.name_edit.setMinimumWidth(120)
+        self.name_edit.setMinimumWidth(72)
         self.name_edit.setToolTip("Class name (press Enter to rename)")
         self.name_edit.editingFinished.connect(self._rename)
         self.count_label = QLabel()
@@ -198,16 +199,23 @@ class ClassCard(DropArea):
         top = QHBoxLayout()
         top.addWidget(self.name_edit, 1)
         top.addWidget(self.count_label)
-        for button in (add, paste, remove):
-            top.addWidget(button)
+        top.addWidget(remove)
         self.strip = ImageStrip()
         self.strip.setFixedHeight(THUMB + 24)
         self.strip.setToolTip("Drop images or folders here")
         self.strip.dropped.connect(lambda mime: self.view.drop_into(self.name, mime))
+        buttons = QVBoxLayout()  # beside the strip, so a card is narrow enough for a 1280-pixel screen
+        for button in (add, paste):
+            button.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        images = QHBoxLayout()
+        images.addWidget(self.strip, 1)
+        images.addLayout(buttons)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 4, 4, 4)
         layout.addLayout(top)
-        layout.addWidget(self.strip)
+        layout.addLayout(images)
 
     def _rename(self) -> None:
         new = self.name_edit.text().strip()
@@ -248,6 +256,8 @@ class QueryRow(QFrame):
         self.thumb.setToolTip(image.label)
         self.predicted = QLabel("…")
         self.predicted.setStyleSheet("font-weight: bold;")
+        self.predicted.setMinimumWidth(40)  # a long class name is cut (it is in the tooltip) rather than widening
+        self.predicted.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.bars = QGridLayout()
         self.bars.setVerticalSpacing(1)
         self.bar_widgets: dict[str, QProgressBar] = {}
@@ -260,13 +270,16 @@ class QueryRow(QFrame):
         right = QVBoxLayout()
         head = QHBoxLayout()
         head.addWidget(self.predicted, 1)
-        head.addWidget(self.wrong)
         head.addWidget(remove)
         right.addLayout(head)
         right.addLayout(self.bars)
+        left = QVBoxLayout()  # "Wrong?" under the thumbnail leaves the prediction the row's width
+        left.addWidget(self.thumb)
+        left.addWidget(self.wrong)
+        left.addStretch(1)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.thumb, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(left)
         layout.addLayout(right, 1)
 
     def set_classes(self, names: list[str]) -> None:
@@ -287,10 +300,13 @@ class QueryRow(QFrame):
             self.predicted.setText("could not be read" if preview is None else "—")
             return
         self.predicted.setText(f"{prediction.predicted}  ({prediction.probabilities[prediction.predicted]:.0%})")
+        self.predicted.setToolTip(self.predicted.text())
         for row, name in enumerate(names):
-            label = QLabel(name)
-            label.setMaximumWidth(110)
+            label = QLabel()
+            label.setText(label.fontMetrics().elidedText(name, Qt.TextElideMode.ElideRight, CLASS_LABEL_WIDTH))
+            label.setToolTip(name)
             bar = QProgressBar()
+            bar.setMinimumWidth(60)
             bar.setRange(0, 1000)
             bar.setValue(int(round(prediction.probabilities[name] * 1000)))
             bar.setFormat(f"{prediction.probabilities[name]:.1%}")
@@ -302,6 +318,26 @@ class QueryRow(QFrame):
             self.bar_widgets[name] = bar
 
 
+class ColumnScroll(QScrollArea):
+    """Scrolls up and down only: at least as wide as its contents' minimum, so a splitter cannot squeeze it into
+    scrolling sideways."""
+
+    def __init__(self, widget: QWidget, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setWidget(widget)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        hint = super().minimumSizeHint()
+        inner = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        return QSize(max(hint.width(), inner + 2 * self.frameWidth()), hint.height())
+
+    def event(self, event) -> bool:
+        if event.type() == QEvent.Type.LayoutRequest:  # the contents' minimum changed (a card was added)
+            self.updateGeometry()
+        return super().event(event)
+
+
 def _scrolling_column(spacing: int) -> tuple[QVBoxLayout, QScrollArea]:
     """A vertical list that scrolls: widgets added to the returned layout stack from the top."""
     column = QVBoxLayout()
@@ -311,10 +347,7 @@ def _scrolling_column(spacing: int) -> tuple[QVBoxLayout, QScrollArea]:
     holder_layout.setContentsMargins(0, 0, 0, 0)
     holder_layout.addLayout(column)
     holder_layout.addStretch(1)
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setWidget(holder)
-    return column, scroll
+    return column, ColumnScroll(holder)
 
 
 @register_view
@@ -365,9 +398,11 @@ class TryView(QWidget):
         queries_widget = self._build_queries()
         side_widget = self._build_side()
         splitter = QSplitter(Qt.Orientation.Horizontal)
+        splitter.setChildrenCollapsible(False)
         for widget, stretch in ((classes_widget, 3), (queries_widget, 3), (side_widget, 2)):
             splitter.addWidget(widget)
             splitter.setStretchFactor(splitter.count() - 1, stretch)
+        splitter.setSizes([3000, 3000, 2000])  # weights (the side's wide plot would otherwise take the room)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(splitter, 1)
@@ -407,8 +442,9 @@ class TryView(QWidget):
         add_class.clicked.connect(lambda: self.add_class())
         classes_box = QVBoxLayout()
         header = QHBoxLayout()
-        header.addWidget(QLabel("<b>Classes</b> (support images)"))
-        header.addStretch(1)
+        title = QLabel("<b>Classes</b> (support images)")
+        title.setWordWrap(True)
+        header.addWidget(title, 1)
         header.addWidget(add_class)
         classes_box.addLayout(header)
         classes_box.addWidget(cards_scroll, 1)
@@ -424,9 +460,9 @@ class TryView(QWidget):
         self.query_drop.setMaximumHeight(THUMB // 2 + 28)
         self.query_drop.setToolTip("Drop query images or folders here")
         self.query_drop.dropped.connect(lambda mime: self.drop_into(None, mime))
-        drop_hint = QLabel("drop images or folders on this panel")
+        drop_hint = QLabel("Drop images or folders on this panel.")
         drop_hint.setStyleSheet("color: gray;")
-        drop_hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        drop_hint.setWordWrap(True)  # its own line: a narrow column would cut it
         add_q = QToolButton(text="Add…")
         add_q.clicked.connect(lambda: self.add_files_dialog(None))
         paste_q = QToolButton(text="Paste")
@@ -434,8 +470,7 @@ class TryView(QWidget):
         clear_q = QToolButton(text="Clear")
         clear_q.clicked.connect(self.clear_queries)
         q_header = QHBoxLayout()
-        q_header.addWidget(QLabel("<b>Queries</b>"))
-        q_header.addWidget(drop_hint, 1)
+        q_header.addWidget(QLabel("<b>Queries</b>"), 1)
         for button in (add_q, paste_q, clear_q):
             q_header.addWidget(button)
         self.rows_layout, rows_scroll = _scrolling_column(spacing=4)
@@ -443,6 +478,7 @@ class TryView(QWidget):
         self.query_rows: list[QueryRow] = []
         queries_box = QVBoxLayout()
         queries_box.addLayout(q_header)
+        queries_box.addWidget(drop_hint)
         queries_box.addWidget(self.query_drop)
         queries_box.addWidget(rows_scroll, 1)
         queries_widget = DropArea()
@@ -455,21 +491,24 @@ class TryView(QWidget):
         self.sketch = SketchPad()
         self.sketch_target = QComboBox()
         self.sketch_target.setToolTip("Where the drawing goes")
-        add_drawing = QPushButton("Add drawing")
+        add_drawing = QToolButton(text="Add drawing")
         add_drawing.clicked.connect(self.add_drawing)
-        save_drawing = QPushButton("Save…")
+        save_drawing = QToolButton(text="Save…")
         save_drawing.setToolTip("Save the drawing as a PNG file")
         save_drawing.clicked.connect(self.save_drawing_dialog)
+        self.sketch_target.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.sketch_target.setMinimumContentsLength(6)
         target_row = QHBoxLayout()
+        target_row.addWidget(add_drawing)
         target_row.addWidget(QLabel("to"))
         target_row.addWidget(self.sketch_target, 1)
-        target_row.addWidget(add_drawing)
         target_row.addWidget(save_drawing)
         self.plot = pg.PlotWidget()
         self.plot.setMinimumHeight(180)
         self.plot.setBackground("w")
         self.plot.showGrid(x=True, y=True, alpha=0.25)
         self.plot_title = QLabel()
+        self.plot_title.setWordWrap(True)
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 100)
         self.steps_spin.setValue(DEFAULT_TRACE_STEPS)
@@ -487,11 +526,8 @@ class TryView(QWidget):
         side.addWidget(self.plot, 1)
         side_inner = QWidget()
         side_inner.setLayout(side)
-        side_widget = QScrollArea()  # scrolls rather than forcing a tall minimum window height
-        side_widget.setWidgetResizable(True)
+        side_widget = ColumnScroll(side_inner)  # scrolls rather than forcing a tall minimum window height
         side_widget.setFrameShape(QFrame.Shape.NoFrame)
-        side_widget.setWidget(side_inner)
-        side_widget.setMinimumWidth(self.sketch.sizeHint().width() + 40)
         return side_widget
 
     # --- model -----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ The main window builds its tabs from :func:`view_classes`. A tab is enabled when
 lists the view's capability (and, for capabilities an algorithm feeds, when the chosen algorithm declares it), or
 when the run the user opened does; otherwise it is greyed and says which kinds and algorithms feed it
 (:func:`explanation`, from :func:`workbench.core.catalog.feeders`). Views that share a title (the image and the
-point "Try a task") share one tab, a :class:`ViewTab` that shows the page of the current kind.
+point "Try a task") share one tab, a :class:`ViewTab` that shows the page of the current kind; the tab scrolls when
+the window is smaller than that page, so no view sets the window's minimum size.
 
 A new view is one module listed in ``VIEW_MODULES`` whose class is decorated with :func:`register_view`.
 """
@@ -25,8 +26,8 @@ import html
 import importlib
 import re
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QLabel, QStackedWidget, QWidget
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QStackedWidget, QWidget
 
 VIEW_MODULES = ("training_view", "runs_view", "try_view", "evaluation_view", "adaptation_view",
                 "projector_view", "weights_view", "fit_view", "try_points_view")
@@ -137,13 +138,35 @@ def explanation(capability: str, kind: str | None, algorithm: str | None) -> str
     return f"{why_not(capability, kind, algorithm)} {feeders_text(capability)}"
 
 
-class ViewTab(QStackedWidget):
-    """One tab: a page per view sharing its title, plus a placeholder saying why none applies."""
+class _PageStack(QStackedWidget):
+    """A stack whose size hints are those of the page shown: a wide hidden page (the image "Try a task" beside the
+    point one) must not make the shown one scroll."""
+
+    def _page_hint(self, hint: str) -> QSize:
+        widget = self.currentWidget()
+        return getattr(widget, hint)().expandedTo(widget.minimumSize()) if widget is not None else QSize(0, 0)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return self._page_hint("minimumSizeHint")
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
+        return self._page_hint("sizeHint")
+
+
+class ViewTab(QScrollArea):
+    """One tab: a page per view sharing its title, plus a placeholder saying why none applies. The tab scrolls when
+    the window is smaller than the page's minimum size, so no view forces the window's size."""
 
     def __init__(self, title: str, parent: QWidget | None = None):
         super().__init__(parent)
         self.title = title
         self.setObjectName(f"{title.lower().replace(' ', '_')}_tab")
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.stack = _PageStack()
+        self.stack.currentChanged.connect(lambda _: self.stack.updateGeometry())
+        self.setWidget(self.stack)
         self.entries: list[tuple[str | None, QWidget]] = []
         self.placeholder = QLabel()
         self.placeholder.setObjectName("viewPlaceholder")
@@ -151,12 +174,18 @@ class ViewTab(QStackedWidget):
         self.placeholder.setTextFormat(Qt.TextFormat.RichText)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
         self.placeholder.setContentsMargins(24, 24, 24, 24)
-        self.addWidget(self.placeholder)
+        self.stack.addWidget(self.placeholder)
         self.applicable = True
+
+    def currentWidget(self) -> QWidget:  # noqa: N802 (the stack's API)
+        return self.stack.currentWidget()
+
+    def setCurrentWidget(self, widget: QWidget) -> None:  # noqa: N802 (the stack's API)
+        self.stack.setCurrentWidget(widget)
 
     def add_view(self, capability: str | None, view: QWidget) -> None:
         self.entries.append((capability, view))
-        self.insertWidget(len(self.entries) - 1, view)
+        self.stack.insertWidget(len(self.entries) - 1, view)
         if len(self.entries) == 1:
             self.setCurrentWidget(view)
 

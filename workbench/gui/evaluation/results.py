@@ -150,10 +150,10 @@ class ResultData:
         return f"{self.metric.title} {self.metric.format(self.value, self.ci95)}"
 
 
-def verdict(mean_diff: float, p_value: float, metric: MetricSpec | None = None, alpha: float = SIGNIFICANCE) -> str:
-    """'better' / 'worse' (by the metric's direction) when significant at ``alpha``, else 'same' (as in Weka's
+def verdict(mean_diff: float, p_value: float, metric: MetricSpec | None = None, level: float = SIGNIFICANCE) -> str:
+    """'better' / 'worse' (by the metric's direction) when significant at ``level``, else 'same' (as in Weka's
     Experimenter). Without a metric, higher is better."""
-    if p_value < alpha and mean_diff != 0.0:
+    if p_value < level and mean_diff != 0.0:
         improved = metric.better(mean_diff, 0.0) if metric is not None else mean_diff > 0
         return "better" if improved else "worse"
     return "same"
