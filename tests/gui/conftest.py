@@ -92,7 +92,7 @@ class FakeTrainer:
     """Follows the Trainer contract (steps generator, thread-safe pause/resume/stop) without learning anything."""
 
     def __init__(self, config, total=20, final_event="finished", message="", fail_at=None, error=None,
-                 progress=None, val_every=5, hold_at=None):
+                 progress=None, val_every=5, hold_at=None, warn_at=None):
         import threading
 
         self.config = config
@@ -106,6 +106,7 @@ class FakeTrainer:
         self.error = error
         self.val_every = val_every
         self.hold_at = hold_at  # after this step, wait for stop() (a step that lasts until the user stops)
+        self.warn_at = warn_at  # after this step, a warning record (a loss far above its start)
         self._running = threading.Event()
         self._running.set()
         self._stopping = threading.Event()
@@ -137,6 +138,8 @@ class FakeTrainer:
                     raise self.error
                 self.step += 1
                 yield self._record("step", extras={"inner_loss": 2.0 / self.step})
+                if self.step == self.warn_at:
+                    yield self._record("warning", message=f"warning: training may be diverging at step {self.step}")
                 if self.hold_at is not None and self.step >= self.hold_at:
                     self._stopping.wait()
                 if self.step % self.val_every == 0:

@@ -173,6 +173,8 @@ def test_a_corrupt_image_in_a_folder_dataset_is_reported_not_fatal(qtbot, make_w
         for i in range(4):
             gui.write_png(root / f"class{c:02d}" / f"{i}.png", value=(17 * c + 3 * i) % 256)
     (root / "class00" / "broken.png").write_bytes(b"this is not a png")
+    (root / "class00" / "empty.png").write_bytes(b"")
+    (root / "empty-class").mkdir()
     window = make_window()
     gui.wait_until_ready(qtbot, window)
     panel = window.dataset_panel
@@ -182,8 +184,13 @@ def test_a_corrupt_image_in_a_folder_dataset_is_reported_not_fatal(qtbot, make_w
     panel.root_edit.setText(str(root))
     qtbot.waitUntil(lambda: panel.is_ready() and not panel.is_loading, timeout=gui.LOAD_TIMEOUT_MS)
     assert panel.dataset.skipped_files and "broken.png" in panel.dataset.skipped_files[0][0]
-    assert panel.skipped_label.isVisible() and "could not be read" in panel.skipped_label.text()
-    assert "broken.png" in panel.skipped_label.toolTip()
+    assert panel.skipped_label.isVisible() and "2 file(s) could not be read" in panel.skipped_label.text()
+    listed = panel.skipped_list.toPlainText().splitlines()  # every file with its reason, not only a tooltip
+    assert panel.skipped_list.isVisible() and len(listed) == 2
+    assert any("broken.png: " in line for line in listed) and any("empty.png: the file is empty" in line
+                                                                     for line in listed)
+    assert panel.data_warnings_label.isVisible() and "'empty-class'" in panel.data_warnings_label.text()
+    panel.grab().save("/tmp/dataset_panel_skipped.png")
     qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
 
 
@@ -287,6 +294,16 @@ def test_extra_views_plug_in_and_receive_records(qtbot, make_window):
     window.set_theme("dark")
     assert probe.themes[-1] == "dark"
     window.set_theme("light")
+
+
+def test_a_divergence_warning_is_shown_and_training_goes_on(qtbot, make_window, fake_trainer_factory):
+    factory = fake_trainer_factory(total=10, warn_at=4)
+    window = make_window(auto_load=False, trainer_factory=factory)
+    with qtbot.waitSignal(window.training_finished, timeout=30_000) as blocker:
+        window.start_training(ExperimentConfig())
+    assert blocker.args[1]["event"] == "finished"
+    title, message, _ = window.last_error
+    assert title == "Training may be diverging" and "at step 4" in message
 
 
 def test_a_diverged_run_is_reported_and_the_app_stays_usable(qtbot, make_window, fake_trainer_factory):

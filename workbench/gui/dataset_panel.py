@@ -17,7 +17,8 @@ import numpy as np
 from PySide6.QtCore import QPoint, QRect, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
-                               QLineEdit, QProgressBar, QPushButton, QSizePolicy, QToolTip, QVBoxLayout, QWidget)
+                               QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QSizePolicy, QToolTip,
+                               QVBoxLayout, QWidget)
 
 from workbench.core import catalog
 from workbench.core.config import DatasetConfig, config_fields
@@ -298,10 +299,22 @@ class DatasetPanel(QWidget):
         self.skipped_label.setObjectName("datasetSkipped")
         self.skipped_label.setWordWrap(True)
         self.skipped_label.hide()
+        # Every skipped file with its reason, selectable so a user can copy the paths.
+        self.skipped_list = QPlainTextEdit()
+        self.skipped_list.setObjectName("datasetSkippedList")
+        self.skipped_list.setReadOnly(True)
+        self.skipped_list.hide()
+        self.data_warnings_label = QLabel()
+        self.data_warnings_label.setObjectName("datasetWarnings")
+        self.data_warnings_label.setWordWrap(True)
+        self.data_warnings_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.data_warnings_label.hide()
         splits_box = self.splits_box = QGroupBox("Splits")
         splits_layout = QVBoxLayout(splits_box)
         splits_layout.addWidget(self.status_label)
         splits_layout.addWidget(self.skipped_label)
+        splits_layout.addWidget(self.skipped_list)
+        splits_layout.addWidget(self.data_warnings_label)
         return splits_box
 
     def _build_episodes(self, specs: dict) -> QGroupBox:
@@ -619,7 +632,7 @@ class DatasetPanel(QWidget):
         theme = self.theme
         if self.load_error:
             self.status_label.setText(f"<span style='color:{theme.error_text}'>{html.escape(self.load_error)}</span>")
-            self.skipped_label.hide()
+            self._hide_data_notes()
             return
         if self.is_loading:
             self.status_label.setText("Loading the dataset…")
@@ -633,26 +646,47 @@ class DatasetPanel(QWidget):
                                           + (" or allow downloading." if info.downloadable else "."))
             else:
                 self.status_label.setText("Not loaded yet.")
-            self.skipped_label.hide()
+            self._hide_data_notes()
             return
         splits = getattr(self.dataset, "splits", None) or {}
         if not all(hasattr(splits.get(split), "class_counts") for split in SPLITS):
             # Generated tasks (no class splits): the declaration says what they are.
             self.status_label.setText(f"Loaded {html.escape(self.info().title)}: tasks are drawn as needed.")
-            self.skipped_label.hide()
+            self._hide_data_notes()
             return
         self.status_label.setText(self._splits_table(splits, theme))
+        self._show_data_notes(theme)
+
+    def _short_path(self, path: str) -> str:
+        """A skipped file's path relative to the dataset's folder (the folder is shown above)."""
+        root = self.root_edit.text().strip()
+        return path[len(root):].lstrip("/\\") if root and path.startswith(root) else path
+
+    def _hide_data_notes(self) -> None:
+        for widget in (self.skipped_label, self.skipped_list, self.data_warnings_label):
+            widget.hide()
+
+    def _show_data_notes(self, theme: Theme) -> None:
+        """The files that could not be read (all of them, with why) and the dataset's warnings (class folders
+        left out, ...)."""
+        self._hide_data_notes()
         skipped = getattr(self.dataset, "skipped_files", None) or []
         if skipped:
-            listed = "\n".join(f"{path}: {reason}" for path, reason in skipped[:30])
-            more = f"\n… and {len(skipped) - 30} more" if len(skipped) > 30 else ""
-            self.skipped_label.setText(
-                f"<span style='color:{theme.error_text}'>{len(skipped)} file(s) could not be read and were skipped"
-                f"</span> (hover for the list), e.g. {html.escape(skipped[0][0])}: {html.escape(skipped[0][1])}")
-            self.skipped_label.setToolTip(listed + more)
+            self.skipped_label.setText(f"<span style='color:{theme.error_text}'>{len(skipped)} file(s) could not "
+                                       "be read and were skipped:</span>")
+            self.skipped_label.setToolTip("The files below are left out of every split; fix or remove them and "
+                                          "load again.")
+            self.skipped_list.setPlainText("\n".join(f"{self._short_path(path)}: {reason}"
+                                                     for path, reason in skipped))
+            lines = min(6, 2 * len(skipped))  # a reason usually wraps once
+            self.skipped_list.setFixedHeight(self.skipped_list.fontMetrics().lineSpacing() * lines + 12)
             self.skipped_label.show()
-        else:
-            self.skipped_label.hide()
+            self.skipped_list.show()
+        warnings = getattr(self.dataset, "warnings", None) or []
+        if warnings:
+            self.data_warnings_label.setText("<br>".join(f"<span style='color:{theme.error_text}'>Warning:</span> "
+                                                         f"{html.escape(text, quote=False)}" for text in warnings))
+            self.data_warnings_label.show()
 
     def show_episode_problem(self, message: str | None) -> None:
         """Flag an impossible n-way / k-shot / q-query setting next to the fields (None clears it)."""

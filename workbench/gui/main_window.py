@@ -899,8 +899,12 @@ class MainWindow(QMainWindow):
         if isinstance(rate, float) and math.isfinite(rate) and last.get("event") == "step":
             self.status_rate.setText(f"{rate:.1f} steps/s · ETA {_format_duration(last.get('eta_s', math.nan))}")
         for event in payload.get("events") or []:
-            if event.get("event") == "validation" and event.get("message"):
-                self.statusBar().showMessage(str(event["message"])[:1].upper() + str(event["message"])[1:], 8000)
+            message = str(event.get("message") or "")
+            if event.get("event") == "validation" and message:
+                self.statusBar().showMessage(message[:1].upper() + message[1:], 8000)
+            elif event.get("event") == "warning" and message:  # e.g. a loss far above its start
+                self.statusBar().showMessage(message[:1].upper() + message[1:])
+                self.report_error("Training may be diverging", message[:1].upper() + message[1:], None, warning=True)
         self.training_records.emit(job_id, payload)
 
     def _on_job_finished(self, job_id: int, final: dict) -> None:
