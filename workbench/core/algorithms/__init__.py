@@ -17,7 +17,8 @@ def _checked(cls: type[Algorithm]) -> str:
 # One module per algorithm; importing a module registers it.
 REGISTRY: Registry[type[Algorithm]] = Registry(
     "algorithm", "algorithm.name", "workbench.core.algorithms",
-    ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net"), "algorithms", _checked)
+    ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net", "focal_loss", "l2rw",
+     "reptile", "anil", "meta_sgd", "maml_plus_plus"), "algorithms", _checked)
 register = REGISTRY.register
 
 
