@@ -34,6 +34,18 @@ def mwn_run(use_synthetic_data) -> str:
         training={"steps": 8, "val_interval": 4, "checkpoint_interval": 4}))
 
 
+def noisy_config(algorithm: str, **hparams):
+    """A tiny run of a weighting algorithm on the noisy-labels kind (snapshots at steps 1, 2 and 4)."""
+    from workbench.core.config import ExperimentConfig
+
+    data = tiny_dataset_config(training={"steps": 4, "val_interval": 2, "checkpoint_interval": 2}).to_dict()
+    data["kind"] = "noisy-labels"
+    data["algorithm"] = {"name": algorithm, "hparams": {"hidden": 8, "num_classes": 5, "meta_per_class": 1,
+                                                        "test_per_class": 2, "batch_size": 16,
+                                                        "history_interval": 2, **hparams}}
+    return ExperimentConfig.from_dict(data)
+
+
 def test_explains_itself_for_protonet(qtbot, use_synthetic_data):
     run_id = train(tiny_dataset_config())
     view = WeightsView(RunStore())
@@ -68,9 +80,74 @@ def test_saved_run_curve_and_scrubber(qtbot, mwn_run, tmp_path):
     _, first = view.curve_data()
     assert np.allclose(first, history["curves"][0].astype(np.float32))
     assert not np.allclose(first, y)  # the weighting was learned: the replayed curve differs
+    # No per-sample records in this history: no dots and no legend entries for them, the default axis label.
+    assert view.sample_count() == 0 and not view.curve_legend.items
+    assert view.curve_plot.getAxis("left").labelText == "learned weight"
+    assert "Dots:" not in view.summary.text()
     out = os.environ.get("WEIGHTS_VIEW_PNG")
     if out:
         view.slider.setValue(view.slider.maximum())
+        view.grab().save(out)
+
+
+def test_per_sample_weights_are_drawn_against_loss_and_replayed(qtbot, use_synthetic_data):
+    run_id = train(noisy_config("l2rw"))
+    store = RunStore()
+    history = read_history(store.get(run_id).path)
+    finite = np.isfinite(history["sample_losses"].astype(np.float32)).sum(axis=1)
+    # One batch of 16 at step 1 and at step 2, two batches (steps 3 and 4) at step 4: the rest is NaN padding.
+    assert history["steps"].tolist() == [1, 2, 4] and finite.tolist() == [16, 16, 32]
+    view = WeightsView(store)
+    qtbot.addWidget(view)
+    view.resize(1000, 640)
+    view.show()
+    view.show_run(run_id)
+    assert view.slider.value() == 2 and view.sample_count() == 32
+    axis = view.curve_plot.getAxis("left").labelText
+    assert axis == str(history["weight_label"]) and axis != "learned weight"  # the history names its weights
+    noisy = history["sample_noisy"][2][:32]
+    assert len(view.noisy_samples.data) == int(noisy.sum()) and len(view.clean_samples.data) == int((~noisy).sum())
+    x, y = view.noisy_samples.getData()
+    assert np.allclose(np.sort(x), np.sort(history["sample_losses"][2][:32][noisy].astype(np.float32)))
+    assert "Dots: 32 training samples" in view.summary.text()
+    assert len(view.curve_legend.items) == 2
+    with qtbot.waitSignal(view.snapshot_changed, timeout=2000):
+        view.slider.setValue(0)
+    assert view.sample_count() == 16 and "Dots: 16 " in view.summary.text()
+    # The weight axis reaches the largest single weight (above the curve's bin means).
+    top = float(np.nanmax(history["sample_weights"].astype(np.float32)))
+    assert top > float(np.nanmax(history["curves"].astype(np.float32)))
+    assert view.curve_plot.getViewBox().viewRange()[1][1] >= top
+    out = os.environ.get("WEIGHTS_VIEW_PNG_SAMPLES")
+    if out:
+        view.slider.setValue(view.slider.maximum())
+        view.grab().save(out)
+
+
+def test_weight_label_of_a_fixed_weighting(qtbot, use_synthetic_data):
+    run_id = train(noisy_config("focal-loss"))
+    store = RunStore()
+    history = read_history(store.get(run_id).path)
+    view = WeightsView(store)
+    qtbot.addWidget(view)
+    view.resize(1000, 640)
+    view.show()
+    view.show_run(run_id)
+    assert view.curve_plot.getAxis("left").labelText == str(history["weight_label"])
+    assert str(history["caption"]) in view.title.text()
+    assert view.sample_count() == 0  # a weight function of the loss: no per-sample records
+    # A view that showed per-sample dots drops them and their legend for a history without them.
+    history_with_dots = dict(history)
+    count = len(history["steps"])
+    history_with_dots.update(sample_losses=np.full((count, 4), 1.0, np.float16),
+                             sample_weights=np.full((count, 4), 0.5, np.float16),
+                             sample_noisy=np.array([[True, False, False, False]] * count))
+    view.set_history(history_with_dots, "dots")
+    assert view.sample_count() == 4 and len(view.noisy_samples.data) == 1 and len(view.curve_legend.items) == 2
+    view.set_history(history, "no dots")
+    assert view.sample_count() == 0 and not view.curve_legend.items
+    out = os.environ.get("WEIGHTS_VIEW_PNG_FIXED")
+    if out:
         view.grab().save(out)
 
 

@@ -15,7 +15,7 @@ from workbench.gui.main_window import default_window_size, fit_to_screen
 SCREEN = QSize(1280, 720)
 # (kind, algorithm): together they enable every tab (Adaptation: MAML; Fit: regression; Sample weights: MWN).
 SETUPS = (("classification", "protonet"), ("classification", "maml"), ("regression", "maml"),
-          ("noisy-labels", "meta-weight-net"))
+          ("noisy-labels", "meta-weight-net"), ("classification", "meta-sgd"))  # the last one feeds Mechanism
 
 
 def settle() -> None:

@@ -1,10 +1,13 @@
-"""The "Sample weights" view: the learned weight function of an algorithm that learns to weight its samples
-(capability "sample_weights"), replayable over training.
+"""The "Sample weights" view: the weight function of an algorithm that weights its samples (capability
+"sample_weights"), replayable over training.
 
-Data source: ``weight_history.npz`` in the run folder, which the algorithm rewrites at each snapshot (its
-``caption`` entry, when present, describes the setting). While a run trains, the view re-reads the file when it
-changed (checked at most once a second, on the worker's record signal); a saved run is read once. So the
-view never touches the model of a running training thread, and it works the same after a restart.
+Data source: ``weight_history.npz`` in the run folder, which the algorithm rewrites at each snapshot. Its optional
+entries describe it: ``caption`` (the setting, in the title), ``weight_label`` (the weight axis) and per-sample
+records ``sample_losses``/``sample_weights``/``sample_noisy`` [snapshots, n] (NaN-padded), drawn as dots of weight
+against loss where the weights are per sample rather than a function of the loss. While a run trains, the view
+re-reads the file when it changed (checked at most once a second, on the worker's record signal); a saved run is
+read once. So the view never touches the model of a running training thread, and it works the same after a
+restart.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ HISTORY_FILE = "weight_history.npz"  # the name the weighting algorithms write (
 CAPABILITY = "sample_weights"
 # Entries of the history that are data, not a description of the run's setting.
 HISTORY_ARRAYS = {"steps", "curves", "loss_grid", "hist_clean", "hist_noisy", "clean_mean", "noisy_mean",
-                  "test_accuracy", "thumbnails", "thumb_weights", "thumb_noisy", "thumb_losses", "setting", "caption"}
+                  "test_accuracy", "thumbnails", "thumb_weights", "thumb_noisy", "thumb_losses", "setting", "caption",
+                  "sample_losses", "sample_weights", "sample_noisy", "algorithm", "weight_label"}
+DEFAULT_WEIGHT_LABEL = "learned weight"  # histories from before ``weight_label`` are of a learned weighting
 RELOAD_SECONDS = 1.0
 THUMB_PIXELS = 48
 
@@ -67,6 +72,30 @@ def history_caption(history: dict[str, np.ndarray]) -> str:
         text = f"{item:g}" if isinstance(item, float) else str(item)
         parts.append(f"{key.replace('_', ' ')} {text}")
     return ", ".join(parts)
+
+
+def history_text(history: dict[str, np.ndarray], key: str) -> str:
+    """A text entry of the history ("" when absent or not a single string)."""
+    value = history.get(key)
+    return str(value) if value is not None and np.ndim(value) == 0 else ""
+
+
+def sample_points(history: dict[str, np.ndarray], index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The finite (loss, weight, noisy) records of one snapshot, or None when the history keeps none."""
+    if any(history.get(key) is None for key in ("sample_losses", "sample_weights", "sample_noisy")):
+        return None
+    losses = history["sample_losses"][index].astype(np.float32)
+    weights = history["sample_weights"][index].astype(np.float32)
+    finite = np.isfinite(losses) & np.isfinite(weights)
+    return losses[finite], weights[finite], history["sample_noisy"][index].astype(bool)[finite]
+
+
+def finite_max(*arrays: np.ndarray | None) -> float | None:
+    """The largest finite value of the arrays (None when there is none)."""
+    values = [np.asarray(a, np.float32).ravel() for a in arrays if a is not None]
+    values = np.concatenate(values) if values else np.zeros(0, np.float32)
+    values = values[np.isfinite(values)]
+    return float(values.max()) if values.size else None
 
 
 def read_history(path: str | Path) -> dict[str, np.ndarray] | None:
@@ -171,16 +200,22 @@ class WeightsView(QWidget):
         """The weight function (learned weight by loss) beside the loss histograms of clean and noisy samples."""
         self.curve_plot = pg.PlotWidget()
         self.curve_plot.setLabel("bottom", "training loss of a sample")
-        self.curve_plot.setLabel("left", "learned weight")
+        self.curve_plot.setLabel("left", DEFAULT_WEIGHT_LABEL)
         self.curve_plot.setMouseEnabled(x=False, y=False)
         self.curve_plot.getAxis("left").enableAutoSIPrefix(False)
+        self.curve_legend = self.curve_plot.addLegend(offset=(-10, 10))
+        # Per-sample dots first, so the curves draw over them; their legend entries come and go with them.
+        self.clean_samples = pg.ScatterPlotItem(size=5, pen=None)
+        self.noisy_samples = pg.ScatterPlotItem(size=5, pen=None)
+        self.curve_plot.addItem(self.clean_samples)
+        self.curve_plot.addItem(self.noisy_samples)
         self.first_curve = self.curve_plot.plot([], [])
         self.curve = self.curve_plot.plot([], [])
         self.hist_plot = pg.PlotWidget()
         self.hist_plot.setLabel("bottom", "training loss of a sample")
         self.hist_plot.setLabel("left", "samples")
         self.hist_plot.setMouseEnabled(x=False, y=False)
-        self.hist_plot.addLegend(offset=(-10, 10))
+        self.hist_legend = self.hist_plot.addLegend(offset=(-10, 10))
         self.clean_hist = self.hist_plot.plot([], [], stepMode="center", fillLevel=0, name="clean labels")
         self.noisy_hist = self.hist_plot.plot([], [], stepMode="center", fillLevel=0, name="noisy labels")
         plots = QSplitter(Qt.Orientation.Horizontal)
@@ -245,6 +280,14 @@ class WeightsView(QWidget):
         noisy.setAlpha(70)
         self.clean_hist.setBrush(clean)
         self.noisy_hist.setBrush(noisy)
+        clean.setAlpha(140)
+        noisy.setAlpha(140)
+        self.clean_samples.setBrush(pg.mkBrush(clean))
+        self.noisy_samples.setBrush(pg.mkBrush(noisy))
+        for legend in (self.curve_legend, self.hist_legend):
+            legend.setLabelTextColor(theme.plot_foreground)
+            for _, label in legend.items:  # pyqtgraph recolours a label only when its text is set again
+                label.setText(label.text)
         if self.history is not None:
             self._draw(self.slider.value())
 
@@ -346,6 +389,7 @@ class WeightsView(QWidget):
             ("Support images of fixed training tasks" if episodic else "Training images") +
             " sorted by weight (lowest first); red frame: corrupted label, green: correct label.")
         self.stack.setCurrentIndex(1)
+        self.curve_plot.setLabel("left", history_text(history, "weight_label") or DEFAULT_WEIGHT_LABEL)
         self._fit_loss_range(history)
         self.slider.blockSignals(True)
         self.slider.setMaximum(max(0, count - 1))
@@ -357,16 +401,23 @@ class WeightsView(QWidget):
     def _fit_loss_range(self, history: dict[str, np.ndarray]) -> None:
         """Both plots show the losses that occur (over all snapshots), so the curve lines up with the bars."""
         grid = history.get("loss_grid")
-        high = float(grid[-1]) if grid is not None else 10.0
+        end = float(grid[-1]) if grid is not None else 10.0
+        high = end
         counts = history["hist_clean"].sum(axis=0) + history["hist_noisy"].sum(axis=0)
         used = np.nonzero(counts)[0]
         if used.size:
-            high = min(high, max(3.0, (used[-1] + 2) * high / len(counts)))
+            high = min(end, max(3.0, (used[-1] + 2) * end / len(counts)))
+        sample_high = finite_max(history.get("sample_losses"))
+        if sample_high is not None:  # no dot off the right edge
+            high = max(high, min(end, 1.02 * sample_high))
         for plot in (self.curve_plot, self.hist_plot):
             plot.setXRange(0.0, high, padding=0.02)
-        # Only relative weights matter when the batch's weights are normalized, so curves may sit far below 1.
-        top = float(np.nanmax(history["curves"].astype(np.float32))) if history["curves"].size else 1.0
-        self.curve_plot.setYRange(0.0, min(1.0, max(0.05, 1.05 * top)), padding=0.02)
+        # Only relative weights matter when the batch's weights are normalized, so curves may sit far below 1;
+        # single samples' weights exceed the curve's bin means, so they count too.
+        top = finite_max(history["curves"], history.get("sample_weights"))
+        top = 1.0 if top is None else top
+        high = max(0.05, 1.05 * top)
+        self.curve_plot.setYRange(0.0, high if top > 1.0 else min(1.0, high), padding=0.02)
 
     def _on_slider(self, index: int) -> None:
         if self.history is None:
@@ -384,6 +435,7 @@ class WeightsView(QWidget):
             grid = np.linspace(0.0, 10.0, curves.shape[1], dtype=np.float32)
         self.curve.setData(grid, curves[index])
         self.first_curve.setData(grid, curves[0])
+        dots = self._draw_samples(index)
         edges = np.linspace(float(grid[0]), float(grid[-1]), history["hist_clean"].shape[1] + 1)
         self.clean_hist.setData(edges, history["hist_clean"][index].astype(float))
         self.noisy_hist.setData(edges, history["hist_noisy"][index].astype(float))
@@ -406,13 +458,37 @@ class WeightsView(QWidget):
             accuracy, samples = f"clean test accuracy <b>{100 * test:.1f}%</b>", "samples"
         self.summary.setText(
             f"At step {step:,}: mean weight of clean {samples} <b>{percent('clean_mean')}</b>, of noisy ones "
-            f"<b>{percent('noisy_mean')}</b>{ratio}; {accuracy}. Dashed: the curve at the first snapshot.")
+            f"<b>{percent('noisy_mean')}</b>{ratio}; {accuracy}. Dashed: the curve at the first snapshot.{dots}")
         thumbnails = history.get("thumbnails")
         if thumbnails is not None and thumbnails.ndim == 4 and len(thumbnails):
             self.strip.setPixmap(thumbnail_strip(thumbnails, history["thumb_weights"][index].astype(np.float32),
                                                  history["thumb_noisy"], self.theme))
             self.strip.adjustSize()
         self.snapshot_changed.emit(index)
+
+    def _draw_samples(self, index: int) -> str:
+        """The snapshot's per-sample dots (cleared when the history keeps none); a sentence for the summary."""
+        points = sample_points(self.history, index)
+        listed = any(sample.item is self.clean_samples for sample, _ in self.curve_legend.items)
+        if points is None:
+            self.clean_samples.clear()
+            self.noisy_samples.clear()
+            if listed:
+                self.curve_legend.removeItem(self.clean_samples)
+                self.curve_legend.removeItem(self.noisy_samples)
+            return ""
+        losses, weights, noisy = points
+        self.clean_samples.setData(losses[~noisy], weights[~noisy])
+        self.noisy_samples.setData(losses[noisy], weights[noisy])
+        if not listed:
+            self.curve_legend.addItem(self.clean_samples, "sample, correct label")
+            self.curve_legend.addItem(self.noisy_samples, "sample, corrupted label")
+        return (f" Dots: {len(losses)} training samples recorded for this snapshot, each at its loss and the "
+                f"weight it got.")
+
+    def sample_count(self) -> int:
+        """How many per-sample dots are drawn now (for tests)."""
+        return len(self.clean_samples.data) + len(self.noisy_samples.data)
 
     def curve_data(self) -> tuple[np.ndarray, np.ndarray]:
         """The curve drawn now (for tests)."""
