@@ -81,7 +81,7 @@ def test_meta_gradient_matches_finite_differences(parameter, index):
     net, support, support_y, query, query_y = tiny_problem(seed=1)
     # The encoder penalty's target (the adapted codes) is a stop-gradient by design, which finite differences
     # would differentiate through; it is off here.
-    hp = deterministic_hparams(inner_steps=2, finetune_steps=2, encoder_penalty=0.0)
+    hp = deterministic_hparams(latent_steps=2, finetune_steps=2, encoder_penalty=0.0)
 
     def outer_loss() -> torch.Tensor:
         loss, _, _ = leo_task_loss(net, hp, support, support_y, query, query_y, WAYS, Noise())

@@ -462,6 +462,15 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
                         "like the run's. Default: the run's dataset.")
     parser.add_argument("--data-root", metavar="PATH", help="Folder (or zip) of the --dataset to test on; with no "
                         "--dataset, another folder of the run's dataset type.")
+    parser.add_argument("--adversarial", metavar="EPS[,EPS...]", help="Also measure the accuracy on adversarial "
+                        "queries at each budget ε, in pixel units of a 0-1 scale (e.g. 0,0.01,0.03): each test "
+                        "episode adapts on its clean support set, then its queries are attacked (white box) against "
+                        "the adapted model. Saved with the evaluation as accuracy_by_epsilon. Classification runs of "
+                        "gradient-based algorithms, on the run's own dataset.")
+    parser.add_argument("--attack", choices=("fgsm", "pgd"), default="fgsm", help="The attack of --adversarial: fgsm "
+                        "(one gradient-sign step of ε) or pgd (projected gradient descent: stronger, slower). "
+                        "Default fgsm.")
+    parser.add_argument("--attack-steps", type=int, default=10, help="Steps of the pgd attack (default 10).")
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -687,13 +696,66 @@ def _print_evaluation(result, label: str) -> None:
     else:  # regression: the setting its numbers are for
         print(f"  K = {result.shots} support points, {result.queries} query points, {result.episodes} "
               f"{result.split} tasks, seed {result.seed}")
-    for key, value in result.extras.items():
-        if key != "evaluated_on":
-            print(f"  {key}: {value}")
+    for line in _extras_lines(result.extras):
+        print(line)
+
+
+def _extras_lines(extras: dict) -> list[str]:
+    """An evaluation's extras for the terminal: a curve ("<metric>_by_<x>": {x: value}, with "ci95_by_<x>" and a
+    "<x>_note") one point a line, anything else as "key: value"."""
+    lines, shown = [], {"evaluated_on"}
+    for key, points in extras.items():
+        metric, by, x = key.partition("_by_")
+        if not by or metric == "ci95" or not isinstance(points, dict):
+            continue
+        intervals = extras.get(f"ci95_by_{x}") or {}
+        shown |= {key, f"ci95_by_{x}", f"{x}_note"}
+        lines.append(f"  {metric} by {x}:")
+        for point, value in points.items():
+            ci = intervals.get(point)
+            text = _pct(value, ci) if metric == "accuracy" else f"{value:.4g}" + (f" ± {ci:.2g}" if ci else "")
+            lines.append(f"    {point:<10} {text}")
+        if extras.get(f"{x}_note"):
+            lines.append(f"    {extras[f'{x}_note']}")
+    return lines + [f"  {key}: {value}" for key, value in extras.items() if key not in shown]
+
+
+def _epsilons(text: str) -> list[float]:
+    """--adversarial's comma-separated budgets, each in [0, 1]."""
+    from workbench.core.errors import ConfigError
+
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError("--adversarial", f"'{text}' is not a list of numbers; give budgets in pixel units of a "
+                          "0-1 scale, e.g. 0,0.01,0.03") from None
+    if not values or any(not 0 <= value <= 1 for value in values):
+        raise ConfigError("--adversarial", f"'{text}': each budget must lie in [0, 1] (pixel units of a 0-1 scale), "
+                          "e.g. 0,0.01,0.03")
+    return sorted(set(values))
+
+
+def _attack_curve(args, run, result, epsilons: list[float], progress):
+    """Accuracy against ε on the evaluation's own fixed episodes (rebuilt from its setting and seed)."""
+    from workbench.core import data
+    from workbench.core.adversarial import accuracy_against_epsilon
+    from workbench.core.device import resolve_device
+    from workbench.core.kinds import get_kind
+    from workbench.core.runs import load_model
+
+    loaded = load_model(run, resolve_device(args.device),
+                        kind=result.checkpoint if result.checkpoint in ("best", "last") else "best")
+    config = loaded.config if isinstance(run, str) else run.config
+    tasks = get_kind(config.kind, config.task).fixed_tasks(
+        data.load_dataset(config.dataset, progress), config, "test", result.episodes, result.seed,
+        ways=getattr(result, "ways", None), shots=result.shots, queries=result.queries)
+    return accuracy_against_epsilon(loaded.algorithm, tasks, epsilons, args.attack, args.attack_steps,
+                                    progress=progress, seed=result.seed)
 
 
 def cmd_eval(args) -> int:
     from workbench.core.device import configure_cpu_threads, resolve_device
+    from workbench.core.errors import ConfigError
     from workbench.core.evaluation import evaluate_run
     from workbench.core.runs import RunStore
 
@@ -701,13 +763,24 @@ def cmd_eval(args) -> int:
     store = RunStore()
     is_file = args.run.endswith(".pt") and Path(args.run).expanduser().is_file()
     run = args.run if is_file else store.get(args.run)
+    epsilons = _epsilons(args.adversarial) if args.adversarial is not None else []
+    if epsilons and (args.dataset or args.data_root):
+        raise ConfigError("--adversarial", "attacks are measured on the run's own dataset; leave out --dataset and "
+                          "--data-root (or evaluate on the other dataset without --adversarial)")
+    if args.attack_steps < 1:
+        raise ConfigError("--attack-steps", f"{args.attack_steps} is too small; use at least 1")
     if resolve_device(args.device).type == "cpu":
         configure_cpu_threads(_eval_threads(args, run))
     root = _absolute_root(args.data_root, [Path.cwd()]) if args.data_root else None
+    save = not args.no_save
     result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
                           seed=args.seed, device=args.device, checkpoint=args.checkpoint,
-                          progress=printer.callback("eval"), save=not args.no_save, dataset=args.dataset,
+                          progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
                           data_root=root)
+    if epsilons:  # saved once, with the curve
+        result.extras.update(_attack_curve(args, run, result, epsilons, printer.callback("attack")).extras())
+        if save and not is_file:
+            run.save_evaluation(result)
     printer.end()
     if args.json:
         _emit_json(_eval_json(result))

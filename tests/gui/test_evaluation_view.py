@@ -467,3 +467,73 @@ def test_a_run_is_tested_on_another_dataset_chosen_from_the_catalog(qtbot, tmp_p
         assert view.data_choice() == {} and not view.form.isRowVisible(view.data_root_row)
     finally:
         assert view.shutdown()
+
+
+# --- curves among an algorithm's extras (accuracy against an attack's budget) ------------------------------------
+def gradient_run(store: RunStore, algorithm: str, name: str) -> str:
+    hparams = {"hidden": 8, "train_inner_steps": 1, "train_inner_lr": 0.4, "test_inner_steps": 3,
+               "test_inner_lr": 0.4}
+    if algorithm == "adml":
+        hparams["epsilon"] = 0.05
+    config = tiny_dataset_config(algorithm={"name": algorithm, "hparams": hparams}, training={"steps": 4},
+                                 dataset={"ways": 3, "shots": 1, "queries": 3}, name=name)
+    trainer = Trainer(config, store)
+    trainer.run_all()
+    return trainer.run.id
+
+
+def test_a_curve_the_algorithm_adds_to_its_result_shows_as_a_titled_page(qtbot, view):
+    run_id = gradient_run(view.store, "adml", "robust")
+    view.refresh_runs()
+    view.select_run(run_id)
+    view.episodes_spin.setValue(6)
+    with qtbot.waitSignal(view.evaluation_finished, timeout=EVAL_TIMEOUT_MS) as finished:
+        view.evaluate_selected()
+    result = finished.args[0]
+    page = view.result_panel.curves
+    index = view.tabs.indexOf(page)
+    assert view.tabs.isTabVisible(index) and view.tabs.tabText(index) == "Accuracy by epsilon"
+    points = result.extras["accuracy_by_epsilon"]
+    assert [page.table.item(r, 0).text() for r in range(page.table.rowCount())] == list(points) == ["0", "0.05"]
+    assert page.table.item(0, 1).text() == ACCURACY.format(points["0"], result.extras["ci95_by_epsilon"]["0"])
+    line = page.plot.getPlotItem().listDataItems()[0]
+    assert list(line.getData()[0]) == [0.0, 0.05]
+    assert list(line.getData()[1]) == pytest.approx([100 * points["0"], 100 * points["0.05"]])
+    assert "FGSM" in page.note.text()
+    view.tabs.setCurrentWidget(page)
+    save_screenshot(view, "evaluation_curve.png")
+    # A result without a curve hides the page again.
+    plain = ResultData.of(result)
+    plain.data["extras"] = {}
+    view.show_result(plain, run_id)
+    assert not view.tabs.isTabVisible(index)
+
+
+def test_compared_runs_draw_their_curves_on_the_same_tasks_together(qtbot, view, capsys):
+    from workbench import cli
+
+    plain = gradient_run(view.store, "maml", "plain")
+    robust = gradient_run(view.store, "adml", "robust")
+    for run_id in (plain, robust):  # saved with their curves, at the settings the view will ask for
+        assert cli.main(["eval", run_id, "--episodes", "6", "--seed", "7", "--adversarial", "0,0.05,0.2",
+                         "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+    view.refresh_runs()
+    view.select_run(plain)
+    view.episodes_spin.setValue(6)
+    view.seed_spin.setValue(7)
+    view.set_checked([plain, robust])
+    with qtbot.waitSignal(view.comparison_finished, timeout=EVAL_TIMEOUT_MS):
+        view.compare_checked()  # reuses the saved results: the same tasks, with their curves
+    panel = view.compare_panel
+    assert panel.curve_plot.isVisibleTo(panel)
+    assert [run_id for run_id, _ in panel.compared_curves(plain)] == [plain, robust]
+    lines = panel.curve_plot.getPlotItem().listDataItems()
+    assert len(lines) == 2 and all(list(line.getData()[0]) == [0.0, 0.05, 0.2] for line in lines)
+    assert {line.name() for line in lines} == {view._label(plain), view._label(robust)}
+    assert "Accuracy by epsilon" in panel.note.text()
+    view.tabs.setCurrentWidget(panel)
+    save_screenshot(view, "evaluation_compare_curves.png")
+    # Runs whose results carry no curve show no plot.
+    panel.show_results([plain], [ResultData(None, {**panel.results[plain].data, "extras": {}},
+                                            panel.results[plain].arrays)])
+    assert not panel.curve_plot.isVisibleTo(panel)

@@ -62,7 +62,7 @@ class LEOHParams:
                                 "default training.lr); training.lr is LEO's outer rate.", low=1e-6, high=1.0,
                                 log_scale=True)
     latent_dim: int = hparam(64, f"Size of the latent code of each class (64 in {PAPER}).", low=1, high=1024)
-    inner_steps: int = hparam(5, f"Gradient steps on the latent codes when adapting (5 in {PAPER}).", low=0,
+    latent_steps: int = hparam(5, f"Gradient steps on the latent codes when adapting (5 in {PAPER}).", low=0,
                               high=100)
     finetune_steps: int = hparam(5, f"Gradient steps on the decoded classifier weights after the latent steps (5 in "
                                  f"{PAPER}).", low=0, high=100)
@@ -213,7 +213,7 @@ def leo_task_loss(net: LEONet, hp, support, support_y, query, query_y, ways: int
     inner loops; also the query logits and the KL."""
     samples = max(1, len(support) // ways) if noise.sample else 1
     start, kl = latent_codes(net, support, support_y, ways, samples, noise)
-    latents, loss, weights = latent_steps(net, start, support, support_y, hp.inner_steps, noise, True)
+    latents, loss, weights = latent_steps(net, start, support, support_y, hp.latent_steps, noise, True)
     weights = finetune_weights(net, weights, loss, support, support_y, hp.finetune_steps, noise, True)
     query_logits = logits(query, weights, noise)
     encoder_penalty = F.mse_loss(start, latents.detach())
@@ -293,7 +293,7 @@ class LEO(Algorithm):
     recipes = (DEFAULT,)
     capabilities = frozenset({"embeddings", "adaptation", "evaluation_extras", "training_data", "inspection"})
     inspections = (LEARNED_RATES, DECODER_CORRELATION)
-    adaptation_steps_hparam = "inner_steps"
+    adaptation_steps_hparam = "latent_steps"
     gradient_based = True
 
     def __init__(self, hparams, model_spec, device="cpu"):
@@ -415,7 +415,7 @@ class LEO(Algorithm):
         return support, support_y, start.requires_grad_(True)
 
     def adapt(self, support_x, support_y, ways, steps: int | None = None):
-        steps = self.hparams.inner_steps if steps is None else steps
+        steps = self.hparams.latent_steps if steps is None else steps
         support, support_y, start = self._start(support_x, support_y, ways)
         with torch.enable_grad():
             latents, loss, weights = latent_steps(self.net, start, support, support_y, steps, Noise(), False)
@@ -434,7 +434,7 @@ class LEO(Algorithm):
     def adaptation_trace(self, support_x, support_y, query_x, query_y, ways, steps=None):
         """Per latent step (0 = the encoder's codes): support and query loss and query accuracy of the decoded
         weights. The fine-tuning steps that follow in :meth:`adapt` are not traced."""
-        steps = self.hparams.inner_steps if steps is None else steps
+        steps = self.hparams.latent_steps if steps is None else steps
         support, support_y, start = self._start(support_x, support_y, ways)
         query, query_y = self.features(query_x), query_y.to(self.device)
         kind, trace = self.kind, []

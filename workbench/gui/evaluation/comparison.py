@@ -1,5 +1,6 @@
 """Runs compared on identical test tasks: each run's score and, against a chosen baseline, the mean per-task
-difference with the p-value of a paired t-test and a verdict (better / same / worse by the kind's metric)."""
+difference with the p-value of a paired t-test and a verdict (better / same / worse by the kind's metric); and, when
+results carry a curve among their extras (e.g. accuracy against an attack's budget), the runs' curves together."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from PySide6.QtWidgets import (QComboBox, QHBoxLayout, QHeaderView, QLabel, QPus
                                QWidget)
 
 from workbench.gui import theme as themes
-from workbench.gui.evaluation.results import SIGNIFICANCE, ResultData, compare_rows, metric_name
+from workbench.gui.evaluation.curve_plot import CurvePlot
+from workbench.gui.evaluation.results import SIGNIFICANCE, Curve, ResultData, compare_rows, metric_name
 from workbench.gui.evaluation.widgets import table_item
 
 MARKS = {"better": "▲ better", "worse": "▼ worse", "same": "= same", "baseline": "baseline", "untested": "not tested"}
@@ -48,6 +50,9 @@ class ComparisonPanel(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
         layout.addWidget(self.table, 1)
+        self.curve_plot = CurvePlot(theme)  # shown when a compared result carries a curve
+        self.curve_plot.setVisible(False)
+        layout.addWidget(self.curve_plot, 1)
         self.note = QLabel(f"better / worse: significant at p < {SIGNIFICANCE} on identical tasks.")
         self.note.setWordWrap(True)
         layout.addWidget(self.note)
@@ -58,6 +63,7 @@ class ComparisonPanel(QWidget):
 
     def apply_theme(self, theme: themes.Theme) -> None:
         self.theme = theme
+        self.curve_plot.apply_theme(theme)
         if self.rows:
             self.retest()
 
@@ -92,11 +98,32 @@ class ComparisonPanel(QWidget):
         for r, row in enumerate(self.rows):
             self._fill_row(r, row, first)
         noun = "per-episode" if first.data.get("ways") else "per-task"
-        self.note.setText(
-            f"All runs on the same test tasks ({first.setting()}). better / worse: paired t-test over {noun} "
-            f"{metric_name(first.metric)}, p < {SIGNIFICANCE}; "
-            f"{'higher' if first.metric.higher_is_better else 'lower'} is better.")
+        note = (f"All runs on the same test tasks ({first.setting()}). better / worse: paired t-test over {noun} "
+                f"{metric_name(first.metric)}, p < {SIGNIFICANCE}; "
+                f"{'higher' if first.metric.higher_is_better else 'lower'} is better.")
+        curve = self._show_curves(baseline_id)
+        self.note.setText(note + (f" {curve.title}: {curve.note}" if curve is not None and curve.note else ""))
         self.comparison_finished.emit(self.rows)
+
+    def compared_curves(self, baseline_id: str) -> list[tuple[str, Curve]]:
+        """(run id, curve) of every compared result that carries the curve the baseline (else the first run with
+        one) carries."""
+        ordered = [baseline_id] + [run_id for run_id in self.results if run_id != baseline_id]
+        found = {run_id: {curve.key: curve for curve in self.results[run_id].curves()} for run_id in ordered}
+        key = next((next(iter(curves)) for curves in found.values() if curves), None)
+        return [(run_id, found[run_id][key]) for run_id in ordered if key in found[run_id]]
+
+    def _show_curves(self, baseline_id: str) -> Curve | None:
+        series = self.compared_curves(baseline_id)
+        self.curve_plot.setVisible(bool(series))
+        if not series:
+            return None
+        curve = series[0][1]
+        scale = self.results[baseline_id].scale(curve.metric)
+        self.curve_plot.show_curves([(self.labels.get(run_id, run_id), c) for run_id, c in series], scale,
+                                    "%" if scale == 100.0 else "")
+        self.curve_plot.setTitle(f"{curve.title}, same test tasks", color=self.theme.plot_foreground)
+        return curve
 
     def _fill_row(self, r: int, row: dict[str, Any], first: ResultData) -> None:
         metric = first.metric

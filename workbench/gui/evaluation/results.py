@@ -1,6 +1,6 @@
 """Reading evaluation results of any kind, without widgets: the headline metric (from the kind's ``MetricSpec``),
-per-task scores for paired tests, scores by adaptation steps, the verdict of a comparison, and the series of a
-run's saved results against shots.
+per-task scores for paired tests, scores by adaptation steps, curves among an algorithm's extras, the verdict of a
+comparison, and the series of a run's saved results against shots.
 
 A result is whatever the kind's ``evaluate`` returned (or ``result_from_dict`` read back); only its documented
 JSON (``to_dict()``) and arrays (``arrays()``) are read here, so a new kind needs no change in the GUI.
@@ -66,6 +66,53 @@ def tested_on_text(data: dict[str, Any]) -> str:
 
 
 @dataclass
+class Curve:
+    """A curve an evaluation carries among its extras: ``"<metric>_by_<x>": {x: value}``, with optional
+    ``"ci95_by_<x>"`` (same keys) and a ``"<x>_note"`` saying how it was measured (e.g. accuracy against an attack's
+    budget)."""
+
+    metric: str
+    x: str
+    points: list[tuple[float, float, float]]  # (x, value, ci95), sorted by x
+    note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.metric}_by_{self.x}"
+
+    @property
+    def metric_title(self) -> str:
+        """'Accuracy'."""
+        return f"{self.metric[:1].upper()}{self.metric[1:]}".replace("_", " ")
+
+    @property
+    def title(self) -> str:
+        """'Accuracy by epsilon'."""
+        return f"{self.metric_title} by {self.x.replace('_', ' ')}"
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def extras_curves(extras: dict[str, Any]) -> list[Curve]:
+    """The curves among an evaluation's extras (see :class:`Curve`); malformed entries are left out."""
+    found = []
+    for key, points in (extras or {}).items():
+        metric, by, x = key.partition("_by_")
+        if not by or metric == "ci95" or not isinstance(points, dict) or not points:
+            continue
+        intervals = extras.get(f"ci95_by_{x}")
+        intervals = intervals if isinstance(intervals, dict) else {}
+        try:
+            rows = sorted((float(k), _number(v), _number(intervals.get(k))) for k, v in points.items())
+        except (TypeError, ValueError):
+            continue
+        found.append(Curve(metric, x, rows, str(extras.get(f"{x}_note") or "")))
+    return found
+
+
+@dataclass
 class ResultData:
     """One evaluation result, read through its JSON and arrays."""
 
@@ -111,6 +158,14 @@ class ResultData:
         scores = self.data.get(f"{self.metric.key}_by_steps") or {}
         intervals = self.data.get("ci95_by_steps") or {}
         return sorted((int(k), float(v), float(intervals.get(k, float("nan")))) for k, v in scores.items())
+
+    def curves(self) -> list[Curve]:
+        """Curves the algorithm added to the result (e.g. accuracy against an attack's budget)."""
+        return extras_curves(self.data.get("extras") or {})
+
+    def scale(self, metric_key: str) -> float:
+        """100 for a metric shown in percent (the kind's headline metric, when it is a percentage), else 1."""
+        return 100.0 if metric_key == self.metric.key and self.metric.percent else 1.0
 
     def per_task(self) -> np.ndarray:
         """The headline metric of each episode/task, in the order of the fixed tasks (for paired tests)."""

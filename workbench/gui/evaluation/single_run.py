@@ -1,6 +1,7 @@
 """One evaluation result: the headline line (the kind's metric ± 95% CI and the setting) and the pages that fit the
 result: the confusion matrix and per-class accuracy of a classification, the score after 0, 1, 10 adaptation
-steps of a kind that reports them. A page shows itself when the result holds its data, so no kind is named."""
+steps of a kind that reports them, a curve an algorithm added (e.g. accuracy against an attack's budget). A page
+shows itself when the result holds its data, so no kind or algorithm is named."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PySide6.QtWidgets import QHeaderView, QLabel, QTableWidget, QVBoxLayout, QW
 
 from workbench.gui import theme as themes
 from workbench.gui.evaluation.confusion import ConfusionPage
+from workbench.gui.evaluation.curve_plot import CurvePlot
 from workbench.gui.evaluation.results import ResultData
 from workbench.gui.evaluation.widgets import heat, number_item, table_item
 
@@ -110,6 +112,50 @@ class StepsPage(QWidget):
             self.plot.getAxis(axis).setTextPen(theme.plot_foreground)
 
 
+class CurvesPage(QWidget):
+    """A curve among the result's extras (the first, when it has several): its points in a table and a plot."""
+
+    def __init__(self, theme: themes.Theme, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.title = "Curve"  # the curve's own title once one is shown
+        layout = QVBoxLayout(self)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
+        layout.addWidget(self.note)
+        self.table = QTableWidget(0, 2)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        layout.addWidget(self.table)
+        self.plot = CurvePlot(theme)
+        layout.addWidget(self.plot, 1)
+
+    @staticmethod
+    def accepts(data: ResultData) -> bool:
+        return bool(data.curves())
+
+    def show_result(self, data: ResultData, theme: themes.Theme) -> None:
+        curve = data.curves()[0]
+        self.title = curve.title
+        headline = curve.metric == data.metric.key
+        self.table.setHorizontalHeaderLabels([curve.x.replace("_", " "), f"{curve.metric_title} ± 95% CI"])
+        self.table.setRowCount(len(curve.points))
+        for r, (x, value, ci95) in enumerate(curve.points):
+            self.table.setItem(r, 0, table_item(f"{x:g}"))
+            text = data.metric.format(value, ci95) if headline else f"{value:.4g} ± {ci95:.2g}"
+            self.table.setItem(r, 1, table_item(text, align_right=True))
+        self.table.resizeRowsToContents()  # as tall as its few rows (up to a dozen), the plot takes the rest
+        rows = sum(self.table.rowHeight(r) for r in range(min(len(curve.points), 12)))
+        self.table.setFixedHeight(self.table.horizontalHeader().sizeHint().height() + 2 * self.table.frameWidth()
+                                  + rows)
+        scale = data.scale(curve.metric)
+        self.plot.apply_theme(theme)
+        self.plot.show_curves([("", curve)], scale, "%" if scale == 100.0 else "")
+        self.note.setText(f"{curve.title} on the {data.episodes} test tasks. {curve.note}".strip())
+
+    def apply_theme(self, theme: themes.Theme) -> None:
+        self.plot.apply_theme(theme)
+
+
 class ResultPanel(QObject):
     """The summary line and the single-result pages; the view places them (pages as tabs, see ``pages``)."""
 
@@ -127,10 +173,11 @@ class ResultPanel(QObject):
         self.confusion = ConfusionPage(store, theme)
         self.per_class = PerClassTable()
         self.steps = StepsPage()
+        self.curves = CurvesPage(theme)
 
     @property
     def pages(self) -> list[QWidget]:
-        return [self.confusion, self.per_class, self.steps]
+        return [self.confusion, self.per_class, self.steps, self.curves]
 
     def accepted(self) -> list[QWidget]:
         """The pages that have something to show for the current result."""
@@ -151,6 +198,8 @@ class ResultPanel(QObject):
             self.per_class.show_result(data, self.theme)
         if self.steps.accepts(data):
             self.steps.show_result(data, self.theme)
+        if self.curves.accepts(data):
+            self.curves.show_result(data, self.theme)
         return self.accepted()
 
     def clear(self, prompt: str = PROMPT) -> None:
@@ -160,6 +209,7 @@ class ResultPanel(QObject):
     def apply_theme(self, theme: themes.Theme) -> None:
         self.theme = theme
         self.steps.apply_theme(theme)
+        self.curves.apply_theme(theme)
         self.confusion.apply_theme(theme)
         if self.data is not None and self.per_class.accepts(self.data):
             self.per_class.show_result(self.data, theme)

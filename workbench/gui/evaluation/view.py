@@ -258,6 +258,7 @@ class EvaluationView(QWidget):
         had_pages = any(self.tabs.isTabVisible(self.tabs.indexOf(page)) for page in self.result_panel.pages)
         for page in self.result_panel.pages:
             self.tabs.setTabVisible(self.tabs.indexOf(page), page in accepted)
+            self.tabs.setTabText(self.tabs.indexOf(page), page.title)  # a page may title itself after its result
         if accepted and (not had_pages or (current in self.result_panel.pages and current not in accepted)):
             self.tabs.setCurrentWidget(accepted[0])  # the first result, or the page shown no longer fits
 
