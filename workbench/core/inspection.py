@@ -106,8 +106,8 @@ def _histogram(layer: str, values: np.ndarray) -> dict[str, np.ndarray]:
     if values.size == 0:
         values = np.zeros(1)
     low, high = float(values.min()), float(values.max())
-    if high <= low:
-        low, high = low - 0.5 * max(abs(low), 1e-6), high + 0.5 * max(abs(high), 1e-6)
+    if high <= low:  # all values equal: a narrow range, so later snapshots' axes are not stretched by it
+        low, high = low - 0.01 * max(abs(low), 1e-4), high + 0.01 * max(abs(high), 1e-4)
     counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high))
     summary = np.array([values.mean(), values.std(), np.median(values), values.size])
     return {f"{layer}|counts": counts.astype(np.float32), f"{layer}|edges": edges.astype(np.float32),

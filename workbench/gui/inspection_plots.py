@@ -214,6 +214,8 @@ class HistogramGrid(InspectionPlot):
             self.plots[layer], self.bars[layer] = plot, bars
         rows = math.ceil(len(layers) / columns) if layers else 0
         self.graphics.setMinimumHeight(rows * self.ROW_HEIGHT)
+        # A grid rebuilt with fewer rows while hidden keeps its old height unless told (the plots would be cut off).
+        self.graphics.resize(self.graphics.width(), max(self.graphics.minimumHeight(), self.scroll.viewport().height()))
         self._apply_theme()
 
     def _draw(self, record: Record) -> None:

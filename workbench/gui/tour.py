@@ -2,6 +2,11 @@
 experiment (the default kind's dataset and algorithm) and saves a PNG of each panel and view into DIR (offscreen
 when there is no display).
 
+Later parts find their algorithms in the declarations: a short run of each algorithm with inspection records and
+the Mechanism view on each record; a short run of each sample-weighting algorithm and its Sample weights view; and
+the accuracy against an attack's budget ε of a run trained against attacks and a gradient-based run trained without,
+compared in the Evaluation tab. ``--parts`` picks the parts to shoot.
+
 It uses its own temporary settings and run store unless ``--home`` is given, so a user's settings and runs
 are never touched.
 """
@@ -16,6 +21,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+# main: the panels, two short runs of the default experiment, the Runs tab, the analysis views, the other theme
+# and the dialogs; regression: the Fit view and "Try a task" on points; mechanism: each inspection record;
+# weights: the Sample weights view of each weighting algorithm; robustness: accuracy against an attack's budget.
+PARTS = ("main", "regression", "mechanism", "weights", "robustness")
+# The screenshots of the later views continue the numbers after the regression ones, whichever parts run.
+LATER_FIRST_NUMBER = 21
+EPSILONS = (0.0, 0.01, 0.02, 0.05, 0.1)  # attack budgets in pixel units of a 0-1 scale
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench tour", description="Save screenshots of every panel and view "
@@ -29,8 +41,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--theme", choices=("light", "dark"), default="light",
                         help="Theme of the main screenshots; the other theme gets one screenshot too.")
     parser.add_argument("--home", help="Run store to use (default: a temporary one).")
-    parser.add_argument("--timeout", type=float, default=600.0, help="Give up after this many seconds.")
+    parser.add_argument("--short-steps", type=int, default=30,
+                        help="Steps of each short run behind the Mechanism, sample-weighting and robustness "
+                        "screenshots, validated three times (default 30).")
+    parser.add_argument("--attack-episodes", type=int, default=50,
+                        help="Test episodes of the accuracy-against-ε comparison (default 50).")
+    parser.add_argument("--parts", type=_parts, default=PARTS,
+                        help=f"Parts of the tour to shoot, comma-separated (default all): {', '.join(PARTS)}.")
+    parser.add_argument("--timeout", type=float, default=1200.0, help="Give up after this many seconds.")
     return parser
+
+
+def _parts(text: str) -> tuple[str, ...]:
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"unknown part {', '.join(unknown) or '(none given)'}; choose from "
+                                         f"{', '.join(PARTS)}")
+    return parts
 
 
 class Tour:
@@ -41,6 +69,7 @@ class Tour:
         self.deadline = time.monotonic() + timeout
         self.saved: list[Path] = []
         self.count = 0
+        self.trained: dict[tuple[str, str], str] = {}  # (kind, algorithm) -> run id of the tour's short runs
 
     def pump(self, ms: int = 30) -> None:
         from PySide6.QtCore import QEventLoop, QTimer
@@ -103,12 +132,69 @@ REGRESSION_FIRST_NUMBER = 19
 REGRESSION_STEPS = 1000  # about 15 s on two idle cores: enough for the meta-learned start to look like the tasks
 
 
+def _shrunk_phases(cls, recipe, steps: int) -> dict:
+    """Hyperparameters counting the training steps of a phase (a pre-training, say: a step count at least a quarter
+    of the recipe's run, unlike an inner loop's) shrunk in proportion to a short run of ``steps``, so the run still
+    reaches the algorithm's own method."""
+    from workbench.core.config import TrainingConfig
+    from workbench.core.hparams import specs
+
+    planned = int((recipe.training if recipe else {}).get("steps") or TrainingConfig().steps)
+    given = dict(recipe.hparams) if recipe else {}
+    shrunk = {}
+    for spec in specs(cls.HParams):
+        value = given.get(spec.name, spec.default)
+        if spec.type is int and spec.name.endswith("steps") and planned and 4 * value >= planned >= steps:
+            shrunk[spec.name] = max(int(spec.low or 0), min(steps - 1, round(value * steps / planned)))
+    return shrunk
+
+
+def short_config(kind: str, algorithm: str, steps: int, val_interval: int, val_episodes: int):
+    """A short run of an algorithm on the kind's default dataset with its recommended recipe."""
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.config import ExperimentConfig
+    from workbench.core.kinds import get_kind_class
+    from workbench.core.recipes import recommended_recipe
+
+    cls = get_algorithm(algorithm)
+    dataset = get_kind_class(kind).default_dataset
+    recipe = recommended_recipe(cls, kind, dataset)
+    return ExperimentConfig.from_dict({
+        "name": f"tour-{algorithm}-{dataset}", "kind": kind, "dataset": {"name": dataset},
+        "algorithm": {"name": algorithm, "recipe": recipe.name if recipe else "",
+                      "hparams": _shrunk_phases(cls, recipe, steps)},
+        "training": {"steps": steps, "val_interval": val_interval, "val_episodes": val_episodes,
+                     "checkpoint_interval": steps}})
+
+
+def _train(tour: Tour, config) -> str:
+    """Show ``config`` in the panels, train it to its end and return the run id (the tour's record of it too)."""
+    window, panel = tour.window, tour.window.dataset_panel
+    what = f"the {config.algorithm.name} run"
+    window.apply_config(config)
+    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, f"the dataset of {what}")
+    finished: list[dict] = []
+
+    def collect(job_id: int, final: dict) -> None:
+        finished.append(final)
+
+    window.training_finished.connect(collect)
+    try:
+        if window.start_training(config) is None:
+            raise RuntimeError(f"the tour could not start {what}: {window.run_blocked_reason}")
+        tour.wait_until(lambda: bool(finished), f"the end of {what}")
+    finally:
+        window.training_finished.disconnect(collect)
+    final = finished[-1]
+    if final.get("event") in ("failed", "cancelled") or not final.get("run_id"):
+        raise RuntimeError(f"{what} of the tour ended '{final.get('event')}': {final.get('message')}")
+    tour.trained[(config.kind, config.algorithm.name)] = final["run_id"]
+    return final["run_id"]
+
+
 def _train_regression_demo(tour: Tour, args) -> str | None:
     """Switch to the regression kind, train a short run with its recommended recipe and evaluate it quickly;
     returns the run id (None when the kind is not installed)."""
-    from workbench.core.algorithms import get_algorithm
-    from workbench.core.config import ExperimentConfig
-    from workbench.core.recipes import recommended_recipe
     from workbench.core.try_points import REGRESSION_KIND
 
     window, panel = tour.window, tour.window.dataset_panel
@@ -116,21 +202,9 @@ def _train_regression_demo(tour: Tour, args) -> str | None:
         return None
     tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the regression dataset")
     base = window.current_config()
-    recipe = recommended_recipe(get_algorithm(base.algorithm.name), base.kind, base.dataset.name)
-    config = ExperimentConfig.from_dict({
-        "name": f"tour-{base.algorithm.name}-{base.dataset.name}", "kind": base.kind,
-        "dataset": {"name": base.dataset.name},
-        "algorithm": {"name": base.algorithm.name, "recipe": recipe.name if recipe else ""},
-        "training": {"steps": REGRESSION_STEPS, "val_interval": REGRESSION_STEPS // 5,
-                     "val_episodes": args.val_episodes, "checkpoint_interval": REGRESSION_STEPS}})
-    window.apply_config(config)
-    finished: list[dict] = []
-    window.training_finished.connect(lambda job_id, final: finished.append(final))
-    if window.start_training(config) is None:
-        raise RuntimeError(f"the tour could not start the regression run: {window.run_blocked_reason}")
-    tour.wait_until(lambda: bool(finished), "the end of the regression run")
-    run_id = finished[-1].get("run_id")
-    if window.runs_view is not None and run_id:
+    run_id = _train(tour, short_config(base.kind, base.algorithm.name, REGRESSION_STEPS, REGRESSION_STEPS // 5,
+                                       args.val_episodes))
+    if window.runs_view is not None:
         evaluated: list = []
         window.runs_view.evaluation_finished.connect(lambda *result: evaluated.append(result))
         window.runs_view.evaluate(run_id, episodes=args.val_episodes * 4)
@@ -164,6 +238,190 @@ def _regression_tour(tour: Tour, args) -> None:
         QTest.mouseClick(page.canvas.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, spot)
     tour.wait_until(lambda: page.fit is not None and not page.busy, "the adaptation to the clicked points")
     tour.shoot(window, "try-regression")
+
+
+def _kinds_default_first() -> list[str]:
+    from workbench.core.kinds import DEFAULT_KIND, kind_names
+
+    return [DEFAULT_KIND] + [name for name in kind_names() if name != DEFAULT_KIND]
+
+
+def _use_kind(tour: Tour, kind: str) -> None:
+    """The window set up for ``kind`` (its tabs show that kind's pages), its dataset loaded."""
+    panel = tour.window.dataset_panel
+    tour.window.set_kind(kind)
+    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, f"the dataset of the {kind} kind")
+
+
+def _short(tour: Tour, args, kind: str, algorithm: str) -> str:
+    """The run id of the tour's short run of ``algorithm`` on ``kind``, trained now unless the tour has one."""
+    known = tour.trained.get((kind, algorithm))
+    if known is not None:
+        return known
+    steps = max(2, args.short_steps)
+    return _train(tour, short_config(kind, algorithm, steps, max(1, steps // 3), args.val_episodes))
+
+
+def feeders_by_kind(capability: str) -> list[tuple[str, str]]:
+    """(kind, algorithm) for each algorithm declaring ``capability``, at the first kind (the default kind first)
+    that lists the view and that the algorithm supports."""
+    from workbench.core.algorithms import algorithm_names, get_algorithm
+    from workbench.core.kinds import get_kind_class
+
+    pairs, seen = [], set()
+    for kind in _kinds_default_first():
+        if capability not in get_kind_class(kind).views:
+            continue
+        for name in algorithm_names():
+            cls = get_algorithm(name)
+            if name not in seen and cls.has(capability) and cls.supports(kind):
+                pairs.append((kind, name))
+                seen.add(name)
+    return pairs
+
+
+def _mechanism_tour(tour: Tour, args) -> None:
+    """A short run of each algorithm with inspection records, and the Mechanism view on each record at the run's
+    last validation."""
+    window = tour.window
+    runs = [(kind, algorithm, _short(tour, args, kind, algorithm)) for kind, algorithm in feeders_by_kind("inspection")]
+    for kind, algorithm, run_id in runs:  # trained first: the view then draws each run while it is shown
+        _use_kind(tour, kind)
+        window.show_view("Mechanism")
+        view = window.view("Mechanism")
+        view.show_run(run_id)
+        tour.wait_until(lambda: not view.showing_explanation, f"the inspection records of {algorithm}")
+        for spec in view.history.specs:
+            view.select_record(spec.name)
+            tour.shoot(window, f"mechanism-{algorithm}-{spec.name.replace('_', '-')}")
+
+
+def weighting_feeders() -> list[tuple[str, str]]:
+    """(kind, algorithm) for the algorithms weighting samples on the first kind (the default kind first) whose
+    default algorithm weights them, that default first: the weightings to compare."""
+    from workbench.core.algorithms import algorithm_names, get_algorithm
+    from workbench.core.kinds import get_kind_class
+
+    for kind in _kinds_default_first():
+        cls = get_kind_class(kind)
+        if "sample_weights" in cls.views and get_algorithm(cls.default_algorithm).has("sample_weights"):
+            others = [name for name in algorithm_names() if name != cls.default_algorithm and
+                      get_algorithm(name).has("sample_weights") and get_algorithm(name).supports(kind)]
+            return [(kind, name) for name in [cls.default_algorithm] + others]
+    return []
+
+
+def _weights_tour(tour: Tour, args) -> None:
+    """A short run of each sample-weighting algorithm on the same kind, and the Sample weights view on each."""
+    window = tour.window
+    for kind, algorithm in weighting_feeders():
+        run_id = _short(tour, args, kind, algorithm)
+        _use_kind(tour, kind)
+        window.show_view("Sample weights")
+        view = window.view("Sample weights")
+        view.show_run(run_id)
+        tour.wait_until(lambda: not view.showing_explanation, f"the sample weights of {algorithm}")
+        tour.shoot(window, f"weights-{algorithm}")
+
+
+def _evaluated(store, run_id: str, episodes: int):
+    """A test evaluation of the run on ``episodes`` fixed episodes (not saved yet)."""
+    from workbench.core.evaluation import evaluate_run
+
+    return evaluate_run(run_id, store, episodes=episodes, save=False)
+
+
+def _with_attack_curve(store, run_id: str, result) -> bool:
+    """Add accuracy against ε on the evaluation's own episodes to ``result`` and save it with the run, as
+    ``workbench eval --adversarial`` does; False when the algorithm cannot be attacked."""
+    from workbench.core import data
+    from workbench.core.adversarial import AttackUnsupported, accuracy_against_epsilon
+    from workbench.core.device import resolve_device
+    from workbench.core.kinds import get_kind
+    from workbench.core.runs import load_model
+
+    run = store.get(run_id)
+    config = run.config
+    loaded = load_model(run, resolve_device("auto"), kind=result.checkpoint or "best")
+    tasks = get_kind(config.kind, config.task).fixed_tasks(
+        data.load_dataset(config.dataset), config, "test", result.episodes, result.seed,
+        ways=getattr(result, "ways", None), shots=result.shots, queries=result.queries)
+    try:
+        curve = accuracy_against_epsilon(loaded.algorithm, tasks, EPSILONS, seed=result.seed)
+    except AttackUnsupported:
+        return False
+    result.extras.update(curve.extras())
+    run.save_evaluation(result)
+    return True
+
+
+def _attack_candidates(kind: str) -> tuple[list[str], list[str]]:
+    """Gradient-based algorithms of ``kind``: those whose evaluations add numbers of their own (one trained against
+    attacks carries its accuracy against ε there), and the others. Sample weighting's numbers are its own view's."""
+    from workbench.core.algorithms import algorithm_names, get_algorithm
+
+    classes = [get_algorithm(name) for name in algorithm_names()]
+    gradient = [cls for cls in classes if cls.gradient_based and cls.supports(kind) and not cls.has("sample_weights")]
+    return ([cls.name for cls in gradient if cls.has("evaluation_extras")],
+            [cls.name for cls in gradient if not cls.has("evaluation_extras")])
+
+
+def _robust_run(tour: Tour, args, kind: str, candidates: list[str]) -> tuple[str, object] | None:
+    """(run id, evaluation) of the first candidate whose own evaluation carries a curve, trained if needed."""
+    from workbench.gui.evaluation.results import ResultData
+
+    for algorithm in candidates:
+        run_id = _short(tour, args, kind, algorithm)
+        result = _evaluated(tour.window.store, run_id, args.attack_episodes)
+        if ResultData.of(result).curves():
+            return run_id, result
+    return None
+
+
+def _plain_run(tour: Tour, args, kind: str, plain: list[str], robust_id: str) -> str | None:
+    """A gradient-based run of the tour trained without attacks (the first one, else the first such algorithm),
+    evaluated on the same episodes with its accuracy against ε saved."""
+    store = tour.window.store
+    trained = [algorithm for (of_kind, algorithm) in tour.trained if of_kind == kind]
+    for algorithm in [name for name in trained if name in plain] + [name for name in plain if name not in trained]:
+        run_id = _short(tour, args, kind, algorithm)
+        if run_id != robust_id and _with_attack_curve(store, run_id, _evaluated(store, run_id, args.attack_episodes)):
+            return run_id
+    return None
+
+
+def _robustness_tour(tour: Tour, args) -> None:
+    """Accuracy against an attack's budget ε of a run trained against attacks and of a gradient-based run trained
+    without, on the same test episodes, drawn together in the Evaluation tab's comparison."""
+    from workbench.core.device import configure_cpu_threads
+    from workbench.core.kinds import DEFAULT_KIND
+
+    window = tour.window
+    configure_cpu_threads(0, reserve_for_gui=True)  # evaluated here, beside the GUI, as its trainings are
+    with_extras, plain = _attack_candidates(DEFAULT_KIND)
+    robust = _robust_run(tour, args, DEFAULT_KIND, with_extras)
+    if robust is None:
+        print("no installed algorithm reports its accuracy against an attack: no robustness screenshot", flush=True)
+        return
+    robust_id, result = robust
+    plain_id = _plain_run(tour, args, DEFAULT_KIND, plain, robust_id)
+    if plain_id is None or not _with_attack_curve(window.store, robust_id, result):
+        print("no second attackable run to compare with: no robustness screenshot", flush=True)
+        return
+    _use_kind(tour, DEFAULT_KIND)
+    window.run_store_changed.emit()
+    window.show_view("Evaluation")
+    view = window.view("Evaluation")
+    view.refresh_runs()
+    view.select_run(robust_id)
+    view.set_checked([plain_id, robust_id])
+    view.episodes_spin.setValue(args.attack_episodes)
+    compared: list = []
+    view.comparison_finished.connect(lambda rows: compared.append(rows))
+    view.compare_checked()  # takes the saved evaluations: the same episodes, with their curves
+    tour.wait_until(lambda: bool(compared) and not view.is_busy, "the comparison of the runs' robustness")
+    view.tabs.setCurrentWidget(view.compare_panel)
+    tour.shoot(window, "accuracy-against-eps")
 
 
 def _open_window(args):
@@ -307,12 +565,22 @@ def run_tour(args) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
 
     tour = Tour(app, _open_window(args), out, args.timeout)
-    _panels_tour(tour)
-    finished = _train_demo_runs(tour, args)
-    run_ids = _runs_tour(tour, args, finished)
-    _views_tour(tour, run_ids)
-    _theme_and_dialogs_tour(tour, args)
-    _regression_tour(tour, args)
+    parts = set(args.parts)
+    panel = tour.window.dataset_panel
+    tour.wait_until(lambda: panel.is_ready() and not panel.is_loading, "the dataset")
+    if "main" in parts:
+        _panels_tour(tour)
+        finished = _train_demo_runs(tour, args)
+        run_ids = _runs_tour(tour, args, finished)
+        _views_tour(tour, run_ids)
+        _theme_and_dialogs_tour(tour, args)
+    if "regression" in parts:
+        _regression_tour(tour, args)
+    tour.count = max(tour.count, LATER_FIRST_NUMBER - 1)
+    for part, shoot in (("mechanism", _mechanism_tour), ("weights", _weights_tour),
+                        ("robustness", _robustness_tour)):
+        if part in parts:
+            shoot(tour, args)
 
     tour.window.close()
     tour.pump()
