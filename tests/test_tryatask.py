@@ -411,3 +411,38 @@ def test_pca_of_groups_is_the_probes_pca_split_back_into_the_groups():
     assert np.allclose(pca_2d(support[:1])[0], 0.0)  # one point sits at the origin
     with pytest.raises(ValueError, match="empty"):
         pca_2d(np.zeros((0, 8)), None)
+
+
+def _image_algorithms() -> list[str]:
+    from workbench.core.algorithms import algorithm_names, get_algorithm
+
+    return [name for name in algorithm_names() if get_algorithm(name).supports("classification")]
+
+
+@pytest.mark.parametrize("name", _image_algorithms())
+def test_every_image_algorithm_tries_a_task_with_three_classes(name):
+    """'Try a task' works with each algorithm of the catalogue: adapt to drawn supports, classify the queries (with
+    embeddings and an adaptation trace where it declares them)."""
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.checkpoints import LoadedModel
+    from workbench.core.data.base import PreprocessSpec
+    from workbench.core.models.spec import ModelSpec
+
+    cls = get_algorithm(name)
+    hparams = cls.build_hparams({"hidden": 8} if "hidden" in {s.name for s in cls.hparam_specs()} else {})
+    spec = PreprocessSpec(28, 1, (0.92,), (0.22,))
+    algorithm = cls(hparams, ModelSpec(1, 28, 5, 12, kind="classification"))
+    model = LoadedModel(algorithm.eval(), spec, None, {"step": 0})
+    task = Task()
+    for class_id in (CLASS_A, CLASS_B, CLASS_A + 7):
+        task.add_class(f"c{class_id}")
+        task.add_support(f"c{class_id}", [TaskImage.from_array(render_glyph(class_id, s, size=28), f"{class_id}-{s}")
+                                          for s in SUPPORT_SAMPLES[:2]])
+    task.add_queries([TaskImage.from_array(render_glyph(CLASS_B, 9, size=28), "query")])
+    result = classify(model, task, embeddings=cls.has("embeddings"),
+                      trace_steps=2 if cls.has("adaptation") else None)
+    [prediction] = result.predictions
+    assert prediction.predicted in task.class_names() and result.classes == task.class_names()
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    if cls.has("embeddings"):
+        assert result.query_embeddings is not None and len(result.query_embeddings) == 1
