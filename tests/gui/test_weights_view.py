@@ -68,6 +68,10 @@ def test_saved_run_curve_and_scrubber(qtbot, mwn_run, tmp_path):
     view.show_run(mwn_run)
     assert not view.showing_explanation
     assert "label noise" in view.title.text()  # the history describes its own setting; the view names none
+    assert f"Run {mwn_run}" in view.title.text()  # unnamed: its id
+    store.rename(mwn_run, "noisy baseline")
+    view.show_run(mwn_run)
+    assert "Run noisy baseline" in view.title.text()  # named: its name, as the other views show it
     assert view.slider.maximum() == 4 and view.slider.value() == 4
     x, y = view.curve_data()
     assert len(x) == history["curves"].shape[1]

@@ -312,10 +312,11 @@ class WeightsView(QWidget):
             except Exception as exc:  # the run vanished: say so instead of failing
                 self.show_explanation(f"Run {run_or_id} cannot be read: {exc}")
                 return
-        self._show_folder(Path(run.path), self._algorithm_of(run))
+        self._show_folder(Path(run.path), self._algorithm_of(run), _run_name(run))
 
-    def _show_folder(self, folder: Path, algorithm: str | None) -> None:
+    def _show_folder(self, folder: Path, algorithm: str | None, name: str = "") -> None:
         self.run_folder = folder
+        self.run_title = name or folder.name  # the run's name when it has one, as the other views show it
         self._loaded_mtime = None
         if algorithm is not None and not learns_weights(algorithm):
             self.history = None
@@ -328,17 +329,18 @@ class WeightsView(QWidget):
 
     def on_training_started(self, job_id: int, info: dict) -> None:
         folder = info.get("run_path") if isinstance(info, dict) else None
-        algorithm = None
+        algorithm, name = None, ""
         if self.store is not None and info.get("run_id"):
             try:
-                algorithm = self._algorithm_of(self.store.get(info["run_id"]))
+                run = self.store.get(info["run_id"])
+                algorithm, name = self._algorithm_of(run), _run_name(run)
             except Exception:
                 algorithm = None
         self.live_job = job_id
         self._follow_latest = True
         self.history = None
         if folder:
-            self._show_folder(Path(folder), algorithm)
+            self._show_folder(Path(folder), algorithm, name)
 
     def on_training_records(self, job_id: int, payload) -> None:
         if job_id != self.live_job or self.run_folder is None:
@@ -366,7 +368,7 @@ class WeightsView(QWidget):
         if history is None or history.get("steps") is None or history["steps"].size == 0:
             return False
         self._loaded_mtime = mtime
-        self.set_history(history, title=f"Run {self.run_folder.name}")
+        self.set_history(history, title=f"Run {getattr(self, 'run_title', '') or self.run_folder.name}")
         return True
 
     # --- drawing ---------------------------------------------------------------------------------
@@ -494,3 +496,11 @@ class WeightsView(QWidget):
         """The curve drawn now (for tests)."""
         x, y = self.curve.getData()
         return (np.asarray(x), np.asarray(y)) if x is not None else (np.zeros(0), np.zeros(0))
+
+
+def _run_name(run) -> str:
+    """A run's given name, or '' (then its folder's name is shown)."""
+    try:
+        return run.record().name or ""
+    except Exception:  # an index that cannot be read: the folder name will do
+        return ""
