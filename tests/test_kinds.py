@@ -171,3 +171,13 @@ def test_every_algorithm_has_a_recipe_for_the_built_in_glyphs_and_every_recipe_v
                 target = sections["algorithm"]["hparams"] if section == "hparams" else sections[section]
                 for key, value in values.items():
                     assert target[key] == pytest.approx(value), f"{name}/{recipe.name}: {section}.{key}"
+
+
+def test_unused_training_fields_name_training_settings():
+    from dataclasses import fields
+
+    from workbench.core.config import TrainingConfig
+
+    known = {f.name for f in fields(TrainingConfig)}
+    for name in algorithm_names():
+        assert set(get_algorithm(name).unused_training_fields) <= known, name

@@ -495,3 +495,20 @@ def test_changing_a_field_marks_the_form_custom_from_its_recipe(qtbot, make_wind
     panel.training_form.set_values({field: value})
     window.revalidate()
     assert not panel.recipe_is_custom()
+
+
+def test_training_settings_an_algorithm_ignores_are_greyed_with_the_reason(qtbot, make_window):
+    from workbench.core.algorithms import algorithm_names, get_algorithm
+
+    window = make_window(auto_load=False)
+    panel = window.algorithm_panel
+    ignoring = next(n for n in algorithm_names() if get_algorithm(n).unused_training_fields)
+    unused = get_algorithm(ignoring).unused_training_fields
+    panel.algorithm_combo.set_name(ignoring)
+    for name in panel.training_form.names():
+        editor = panel.training_form.editor(name)
+        assert editor.isEnabled() == (name not in unused), name
+    assert "does not use this setting" in panel.training_form.editor(unused[0]).toolTip()
+    panel.algorithm_combo.set_name("protonet")  # a method that uses them all: enabled again
+    assert all(panel.training_form.editor(name).isEnabled() for name in panel.training_form.names())
+    assert "does not use" not in panel.training_form.editor(unused[0]).toolTip()

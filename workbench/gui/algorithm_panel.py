@@ -18,7 +18,7 @@ from workbench.core.config import config_fields
 from workbench.core.device import detect_devices
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.core.recipes import Recipe, recipes_for
-from workbench.gui.hparam_form import HParamForm, narrow_combo
+from workbench.gui.hparam_form import HParamForm, narrow_combo, tooltip
 
 # Dataset fields whose training override ("train_ways", ...) means something only when the kind has the field.
 EPISODE_FIELDS = ("ways", "shots", "queries")
@@ -243,6 +243,19 @@ class AlgorithmPanel(QWidget):
             self.evaluation_form.label("episodes").setText("Test episodes" if has_ways else "Test tasks")
         self._on_algorithm_changed()
 
+    def _grey_unused_training_fields(self, cls) -> None:
+        """Training settings the algorithm declares it ignores are greyed, saying so (their values are kept)."""
+        unused = set(cls.unused_training_fields)
+        for name in self.training_form.names():
+            editor, label = self.training_form.editor(name), self.training_form.label(name)
+            ignored = name in unused
+            editor.setEnabled(not ignored)
+            label.setEnabled(not ignored)
+            note = f"{cls.title} does not use this setting." if ignored else ""
+            spec = next(s for s in self.training_form.specs() if s.name == name)
+            editor.setToolTip(f"{note}\n{tooltip(spec)}" if note else tooltip(spec))
+            label.setToolTip(editor.toolTip())
+
     def _on_algorithm_changed(self) -> None:
         name = self.algorithm_name()
         if self._current_name is not None:
@@ -263,6 +276,7 @@ class AlgorithmPanel(QWidget):
         self.no_hparams.setVisible(self.hparam_form.is_empty())
         self.hparam_form.setVisible(not self.hparam_form.is_empty())
         self.reset_button.setEnabled(not self.hparam_form.is_empty())
+        self._grey_unused_training_fields(cls)
         self._show_recipes(apply=not self._silent)  # a newly chosen algorithm starts from its recommended setup
         self._emit_changed()
 

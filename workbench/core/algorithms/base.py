@@ -81,6 +81,9 @@ class Algorithm(ABC):
     adaptation_steps_hparam: ClassVar[str] = ""
     # The records ``inspect()`` returns (capability "inspection"), drawn by the generic Mechanism view.
     inspections: ClassVar[tuple[InspectionSpec, ...]] = ()
+    # Training settings (TrainingConfig fields) it ignores, e.g. an outer step of its own instead of training.lr;
+    # the GUI greys them.
+    unused_training_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hparams: Any, model_spec: ModelSpec, device: torch.device | str = "cpu"):
         self.hparams = hparams

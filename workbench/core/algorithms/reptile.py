@@ -186,6 +186,7 @@ class Reptile(MAML):
     recipes = (CLASSIFICATION_DEFAULT, OMNIGLOT_PAPER, SINE_DEMO)
     capabilities = frozenset({"embeddings", "adaptation"})
     adaptation_steps_hparam = "test_inner_steps"
+    unused_training_fields = ("lr", "lr_schedule")  # its outer step is outer_step, annealed by outer_anneal
     gradient_based = True
 
     @property
