@@ -537,3 +537,21 @@ def test_compared_runs_draw_their_curves_on_the_same_tasks_together(qtbot, view,
     panel.show_results([plain], [ResultData(None, {**panel.results[plain].data, "extras": {}},
                                             panel.results[plain].arrays)])
     assert not panel.curve_plot.isVisibleTo(panel)
+
+
+def test_long_notes_and_result_names_never_widen_the_view(qtbot, view):
+    """At 1280x720 the Evaluation tab has about 900 px beside the setup docks: a long confusion note or saved-result
+    label must wrap or elide, not force a sideways scroll."""
+    from PySide6.QtWidgets import QApplication
+
+    view.show()
+    for index in range(view.tabs.count()):
+        view.tabs.setTabVisible(index, True)  # as when a result fills them
+    view.tabs.setCurrentWidget(view.result_panel.confusion)
+    before = view.minimumSizeHint().width()
+    view.result_panel.confusion.note.setText("Rows: true class, columns: predicted class; " * 12)
+    view.saved_combo.addItem("70.21% ± 2.73 · 5-way 1-shot, 1000 episodes, seed 12345, best checkpoint " * 3)
+    view.dataset_combo.addItem("a dataset with a very long title " * 4)
+    QApplication.processEvents()  # layouts recompute their hints on the next turn of the event loop
+    assert view.result_panel.confusion.minimumSizeHint().width() <= max(before, 800)
+    assert view.saved_combo.minimumSizeHint().width() <= 300 and view.dataset_combo.minimumSizeHint().width() <= 300

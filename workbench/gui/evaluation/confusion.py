@@ -120,6 +120,7 @@ class ConfusionPage(QSplitter):
         for header in (self.table.horizontalHeader(), self.table.verticalHeader()):
             header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.note = QLabel("")
+        self.note.setWordWrap(True)  # a long note must wrap, not widen the whole Evaluation tab
         top = QWidget()
         top_layout = QVBoxLayout(top)
         top_layout.setContentsMargins(0, 0, 0, 0)

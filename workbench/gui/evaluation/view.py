@@ -25,6 +25,7 @@ from workbench.gui.evaluation.results import ResultData, describe_saved, metric_
 from workbench.gui.evaluation.service import EvaluationService
 from workbench.gui.evaluation.shots_plot import ShotsPlot
 from workbench.gui.evaluation.single_run import PROMPT, ResultPanel
+from workbench.gui.hparam_form import narrow_combo
 from workbench.gui.view_registry import register_view
 
 SHOT_SWEEP = (1, 5, 10)
@@ -123,7 +124,7 @@ class EvaluationView(QWidget):
 
     def _build_data_choice(self) -> None:
         """Which dataset's test tasks: the run's own, or another of its kind (from the catalog) and its location."""
-        self.dataset_combo = QComboBox()
+        self.dataset_combo = narrow_combo(QComboBox())
         self.dataset_combo.setToolTip("Test the run on its own dataset, or on another dataset of its kind; the "
                                       "other data is preprocessed like the run's training data")
         self.dataset_combo.addItem(OWN_DATA, None)
@@ -202,7 +203,7 @@ class EvaluationView(QWidget):
         self.progress_bar.setTextVisible(True)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
-        self.saved_combo = QComboBox()
+        self.saved_combo = narrow_combo(QComboBox())
         self.saved_combo.activated.connect(self._on_saved_chosen)
         for widget in (self.evaluate_button, self.sweep_button, self.cancel_button, self.progress_bar,
                        self.status_label, QLabel("Saved results of this run:"), self.saved_combo):
