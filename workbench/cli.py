@@ -735,28 +735,10 @@ def _epsilons(text: str) -> list[float]:
     return sorted(set(values))
 
 
-def _attack_curve(args, run, result, epsilons: list[float], progress):
-    """Accuracy against ε on the evaluation's own fixed episodes (rebuilt from its setting and seed)."""
-    from workbench.core import data
-    from workbench.core.adversarial import accuracy_against_epsilon
-    from workbench.core.device import resolve_device
-    from workbench.core.kinds import get_kind
-    from workbench.core.runs import load_model
-
-    loaded = load_model(run, resolve_device(args.device),
-                        kind=result.checkpoint if result.checkpoint in ("best", "last") else "best")
-    config = loaded.config if isinstance(run, str) else run.config
-    tasks = get_kind(config.kind, config.task).fixed_tasks(
-        data.load_dataset(config.dataset, progress), config, "test", result.episodes, result.seed,
-        ways=getattr(result, "ways", None), shots=result.shots, queries=result.queries)
-    return accuracy_against_epsilon(loaded.algorithm, tasks, epsilons, args.attack, args.attack_steps,
-                                    progress=progress, seed=result.seed)
-
-
 def cmd_eval(args) -> int:
     from workbench.core.device import configure_cpu_threads, resolve_device
     from workbench.core.errors import ConfigError
-    from workbench.core.evaluation import evaluate_run
+    from workbench.core.evaluation import attack_curve, evaluate_run
     from workbench.core.runs import RunStore
 
     printer = ProgressPrinter(enabled=not args.quiet)
@@ -778,7 +760,9 @@ def cmd_eval(args) -> int:
                           progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
                           data_root=root)
     if epsilons:  # saved once, with the curve
-        result.extras.update(_attack_curve(args, run, result, epsilons, printer.callback("attack")).extras())
+        curve = attack_curve(run, result, epsilons, attack=args.attack, steps=args.attack_steps, device=args.device,
+                             store=store, progress=printer.callback("attack"))
+        result.extras.update(curve.extras())
         if save and not is_file:
             run.save_evaluation(result)
     printer.end()

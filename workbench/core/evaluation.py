@@ -161,3 +161,18 @@ def evaluate_run(run_or_id: "Run | str", store: "RunStore | None" = None, *, epi
         run.save_evaluation(result if own else _OnOtherData(result, _stem_suffix(eval_config.dataset.name,
                                                                                  data_root or "")))
     return result
+
+
+def attack_curve(run_or_id: "Run | str", result, epsilons, *, attack: str = "fgsm", steps: int = 10,
+                 device: str = "auto", store: "RunStore | None" = None, progress: ProgressCallback = no_progress):
+    """Accuracy against ε (pixel units) on an evaluation's own fixed episodes, rebuilt from its setting and seed,
+    for the checkpoint it evaluated; ``result.extras.update(curve.extras())`` adds it to the result."""
+    from workbench.core.adversarial import accuracy_against_epsilon
+
+    checkpoint = result.checkpoint if result.checkpoint in ("best", "last") else "best"
+    loaded, config, _, _ = _resolve_source(run_or_id, store, resolve_device(device), checkpoint)
+    tasks = get_kind(config.kind, config.task).fixed_tasks(
+        data.load_dataset(config.dataset, progress), config, "test", result.episodes, result.seed,
+        ways=getattr(result, "ways", None), shots=result.shots, queries=result.queries)
+    return accuracy_against_epsilon(loaded.algorithm, tasks, epsilons, attack, steps, progress=progress,
+                                    seed=result.seed)

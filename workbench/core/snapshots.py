@@ -158,6 +158,7 @@ class InspectionSnapshots:
     def __init__(self, dataset: Any, config: Any, run_path: Path):
         self.path = Path(run_path) / INSPECTION_FILE
         self.note = ""
+        self.history: InspectionHistory | None = None  # read once (a resumed run's), then kept here
 
     def record(self, algorithm: Any, step: int) -> None:
         if not algorithm.has("inspection"):
@@ -166,15 +167,15 @@ class InspectionSnapshots:
             with torch.no_grad():
                 raw = algorithm.inspect()
             record = {spec.name: compact(spec, raw[spec.name]) for spec in algorithm.inspections if spec.name in raw}
-            history = read_inspections(self.path)
+            history = self.history if self.history is not None else read_inspections(self.path)
             keep = [i for i, s in enumerate(history.steps) if s < step]  # a resumed run replaces later ones
             steps = [history.steps[i] for i in keep] + [int(step)]
             records = [history.records[i] for i in keep] + [record]
             while len(steps) > INSPECTION_MAX_SNAPSHOTS:
                 chosen = sorted(set(range(0, len(steps) - 1, 2)) | {len(steps) - 1})
                 steps, records = [steps[i] for i in chosen], [records[i] for i in chosen]
-            write_inspections(self.path, InspectionHistory(list(algorithm.inspections), steps, records,
-                                                           algorithm.name))
+            self.history = InspectionHistory(list(algorithm.inspections), steps, records, algorithm.name)
+            write_inspections(self.path, self.history)
             self.note = ""
         except Exception as exc:  # never stops training; the view explains a missing history
             self.note = f"{type(exc).__name__}: {exc}"

@@ -334,20 +334,12 @@ def _evaluated(store, run_id: str, episodes: int):
 def _with_attack_curve(store, run_id: str, result) -> bool:
     """Add accuracy against ε on the evaluation's own episodes to ``result`` and save it with the run, as
     ``workbench eval --adversarial`` does; False when the algorithm cannot be attacked."""
-    from workbench.core import data
-    from workbench.core.adversarial import AttackUnsupported, accuracy_against_epsilon
-    from workbench.core.device import resolve_device
-    from workbench.core.kinds import get_kind
-    from workbench.core.runs import load_model
+    from workbench.core.adversarial import AttackUnsupported
+    from workbench.core.evaluation import attack_curve
 
     run = store.get(run_id)
-    config = run.config
-    loaded = load_model(run, resolve_device("auto"), kind=result.checkpoint or "best")
-    tasks = get_kind(config.kind, config.task).fixed_tasks(
-        data.load_dataset(config.dataset), config, "test", result.episodes, result.seed,
-        ways=getattr(result, "ways", None), shots=result.shots, queries=result.queries)
     try:
-        curve = accuracy_against_epsilon(loaded.algorithm, tasks, EPSILONS, seed=result.seed)
+        curve = attack_curve(run, result, EPSILONS)
     except AttackUnsupported:
         return False
     result.extras.update(curve.extras())

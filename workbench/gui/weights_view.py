@@ -155,6 +155,7 @@ class WeightsView(QWidget):
         self.theme = theme
         self.history: dict[str, np.ndarray] | None = None
         self.run_folder: Path | None = None
+        self.run_title = ""  # the shown run's name, or its folder's
         self.live_job: int | None = None
         self._last_check = 0.0
         self._loaded_mtime: float | None = None
@@ -368,7 +369,7 @@ class WeightsView(QWidget):
         if history is None or history.get("steps") is None or history["steps"].size == 0:
             return False
         self._loaded_mtime = mtime
-        self.set_history(history, title=f"Run {getattr(self, 'run_title', '') or self.run_folder.name}")
+        self.set_history(history, title=f"Run {self.run_title}")
         return True
 
     # --- drawing ---------------------------------------------------------------------------------

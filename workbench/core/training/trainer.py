@@ -174,6 +174,7 @@ class DivergenceWatch:
         self.factor = factor
         self.reference = reference
         self._above: deque[bool] = deque(maxlen=self.WINDOW)
+        self._above_count = 0  # sum(self._above), kept as the window slides (this runs every step)
         self._flagged = False
 
     def observe(self, loss: float) -> bool:
@@ -183,8 +184,12 @@ class DivergenceWatch:
         if self.reference is None:
             self.reference = max(loss, 1e-8)
             return False
-        self._above.append(loss > self.factor * self.reference)
-        share = sum(self._above) / self.WINDOW
+        above = loss > self.factor * self.reference
+        if len(self._above) == self.WINDOW:
+            self._above_count -= self._above[0]
+        self._above.append(above)
+        self._above_count += above
+        share = self._above_count / self.WINDOW
         if share < 0.5:
             self._flagged = False  # recovered: a later blow-up is reported again
         if self._flagged or share < self.SHARE:
@@ -194,7 +199,7 @@ class DivergenceWatch:
 
     def describe(self, loss: float) -> str:
         return (f"the loss (now {loss:.3g}) was above {self.factor:g} times its starting value "
-                f"({self.reference:.3g}) in {sum(self._above)} of the last {self.WINDOW} steps")
+                f"({self.reference:.3g}) in {self._above_count} of the last {self.WINDOW} steps")
 
 
 class Trainer:
