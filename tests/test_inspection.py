@@ -43,6 +43,10 @@ def test_layer_values_are_kept_as_histograms_with_their_summary():
     (GATES, {"input": np.ones(3)}, "lacks its x array 'x'"),
     (GATES, {"x": np.arange(3), "input": np.ones(4)}, "series 'input' has shape"),
     (InspectionSpec("map", "Attention", "heatmap", "help"), {"values": np.ones(3)}, "2-D array 'values'"),
+    (InspectionSpec("map", "Attention", "heatmap", "help"), {"values": np.ones((2, 3)), "row_images": np.ones((3, 4, 4))},
+     r"'row_images' must be \[2, H, W\]"),
+    (InspectionSpec("map", "Attention", "heatmap", "help"), {"values": np.ones((2, 3)), "column_images": np.ones((3, 4))},
+     r"'column_images' must be \[3, H, W\]"),
     (InspectionSpec("grid", "Images", "image_grid", "help"), {"images": np.ones(3)}, "needs 'images'"),
 ])
 def test_a_record_that_does_not_fit_its_plot_is_refused_naming_it(spec, arrays, message):

@@ -40,7 +40,8 @@ def raw_record(snapshot: int) -> dict[str, dict[str, np.ndarray]]:
         "rates": {layer: rng.normal(0.01 * (snapshot + 1), 0.002, size=50 * (i + 1)) for i, layer in enumerate(LAYERS)},
         "gates": {"step": steps, "input": steps * 0.1 + snapshot, "forget": 1.0 - steps * 0.05 * (snapshot + 1)},
         "attention": {"values": rng.random(SHAPE) + snapshot, "rows": np.array([f"q{i}" for i in range(SHAPE[0])]),
-                      "columns": np.array([f"s{j}" for j in range(SHAPE[1])])},
+                      "columns": np.array([f"s{j}" for j in range(SHAPE[1])]),
+                      "row_images": rng.random((SHAPE[0], 8, 8)), "column_images": rng.random((SHAPE[1], 8, 8))},
         "images": {"images": np.stack([np.full((8, 8), (i + snapshot) / 10) for i in range(THUMBS)]),
                    "labels": np.array([f"class {i}" for i in range(THUMBS)])},
     }
@@ -120,6 +121,12 @@ def test_lists_the_records_and_draws_each_plot_type(view, shown):
     heatmap = view.panels["heatmap"]
     np.testing.assert_allclose(heatmap.image.image, raw_record(2)["attention"]["values"].T, rtol=1e-6)
     assert heatmap.plot.getAxis("bottom")._tickLevels[0][0][1] == "s0"  # the columns' names
+    assert heatmap.thumbnail_count() == SHAPE[0] + SHAPE[1]  # a thumbnail beside each row, above each column
+    rects = [item.mapRectToView(item.boundingRect()) for item in heatmap.thumbnails]
+    assert all(rect.right() < 0 < rect.bottom() for rect in rects[:SHAPE[0]])  # left of the matrix
+    assert all(rect.bottom() < 0 < rect.right() for rect in rects[SHAPE[0]:])  # above it
+    view_range = heatmap.plot.getPlotItem().vb.viewRange()
+    assert view_range[0][0] <= -1 and view_range[1][0] <= -1  # and in view
     assert [cell.findChildren(type(view.status))[1].text() for cell in view.panels["image_grid"].cells][:2] == \
         ["class 0", "class 1"]
 

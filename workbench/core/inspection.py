@@ -21,7 +21,9 @@ import numpy as np
 PLOT_TYPES = {
     "layer_histograms": "one array of values per layer (any shape); kept as a histogram and summary per layer",
     "curves": "an x array (named by x_key) and one or more series of the same length, drawn as lines",
-    "heatmap": "'values' [rows, columns], with optional 'rows' and 'columns' label arrays",
+    "heatmap": "'values' [rows, columns], with optional 'rows' and 'columns' label arrays and optional "
+               "'row_images' [rows, H, W(, C)] and 'column_images' [columns, H, W(, C)] in [0, 1], drawn along the "
+               "axes (attention over support images, relation scores of queries x classes)",
     "image_grid": "'images' [N, H, W] or [N, H, W, C] in [0, 1], with optional 'labels' [N]",
 }
 HISTOGRAM_BINS = 40
@@ -79,6 +81,11 @@ def check_record(spec: InspectionSpec, arrays: dict[str, Any]) -> dict[str, np.n
     elif spec.plot == "heatmap":
         if out.get("values") is None or out["values"].ndim != 2:
             raise ValueError(f"{where}: needs a 2-D array 'values'")
+        for key, count in (("row_images", out["values"].shape[0]), ("column_images", out["values"].shape[1])):
+            images = out.get(key)
+            if images is not None and (images.ndim not in (3, 4) or len(images) != count):
+                raise ValueError(f"{where}: '{key}' must be [{count}, H, W] or [{count}, H, W, C], "
+                                 f"got shape {images.shape}")
     elif spec.plot == "image_grid":
         images = out.get("images")
         if images is None or images.ndim not in (3, 4):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Qt
+from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
@@ -23,6 +23,7 @@ from workbench.gui.theme import LIGHT, Theme
 
 Record = dict[str, np.ndarray] | None
 MAX_TICK_LABELS = 24  # heatmap rows or columns named on an axis; more are thinned
+THUMBNAIL_GAP = 0.08  # a heatmap's axis thumbnails: the gap around each, in cells
 HOVER_HINT = "Point at a cell to read its row, column and value."
 
 
@@ -329,7 +330,9 @@ class CurvesPlot(InspectionPlot):
 
 class HeatmapPlot(InspectionPlot):
     """heatmap: 'values' [rows, columns] as an image with a colour bar fixed over the snapshots; 'rows' and
-    'columns' name the axes' ticks when given; the value under the mouse is shown beneath."""
+    'columns' name the axes' ticks when given; 'row_images' and 'column_images' are drawn as one-cell thumbnails
+    left of each row and above each column, so they scale with the cells; the value under the mouse is shown
+    beneath."""
 
     def __init__(self, theme: Theme = LIGHT, parent: QWidget | None = None):
         super().__init__(theme, parent)
@@ -348,6 +351,7 @@ class HeatmapPlot(InspectionPlot):
         self.layout_.addWidget(self.hover)
         self.plot.scene().sigMouseMoved.connect(self._on_mouse)
         self.values: np.ndarray | None = None
+        self.thumbnails: list[pg.ImageItem] = []
 
     def _prepare(self) -> None:
         levels = finite_range([record.get("values") for record in self.records if record])
@@ -363,10 +367,35 @@ class HeatmapPlot(InspectionPlot):
             return
         rows, columns = self.values.shape
         self.image.setImage(self.values.T, autoLevels=False, levels=self.bar.levels())  # x: columns, y: rows
-        self.plot.setXRange(0, columns, padding=0.0)
-        self.plot.setYRange(0, rows, padding=0.0)
+        row_images, column_images = self._images(record, "row_images", rows), self._images(record, "column_images",
+                                                                                             columns)
+        self._draw_thumbnails(row_images, column_images)
+        self.plot.setXRange(-1 if row_images is not None else 0, columns, padding=0.0)
+        self.plot.setYRange(-1 if column_images is not None else 0, rows, padding=0.0)
         self._ticks("bottom", record.get("columns"), columns)
         self._ticks("left", record.get("rows"), rows)
+
+    @staticmethod
+    def _images(record: dict, key: str, count: int) -> np.ndarray | None:
+        images = record.get(key)
+        return images if images is not None and np.ndim(images) in (3, 4) and len(images) == count else None
+
+    def _draw_thumbnails(self, row_images: np.ndarray | None, column_images: np.ndarray | None) -> None:
+        """Row thumbnails in the column at x in [-1, 0], column thumbnails in the row at y in [-1, 0]."""
+        for item in self.thumbnails:
+            self.plot.removeItem(item)
+        self.thumbnails = []
+        size = 1.0 - 2 * THUMBNAIL_GAP
+        placed = [((-1 + THUMBNAIL_GAP, i + THUMBNAIL_GAP), image) for i, image in enumerate(
+            row_images if row_images is not None else [])]
+        placed += [((i + THUMBNAIL_GAP, -1 + THUMBNAIL_GAP), image) for i, image in enumerate(
+            column_images if column_images is not None else [])]
+        for (x, y), image in placed:
+            pixels = as_image(image)
+            item = pg.ImageItem(pixels.swapaxes(0, 1), levels=(0, 255))  # pyqtgraph's images are [x, y]
+            item.setRect(QRectF(x, y, size, size))
+            self.plot.addItem(item)
+            self.thumbnails.append(item)
 
     def _ticks(self, axis: str, labels, count: int) -> None:
         """Named ticks at the cells' centres (every k-th when there are many), or numbers when unnamed."""
@@ -403,6 +432,9 @@ class HeatmapPlot(InspectionPlot):
 
     def drawn_count(self) -> int:
         return int(self.image.image is not None and self.values is not None)
+
+    def thumbnail_count(self) -> int:
+        return len(self.thumbnails)
 
 
 class ImageGrid(InspectionPlot):
