@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_OMNIGLOT_ROOT, REPO_ROOT, environment  # noqa: E402
 
@@ -68,6 +70,7 @@ from workbench.core.evaluation import evaluate_run  # noqa: E402
 from workbench.core.kinds import get_kind  # noqa: E402
 from workbench.core.recipes import find_recipe, recipes_for  # noqa: E402
 from workbench.core.runs import RunStore, load_model  # noqa: E402
+from workbench.core.stats import paired_test  # noqa: E402
 from workbench.core.training import Trainer  # noqa: E402
 
 KIND = "classification"
@@ -238,6 +241,8 @@ def train_and_test(config: ExperimentConfig, store: RunStore, args) -> dict[str,
         "test_wall_minutes": (time.perf_counter() - wall1) / 60,
         "test": {key: test[key] for key in ("accuracy", "ci95", "episodes", "ways", "shots", "queries", "seed",
                                             "checkpoint", "extras")},
+        # Kept for paired comparisons on the same episodes (e.g. ANIL against MAML, the paper's claim).
+        "per_episode_accuracy": [round(float(value), 5) for value in result.per_episode_accuracy],
     }
 
 
@@ -473,6 +478,28 @@ def table_intro(data: dict[str, Any]) -> str:
             f"{env['torch']}, load average {env['load_average_1m']} at the start).")
 
 
+def paired_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Each method against MAML on the same test episodes: the mean per-episode difference with its 95% CI and a
+    paired t-test (runs without per-episode accuracies, or on other episodes, are left out)."""
+    runs = sorted(data["runs"], key=_order)
+    reference = {(r["dataset"], r["setting"]): r for r in runs if r["algorithm"] == REFERENCE}
+    rows = []
+    for row in runs:
+        base = reference.get((row["dataset"], row["setting"]))
+        ours, theirs = row.get("per_episode_accuracy"), (base or {}).get("per_episode_accuracy")
+        same = base is not None and all(row["test"].get(k) == base["test"].get(k) for k in ("episodes", "seed"))
+        if row is base or not ours or not theirs or not same or len(ours) != len(theirs):
+            continue
+        difference = np.asarray(ours) - np.asarray(theirs)
+        mean, p_value = paired_test(ours, theirs)
+        half = 1.96 * float(difference.std(ddof=1)) / math.sqrt(len(difference))
+        title = get_algorithm(row["algorithm"]).title if row["algorithm"] in algorithm_names() else row["algorithm"]
+        ways, shots = SETTINGS[row["setting"]]
+        setting = f"{'Omniglot (Lake)' if row['dataset'] == 'omniglot' else 'glyphs'} {ways}-way {shots}-shot"
+        rows.append([title, setting, f"{100 * mean:+.2f} ± {100 * half:.2f}", f"{p_value:.2g}", f"{len(ours):,}"])
+    return rows
+
+
 def render_table(data: dict[str, Any], readme: bool = False) -> str:
     headers = ["algorithm", "setting", "ours (test, 95% CI)", "CPU min", "steps", "recipe", "paper (source)",
                "floor", "notes"]
@@ -481,6 +508,11 @@ def render_table(data: dict[str, Any], readme: bool = False) -> str:
     intro = table_intro(data)
     skipped = [f"{s['algorithm']} ({s['reason']})" for s in data.get("skipped", [])]
     body = "\n".join([intro, "", *lines] + (["", "Not run: " + "; ".join(skipped) + "."] if skipped else []))
+    paired = paired_rows(data)
+    if paired:
+        body += ("\n\nPaired against MAML on the same test episodes (mean per-episode difference in points, 95% CI; "
+                 "two-sided paired t-test):\n\n| algorithm | setting | minus MAML | p | episodes |\n|---|---|---|---|---|\n"
+                 + "\n".join("| " + " | ".join(row) + " |" for row in paired))
     return f"{START}\n{body}\n{END}" if readme else body
 
 

@@ -155,6 +155,7 @@ def test_a_tiny_run_trains_selects_on_validation_and_tests_once(catalogue, one_t
     assert result["test"]["episodes"] == 5 and result["test"]["checkpoint"] == "best"
     assert 0.0 <= result["test"]["accuracy"] <= 1.0 and result["train_cpu_minutes"] > 0
     assert result["config"]["dataset"]["ways"] == 5
+    assert len(result["per_episode_accuracy"]) == 5  # for the paired comparisons
 
 
 def test_the_cpu_budget_leaves_validations_out(catalogue, monkeypatch):
@@ -174,3 +175,18 @@ def test_the_cpu_budget_leaves_validations_out(catalogue, monkeypatch):
     assert catalogue.ValidationClock("cpu-all").clock() == 21.0
     with catalogue.budget_clock(catalogue.ValidationClock("wall")):
         assert trainer_module.clock is wall
+
+
+def test_methods_are_paired_against_maml_on_the_same_episodes(catalogue):
+    maml = [1.0, 0.8, 0.6, 1.0]
+    data = {"runs": [row("maml", "glyphs", 0.85, per_episode_accuracy=maml),
+                     row("anil", "glyphs", 0.90, per_episode_accuracy=[1.0, 1.0, 0.8, 1.0]),
+                     row("protonet", "glyphs", 0.95),  # no per-episode accuracies: left out
+                     row("reptile", "glyphs", 0.80, per_episode_accuracy=[1.0, 0.8, 0.6]),  # other episodes
+                     row("fomaml", "omniglot", 0.90, per_episode_accuracy=maml)],  # no MAML on Omniglot
+            "args": {"minutes": 3, "clock": "cpu", "threads": 1, "eval_seed": 12345},
+            "environment": {"cpu": "test", "torch": "x", "load_average_1m": 0}}
+    paired = catalogue.paired_rows(data)
+    assert [r[0] for r in paired] == ["ANIL"]
+    assert paired[0][2].startswith("+10.00 ± ") and float(paired[0][3]) < 1 and paired[0][4] == "4"
+    assert "Paired against MAML" in catalogue.render_table(data)
