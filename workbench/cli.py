@@ -471,6 +471,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
                         "(one gradient-sign step of ε) or pgd (projected gradient descent: stronger, slower). "
                         "Default fgsm.")
     parser.add_argument("--attack-steps", type=int, default=10, help="Steps of the pgd attack (default 10).")
+    parser.add_argument("--episode-domains", choices=("any", "within"), help="Test episodes whose classes come from "
+                        "any domain or each from within one domain (an Omniglot alphabet, a folder subtree). "
+                        "Default: the run's own setting.")
 
 
 # --- commands ------------------------------------------------------------------------------------
@@ -758,7 +761,7 @@ def cmd_eval(args) -> int:
     result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
                           seed=args.seed, device=args.device, checkpoint=args.checkpoint,
                           progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
-                          data_root=root)
+                          data_root=root, episode_domains=args.episode_domains)
     if epsilons:  # saved once, with the curve
         curve = attack_curve(run, result, epsilons, attack=args.attack, steps=args.attack_steps, device=args.device,
                              store=store, progress=printer.callback("attack"))

@@ -512,3 +512,16 @@ def test_training_settings_an_algorithm_ignores_are_greyed_with_the_reason(qtbot
     panel.algorithm_combo.set_name("protonet")  # a method that uses them all: enabled again
     assert all(panel.training_form.editor(name).isEnabled() for name in panel.training_form.names())
     assert "does not use" not in panel.training_form.editor(unused[0]).toolTip()
+
+
+def test_the_episode_preview_follows_episodes_within_one_domain(qtbot, make_window, gui):
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    panel = window.dataset_panel
+    split = panel.dataset.splits["train"]
+    group_of = dict(zip(split.class_names, split.class_groups))
+    panel.options.set_values({"episode_domains": "within"})
+    for _ in range(3):  # every preview, also after a resample, draws its classes from one alphabet
+        assert len({group_of[name] for name, _, _ in panel.grid.rows}) == 1
+        panel.resample_button.click()
+    assert window.current_config().dataset.episode_domains == "within"

@@ -15,6 +15,7 @@ from typing import Any
 import tomli_w
 
 from workbench.core.data import dataset_info, dataset_names, datasets_for_kind
+from workbench.core.data.episodes import EPISODE_DOMAINS
 from workbench.core.device import DEVICE_CHOICES
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import build, hparam, to_dict
@@ -28,9 +29,12 @@ class DatasetConfig:
     # The choices are the catalog's (plugins add datasets), checked in ExperimentConfig.from_dict.
     name: str = hparam("glyphs", "Which dataset to sample tasks from.")
     root: str = hparam("", "Folder (or zip) holding the data; not needed for the built-in glyphs.")
-    split: str = hparam("default", "Class split protocol. Omniglot: 'lake' (background/evaluation) or 'vinyals' "
-                        "(1,200 training characters); 'default' picks the dataset's usual one.",
-                        choices=("default", "lake", "vinyals", "ratio"))
+    split: str = hparam("default", "Class split protocol. Omniglot: 'lake' (background/evaluation; holds out whole "
+                        "alphabets) or 'vinyals' (1,200 training characters); image folders: 'ratio' (classes "
+                        "split 60/20/20) or 'domains' (whole domain folders <root>/<domain>/<class>/ split "
+                        "60/20/20 by class count, so no domain is in two splits); glyphs always hold out whole "
+                        "alphabets; 'default' picks the dataset's usual one.",
+                        choices=("default", "lake", "vinyals", "ratio", "domains"))
     image_size: int = hparam(0, "Side of the square images fed to the model; 0 uses the dataset's default.",
                              low=0, high=512)
     rotations: bool = hparam(False, "Rotation class augmentation: each training class also appears rotated by "
@@ -43,6 +47,11 @@ class DatasetConfig:
                         low=1, high=100)
     queries: int = hparam(15, "Q-query: query examples per class in each episode (regression: query points per "
                           "task).", low=1, high=1000)
+    episode_domains: str = hparam("any", "Where an episode's classes come from: 'any' class of the split, or "
+                                  "'within' one domain (an Omniglot or glyph alphabet, an image-folder subtree "
+                                  "<root>/<domain>/<class>/), as in Lake et al.'s one-shot runs; the domain is chosen "
+                                  "uniformly among those with at least n-way classes. Training, validation and test "
+                                  "episodes all follow it.", choices=EPISODE_DOMAINS, label="Episode domains")
 
 
 @dataclass

@@ -128,13 +128,15 @@ def evaluate_run(run_or_id: "Run | str", store: "RunStore | None" = None, *, epi
                  ways: int | None = None, shots: int | None = None, queries: int | None = None,
                  seed: int | None = None, device: str = "auto", checkpoint: str = "best",
                  progress: ProgressCallback = no_progress, save: bool = True, dataset: str | None = None,
-                 data_root: str | None = None):
+                 data_root: str | None = None, episode_domains: str | None = None):
     """Evaluate a run's checkpoint on its kind's fixed test tasks (defaults from the run's config) and save it.
 
     ``run_or_id`` may also be a .pt checkpoint file; its embedded config names the dataset and the
     result is not saved anywhere. ``ways``/``shots``/``queries`` override the test setting (regression: shots
     are the support points, queries the query points of each task). ``dataset`` / ``data_root`` test on another
     dataset (see the module docstring); the episode count then defaults to that dataset's standard one.
+    ``episode_domains`` ("any" or "within") overrides how the test episodes pick their classes (default: the
+    run's own setting), e.g. to test a model on within-alphabet episodes and on random ones.
     """
     if checkpoint not in ("best", "last"):
         raise ConfigError("checkpoint", f"'{checkpoint}' is not a checkpoint; use 'best' or 'last'")
@@ -144,6 +146,8 @@ def evaluate_run(run_or_id: "Run | str", store: "RunStore | None" = None, *, epi
     kind = get_kind(config.kind, config.task)
     own = _is_own(config, dataset, data_root)
     eval_config = evaluation_dataset_config(config, dataset, data_root, getattr(loaded.spec, "image_size", None))
+    if episode_domains:
+        eval_config = eval_config.replace(dataset={"episode_domains": episode_domains})
     test_data = (data.load_dataset(config.dataset, progress) if own else
                  _other_dataset(config, eval_config, loaded, progress))
     count = eval_config.eval_episodes() if episodes is None else episodes
@@ -171,6 +175,8 @@ def attack_curve(run_or_id: "Run | str", result, epsilons, *, attack: str = "fgs
 
     checkpoint = result.checkpoint if result.checkpoint in ("best", "last") else "best"
     loaded, config, _, _ = _resolve_source(run_or_id, store, resolve_device(device), checkpoint)
+    domains = getattr(result, "domains", "any")  # the episodes of the result, within one domain or not
+    config = config.replace(dataset={"episode_domains": domains}) if domains != "any" else config
     tasks = get_kind(config.kind, config.task).fixed_tasks(
         data.load_dataset(config.dataset, progress), config, "test", result.episodes, result.seed,
         ways=getattr(result, "ways", None), shots=result.shots, queries=result.queries)

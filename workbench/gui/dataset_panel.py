@@ -25,7 +25,8 @@ from workbench.core.config import DatasetConfig, config_fields
 from workbench.core import data as core_data
 from workbench.core.data import EpisodeSampler, dataset_info
 from workbench.core.data.base import SPLIT_TITLES, SPLITS
-from workbench.core.errors import EpisodeError
+from workbench.core.data.episodes import episode_options
+from workbench.core.errors import ConfigError, EpisodeError
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.gui.background import BackgroundTask
 from workbench.gui.hparam_form import HParamForm, narrow_combo
@@ -500,6 +501,8 @@ class DatasetPanel(QWidget):
             return
         if self.is_ready():
             self._refresh_status()
+            if self.has_episodes():  # e.g. episodes within one domain: the preview follows
+                self.resample(new_seed=False)
         else:
             self.load_error = None
             self._refresh_status()
@@ -711,8 +714,9 @@ class DatasetPanel(QWidget):
         split = self.dataset.splits["train"]
         try:
             sampler = EpisodeSampler(split, self.dataset.spec, values["ways"], values["shots"], values["queries"],
-                                     seed=self._preview_seed, split_name="train", dataset_name=self.dataset.name)
-        except EpisodeError:
+                                     seed=self._preview_seed, split_name="train", dataset_name=self.dataset.name,
+                                     **episode_options(self.values()))
+        except (EpisodeError, ConfigError):
             self.grid.set_message("No episode can be drawn with this setting; see the message under Episodes.")
             self.preview_caption.clear()
             return

@@ -56,8 +56,9 @@ CATALOG: dict[str, DatasetInfo] = {
                     "or zip files; can download through torchvision.", needs_root=True, downloadable=True,
                     test_tasks=1000, default_image_size=28, splits=("lake", "vinyals"), has_zip_form=True),
         DatasetInfo("folder", "Image folder", "folder",
-                    "Any folder with one subfolder per class, or train/val/test subfolders of class folders.",
-                    needs_root=True, splits=("ratio",)),
+                    "Any folder with one subfolder per class, or train/val/test subfolders of class folders, or "
+                    "domain folders of class folders (<root>/<domain>/<class>/).",
+                    needs_root=True, splits=("ratio", "domains")),
         DatasetInfo("mini-imagenet", "mini-ImageNet", "miniimagenet",
                     "100 ImageNet classes at 84x84, Ravi & Larochelle split (64/16/20), from split CSVs plus images "
                     "or the common pickle cache.", needs_root=True, default_image_size=84),

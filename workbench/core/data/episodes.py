@@ -1,4 +1,11 @@
-"""N-way K-shot Q-query episodes, seeded, and fixed episode sets for fair evaluation."""
+"""N-way K-shot Q-query episodes, seeded, and fixed episode sets for fair evaluation.
+
+Episode domains (``dataset.episode_domains``): "any" draws an episode's classes from the whole split; "within"
+draws them all from one domain (``ClassSplit.class_groups``: an Omniglot or glyph alphabet, an image-folder
+subtree), the sampling of meta face recognition and the shape of Lake et al.'s one-shot runs (an alphabet, then
+20 of its characters). The domain is chosen uniformly among the domains with at least n-way eligible classes, as
+Lake's runs take one alphabet each whatever its size; domains with fewer classes are skipped.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,10 @@ from dataclasses import dataclass
 import torch
 
 from workbench.core.data.base import SPLIT_TITLES, ClassSplit, PreprocessSpec
-from workbench.core.errors import EpisodeError
+from workbench.core.errors import ConfigError, EpisodeError
+
+EPISODE_DOMAINS = ("any", "within")
+DOMAINS_FIELD = "dataset.episode_domains"
 
 
 @dataclass
@@ -71,6 +81,40 @@ def check_episode_setting(split: ClassSplit, ways: int, shots: int, queries: int
     return eligible
 
 
+def episode_options(values: dict) -> dict:
+    """The sampler keyword arguments a dataset config (or a form's values) sets beyond n-way / k-shot / q-query."""
+    return {"domains": str(values.get("episode_domains") or "any")}
+
+
+def domain_pools(split: ClassSplit, eligible: list[int], ways: int, split_name: str = "train",
+                 dataset_name: str = "") -> tuple[list[str], list[torch.Tensor], list[str]]:
+    """The domains with at least ``ways`` eligible classes (names and class-id tensors, in name order), and the
+    names of the domains skipped; ConfigError naming the dataset and split when no domain qualifies."""
+    title = SPLIT_TITLES.get(split_name, split_name)
+    where = f"the {title} split" + (f" of {dataset_name}" if dataset_name else "")
+    if not split.class_groups:
+        raise ConfigError(DOMAINS_FIELD, f"'within' draws every episode from one domain, but {where} has no domains "
+                          "(they come from Omniglot and glyph alphabets, or image-folder subtrees "
+                          "<root>/<domain>/<class>/); use 'any'")
+    by_domain: dict[str, list[int]] = {}
+    for c in eligible:
+        by_domain.setdefault(split.class_groups[c], []).append(c)
+    names = sorted(by_domain)
+    kept = [name for name in names if len(by_domain[name]) >= ways]
+    if not kept:
+        sizes = sorted(((len(v), k) for k, v in by_domain.items()), key=lambda item: (-item[0], item[1]))
+        largest = sizes[0][0] if sizes else 0
+        at_largest = sum(1 for size, _ in sizes if size >= largest)
+        shown = ", ".join(f"{name} {size}" for size, name in sizes[:8]) + (" ..." if len(sizes) > 8 else "")
+        fix = (f"lower n-way to at most {largest} ({at_largest} domain{'s' if at_largest != 1 else ''} "
+               f"qualif{'y' if at_largest != 1 else 'ies'}) or use 'any'" if largest >= 2 else "use 'any'")
+        raise ConfigError(DOMAINS_FIELD, f"'within' needs a domain with at least n-way = {ways} usable classes, but "
+                          f"0 of the {len(sizes)} domains of {where} have that many (usable classes per domain: "
+                          f"{shown}); {fix}")
+    skipped = [name for name in names if name not in kept]
+    return kept, [torch.tensor(by_domain[name]) for name in kept], skipped
+
+
 @dataclass
 class LabeledBatch:
     """A plain labelled batch over all training classes (for pre-training baselines)."""
@@ -86,20 +130,38 @@ class EpisodeSampler:
     """Draws episodes from one split with its own seeded generator."""
 
     def __init__(self, split: ClassSplit, spec: PreprocessSpec, ways: int, shots: int, queries: int,
-                 seed: int = 0, split_name: str = "train", dataset_name: str = ""):
+                 seed: int = 0, split_name: str = "train", dataset_name: str = "", domains: str = "any"):
+        if domains not in EPISODE_DOMAINS:
+            raise ConfigError(DOMAINS_FIELD, f"{domains!r} is not allowed; use one of {', '.join(EPISODE_DOMAINS)}")
         self.split = split
         self.spec = spec
         self.ways, self.shots, self.queries = ways, shots, queries
-        self.eligible = torch.tensor(check_episode_setting(split, ways, shots, queries, split_name, dataset_name))
-        self.excluded_classes = [split.class_names[c] for c in range(split.num_classes)
-                                 if c not in set(self.eligible.tolist())]
+        self.domains = domains
+        eligible = check_episode_setting(split, ways, shots, queries, split_name, dataset_name)
+        self.eligible = torch.tensor(eligible)
+        usable = set(eligible)
+        self.excluded_classes = [split.class_names[c] for c in range(split.num_classes) if c not in usable]
+        # "within": the domains episodes come from (names, class ids) and those too small to serve one.
+        self.domain_names: list[str] = []
+        self.domain_classes: list[torch.Tensor] = []
+        self.skipped_domains: list[str] = []
+        if domains == "within":
+            self.domain_names, self.domain_classes, self.skipped_domains = domain_pools(
+                split, eligible, ways, split_name, dataset_name)
         self.generator = torch.Generator().manual_seed(seed)
+
+    def choose_classes(self, generator: torch.Generator) -> list[int]:
+        """The episode's class ids: from the whole split, or all from one uniformly chosen domain."""
+        pool = self.eligible
+        if self.domains == "within":
+            pool = self.domain_classes[int(torch.randint(len(self.domain_classes), (1,), generator=generator))]
+        return pool[torch.randperm(len(pool), generator=generator)[: self.ways]].tolist()
 
     def sample_indices(self, generator: torch.Generator | None = None) -> tuple[list[int], torch.Tensor, torch.Tensor]:
         """Class ids plus support and query row indexes, laid out class by class."""
         gen = generator or self.generator
         by_class = self.split.indices_by_class()
-        chosen = self.eligible[torch.randperm(len(self.eligible), generator=gen)[: self.ways]].tolist()
+        chosen = self.choose_classes(gen)
         support, query = [], []
         for c in chosen:
             rows = by_class[c]
@@ -140,8 +202,8 @@ class FixedEpisodes:
     """
 
     def __init__(self, split: ClassSplit, spec: PreprocessSpec, ways: int, shots: int, queries: int,
-                 count: int, seed: int, split_name: str = "test", dataset_name: str = ""):
-        self.sampler = EpisodeSampler(split, spec, ways, shots, queries, seed, split_name, dataset_name)
+                 count: int, seed: int, split_name: str = "test", dataset_name: str = "", domains: str = "any"):
+        self.sampler = EpisodeSampler(split, spec, ways, shots, queries, seed, split_name, dataset_name, domains)
         self.seed = seed
         generator = torch.Generator().manual_seed(seed)
         self._tasks = [self.sampler.sample_indices(generator) for _ in range(count)]
@@ -153,6 +215,10 @@ class FixedEpisodes:
     @property
     def split(self) -> ClassSplit:
         return self.sampler.split
+
+    @property
+    def domains(self) -> str:
+        return self.sampler.domains
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -1,5 +1,13 @@
 """Image folder datasets: one subfolder per class, or train/ val/ test/ subfolders of class folders.
 
+Domains: when the subfolders hold no images of their own but folders of images (``<root>/<domain>/<class>/``,
+also under train/ val/ test/), each subfolder is a domain (like an Omniglot alphabet) and its subfolders are the
+classes, named ``<domain>/<class>``; the classes' ``class_groups`` are their domains, so
+``dataset.episode_domains = "within"`` can draw each episode from one domain. ``dataset.split = "domains"`` splits
+whole domains (pooled from train/val/test when present) in a seeded order, each held-out split taking domains
+until it has about 20% of the classes (at least 5, or a third when there are fewer than 15), so no domain is in
+two splits; ``ratio`` and ``default`` split classes, whatever their domain.
+
 Without train/val/test subfolders (or with ``dataset.split = "ratio"``) classes are shuffled with
 ``split_seed`` and split 60/20/20, except that meta-validation and meta-test each get at least 5 classes (or a
 third of all classes when there are fewer than 15) so small folders still allow 5-way episodes. The split
@@ -144,10 +152,30 @@ def _root_error(root_text: str) -> str | None:
 def _plan(root: Path, config, report: FolderReport) -> dict[str, list[tuple[str, list[Path]]]]:
     """Class folders and their image files per split (no decoding)."""
     split_folders = _find_split_folders(root)
-    if split_folders and config.split != "ratio":
+    if split_folders and config.split not in ("ratio", "domains"):
         return _plan_from_split_folders(root, split_folders, config, report)
-    # One folder per class, possibly gathered from train/val/test when the split is forced to "ratio".
+    # One folder per class, possibly gathered from train/val/test when the split is forced to a ratio.
     return _plan_by_ratio(root, list(split_folders.values()) if split_folders else [root], config, report)
+
+
+def _class_folders(source: Path) -> list[tuple[str, Path]]:
+    """(class name, folder) of a source's classes: its subfolders, or, when they are domain folders (no images
+    of their own, only folders), each domain's subfolders named ``<domain>/<class>``."""
+    folders = _subfolders(source)
+    if folders and not any(scan_images(f) for f in folders) and any(_subfolders(f) for f in folders):
+        return [(f"{domain.name}/{c.name}", c) for domain in folders for c in _subfolders(domain)]
+    return [(f.name, f) for f in folders]
+
+
+def domain_of(class_name: str) -> str:
+    """The domain of a class of a domain layout (``<domain>/<class>``); "" for a plain class folder."""
+    return class_name.rpartition("/")[0]
+
+
+def class_domains(names: list[str]) -> list[str] | None:
+    """Each class's domain when every class has one (ClassSplit.class_groups), else None."""
+    domains = [domain_of(name) for name in names]
+    return domains if domains and all(domains) else None
 
 
 def _plan_from_split_folders(root: Path, split_folders: dict[str, Path], config,
@@ -166,19 +194,20 @@ def _plan_from_split_folders(root: Path, split_folders: dict[str, Path], config,
         report.notes.append(f"folders beside train/val/test are ignored: {_name_list(others)}")
     owner: dict[str, str] = {}
     for split, folder in split_folders.items():
-        for class_dir in _subfolders(folder):
-            if class_dir.name in owner:
+        for name, class_dir in _class_folders(folder):
+            if name in owner:
                 report.errors.append(
-                    f"class '{class_dir.name}' is in both {split_folders[owner[class_dir.name]]} and {folder}; "
+                    f"class '{name}' is in both {split_folders[owner[name]]} and {folder}; "
                     "a class may be in only one split (meta-test classes must be unseen in training)")
                 report.folder_problem = True
-            owner[class_dir.name] = split
+            owner[name] = split
             files = scan_images(class_dir)
             if files:
-                plan[split].append((class_dir.name, files))
+                plan[split].append((name, files))
             else:  # reported, and takes no place in the split
-                report.left_out.append((class_dir.name, split, _no_image_files([class_dir])))
-    report.layout = "train/val/test subfolders"
+                report.left_out.append((name, split, _no_image_files([class_dir])))
+    in_domains = any(domain_of(name) for name in owner)
+    report.layout = "train/val/test subfolders" + (" of domain folders" if in_domains else "")
     if "val" not in split_folders:
         train = dict(plan["train"])
         n_val = _ratio_counts(len(train), (0.8, 0.2))[1]
@@ -196,26 +225,63 @@ def _plan_by_ratio(root: Path, sources: list[Path], config,
     class_files: dict[str, list[Path]] = {}
     class_dirs: dict[str, list[Path]] = {}
     for source in sources:
-        for class_dir in _subfolders(source):
-            class_files.setdefault(class_dir.name, []).extend(scan_images(class_dir))
-            class_dirs.setdefault(class_dir.name, []).append(class_dir)
+        for name, class_dir in _class_folders(source):
+            class_files.setdefault(name, []).extend(scan_images(class_dir))
+            class_dirs.setdefault(name, []).append(class_dir)
     if not class_files or not any(class_files.values()):
-        report.errors.append(_no_images_message(root, sources, class_files))
+        report.errors.append(_no_images_message(root, class_files, class_dirs))
         report.folder_problem = True
         return plan
     # Empty class folders would take a place in the split; they are reported instead.
     report.left_out.extend((name, "", _no_image_files(class_dirs[name]))
                            for name, files in sorted(class_files.items()) if not files)
-    order = _shuffled([name for name, files in class_files.items() if files], config.split_seed)
-    counts = _ratio_counts(len(order), RATIOS)
-    start = 0
-    for split, count in zip(SPLITS, counts):
-        plan[split] = [(name, class_files[name]) for name in sorted(order[start:start + count])]
-        start += count
+    names = [name for name, files in class_files.items() if files]
+    domains = class_domains(names)
+    ratios = "/".join(str(round(r * 100)) for r in RATIOS)
+    in_domains = f" in {len(set(domains))} domain folders" if domains else ""
+    if config.split == "domains":
+        groups = _domain_groups(root, names, domains, config.split_seed, report)
+        if groups is None:
+            return plan
+        report.layout = (f"{len(names)} class folders in {len(set(domains))} domain folders; whole domains split "
+                         f"about {ratios} by class count (seed {config.split_seed})")
+    else:
+        order = _shuffled(names, config.split_seed)
+        bounds = np.cumsum((0, *_ratio_counts(len(order), RATIOS)))
+        groups = [order[bounds[i]:bounds[i + 1]] for i in range(len(SPLITS))]
+        report.layout = f"{len(order)} class folders{in_domains} split {ratios} by ratio (seed {config.split_seed})"
+    for split, group in zip(SPLITS, groups):
+        plan[split] = [(name, class_files[name]) for name in sorted(group)]
     report.ratio_split = True
-    report.layout = (f"{len(order)} class folders split {'/'.join(str(round(r * 100)) for r in RATIOS)} "
-                     f"by ratio (seed {config.split_seed})")
     return plan
+
+
+def _domain_groups(root: Path, names: list[str], domains: list[str] | None, seed: int,
+                   report: FolderReport) -> list[list[str]] | None:
+    """Class names per split (train, val, test) taking whole domains; None with an error when it cannot."""
+    if not domains or len(set(domains)) < len(SPLITS):
+        found = (f"has {len(set(domains))} domain folder(s)" if domains else
+                 "has class folders directly, not <root>/<domain>/<class>/ folders")
+        report.errors.append(f"dataset.split 'domains' holds out whole domain folders, one or more per split, but "
+                             f"{root} {found}; use 'ratio' to split its classes, or give it at least "
+                             f"{len(SPLITS)} domain folders of class folders")
+        report.folder_problem = True
+        return None
+    members: dict[str, list[str]] = {}
+    for name, domain in zip(names, domains):
+        members.setdefault(domain, []).append(name)
+    order = _shuffled(list(members), seed)
+    held: list[list[str]] = []
+    for index, ratio in enumerate(RATIOS[1:]):
+        target = max(ratio * len(names), min(MIN_HELD_OUT, len(names) // 3))
+        reserve = len(RATIOS) - 1 - index  # domains left for the splits still to fill
+        taken: list[str] = []
+        # At least one domain, then more while that brings the class count nearer the target.
+        while len(order) > reserve and (not taken or abs(len(taken) + len(members[order[0]]) - target)
+                                        < abs(len(taken) - target)):
+            taken += members[order.pop(0)]
+        held.append(taken)
+    return [[name for domain in order for name in members[domain]], *held]
 
 
 def _no_image_files(folders: list[Path]) -> str:
@@ -234,14 +300,14 @@ def _unreadable(files: list[Path], skipped: dict[str, str]) -> str:
             f"{skipped.get(str(first), 'unreadable')}")
 
 
-def _no_images_message(root: Path, sources: list[Path], class_files: dict[str, list[Path]]) -> str:
+def _no_images_message(root: Path, class_files: dict[str, list[Path]], class_dirs: dict[str, list[Path]]) -> str:
     if not class_files:
         loose = [p for p in root.iterdir() if p.is_file() and is_image_name(p)]
         hint = (f"; it holds {len(loose)} image file(s) directly: put each class's images in its own subfolder"
                 if loose else "")
         return (f"{root} has no class subfolders{hint}. Expected {root}/<class name>/<images>, or train/, val/ and "
                 "test/ subfolders of class folders")
-    nested = any(_subfolders(d) for s in sources for d in _subfolders(s))
+    nested = any(_subfolders(d) for dirs in class_dirs.values() for d in dirs)
     hint = (" Images seem to be one folder deeper: point dataset.root at a folder whose subfolders hold the "
             "images." if nested else "")
     return (f"no image files were found in the class folders of {root} (looked for "
@@ -282,7 +348,8 @@ def _check_counts(report: FolderReport, root: Path, config, ratio_layout: bool) 
         fit = min(len(report.classes[s]) for s in SPLITS)
         fix = (f"lower n-way to at most {fit} or add class folders" if fit >= 2 else
                f"add class folders: {len(SPLITS) * ways} are needed for {ways}-way episodes")
-        report.errors.append(f"{root} has {_classes(total_classes)}, split 60/20/20 by ratio; {have}, fewer than "
+        how = "whole domains split about 60/20/20" if config.split == "domains" else "split 60/20/20 by ratio"
+        report.errors.append(f"{root} has {_classes(total_classes)}, {how}; {have}, fewer than "
                              f"n-way = {ways}. Every split needs at least n-way classes, so {fix}.")
         return
     for split in SPLITS:
@@ -390,7 +457,8 @@ def load(config, progress=no_progress) -> FewShotDataset:
         # One gather per split; the channel slice and NCHW layout are folded into the same copy.
         images = torch.from_numpy(decoded[rows][..., :channels]).permute(0, 3, 1, 2).contiguous()
         labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
-        splits[split] = ClassSplit(images, labels, list(report.classes[split]))
+        names = list(report.classes[split])
+        splits[split] = ClassSplit(images, labels, names, class_domains(names))
     train = splits["train"].images
     if len(train):
         pixels = _sample(train).float().div(255.0).transpose(0, 1).reshape(channels, -1)

@@ -6,14 +6,18 @@ files (``images_background.zip``, ``images_evaluation.zip``, or the small sets `
 
 Protocols (``dataset.split``):
 
-* ``lake`` / ``default``: meta-test = the 659 evaluation characters (20 alphabets); meta-train = the background
-  characters (964, 30 alphabets) minus meta-validation; meta-validation = whole background alphabets taken in
-  a seeded order (``split_seed``) while that brings their character count nearer 10% of the background (with
-  seed 0: Armenian and Cyrillic, 74 characters). Validation, like testing, uses alphabets never trained on,
-  and meta-train keeps ~90% of the background characters (890 with seed 0).
+* ``lake`` / ``default`` / ``domains``: meta-test = the 659 evaluation characters (20 alphabets); meta-train =
+  the background characters (964, 30 alphabets) minus meta-validation; meta-validation = whole background
+  alphabets taken in a seeded order (``split_seed``) while that brings their character count nearer 10% of the
+  background (with seed 0: Armenian and Cyrillic, 74 characters). Validation, like testing, uses alphabets never
+  trained on, and meta-train keeps ~90% of the background characters (890 with seed 0).
 * ``vinyals``: all 1,623 characters pooled and shuffled with ``split_seed``; 1,028 meta-train, 172
   meta-validation (together the usual 1,200 training characters) and 423 meta-test, the counts of Vinyals et
   al. 2016 / Snell et al. 2017. Class membership is seeded, not their exact lists.
+
+Every character's alphabet is its class group (``ClassSplit.class_groups``), so ``dataset.episode_domains =
+"within"`` draws each episode from one alphabet, like Lake et al.'s one-shot runs (20 characters of one evaluation
+alphabet); every evaluation alphabet has at least 20 characters.
 
 When only part of the data is present (for example only the small background zips) ``lake`` cannot use the
 evaluation set, so whole alphabets are split instead (about 20% of characters for meta-test, 10% for
@@ -373,9 +377,9 @@ def pixel_stats(images: torch.Tensor) -> tuple[float, float]:
 
 def load(config, progress=no_progress) -> FewShotDataset:
     protocol = config.split if config.split in ("lake", "vinyals") else "lake"
-    if config.split not in ("default", "lake", "vinyals"):
-        raise DatasetError(f"dataset.split '{config.split}' does not apply to Omniglot; use 'lake' (or 'default') "
-                           "or 'vinyals'")
+    if config.split not in ("default", "lake", "vinyals", "domains"):  # Lake's split holds out whole alphabets
+        raise DatasetError(f"dataset.split '{config.split}' does not apply to Omniglot; use 'lake' (or 'default'; "
+                           "it holds out whole alphabets) or 'vinyals'")
     size = config.image_size or DEFAULT_IMAGE_SIZE
     root = Path(config.root).expanduser() if config.root else default_root()
     if not find_sources(root):

@@ -3,7 +3,9 @@ a 95% confidence interval, per-class accuracy, a confusion matrix and every quer
 misclassified images).
 
 Every algorithm evaluated with the same split, way/shot/query setting, count and seed sees the same episodes
-(:class:`FixedEpisodes`), so their numbers compare fairly.
+(:class:`FixedEpisodes`), so their numbers compare fairly. ``dataset.episode_domains = "within"`` draws every
+training, validation and test episode from one domain (an alphabet); such a result says so (``domains``) and is
+saved under its own file name.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.data.base import ClassSplit, PreprocessSpec, ProgressCallback, no_progress
-from workbench.core.data.episodes import EpisodeSampler, FixedEpisodes, LabeledBatch
+from workbench.core.data.episodes import EpisodeSampler, FixedEpisodes, LabeledBatch, episode_options
 from workbench.core.errors import DatasetError
 from workbench.core.kinds import register
 from workbench.core.kinds.base import ACCURACY, ExperimentKind
@@ -58,6 +60,7 @@ class EvalResult:
     # Algorithm-specific additions (e.g. learned sample weights), from evaluation_extras().
     extras: dict[str, Any] = field(default_factory=dict)
     kind: str = "classification"
+    domains: str = "any"  # "within": every episode's classes came from one domain (dataset.episode_domains)
 
     @property
     def value(self) -> float:
@@ -75,6 +78,8 @@ class EvalResult:
             stem += f"-q{self.queries}"
         if self.split != "test":
             stem += f"-{self.split}"
+        if self.domains != "any":
+            stem += f"-{self.domains}"
         if self.checkpoint == "last":
             stem += "-last"
         return stem
@@ -92,8 +97,9 @@ class EvalResult:
         return ranked[::-1][:count], ranked[:count]
 
     def summary(self) -> str:
+        within = ", each within one domain" if self.domains == "within" else ""
         return (f"{100 * self.accuracy:.2f}% ± {100 * self.ci95:.2f}% ({self.ways}-way {self.shots}-shot, "
-                f"{self.episodes} {self.split} episodes, seed {self.seed})")
+                f"{self.episodes} {self.split} episodes{within}, seed {self.seed})")
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"per_episode_accuracy": np.asarray(self.per_episode_accuracy, np.float32),
@@ -118,7 +124,7 @@ class EvalResult:
             "confusion_classes": list(self.confusion_classes),
             "confusion": np.asarray(self.confusion).tolist() if small else None,
             "misclassified": int(len(self.misclassified().get("true", []))),
-            "extras": _jsonable(self.extras), "kind": self.kind,
+            "extras": _jsonable(self.extras), "kind": self.kind, "episode_domains": self.domains,
         }
 
     @classmethod
@@ -138,7 +144,7 @@ class EvalResult:
             query_records=queries, elapsed_s=float(data.get("elapsed_s", 0.0)),
             checkpoint=data.get("checkpoint", ""), run=data.get("run", ""), dataset=data.get("dataset", ""),
             algorithm=data.get("algorithm", ""), created=data.get("created", ""), extras=data.get("extras") or {},
-            kind=data.get("kind") or "classification")
+            kind=data.get("kind") or "classification", domains=data.get("episode_domains") or "any")
 
 
 def _jsonable(value):
@@ -207,7 +213,8 @@ def evaluate_episodes(algorithm: Any, episodes: FixedEpisodes, device: torch.dev
         accuracy=accuracy, ci95=ci95, episodes=total, ways=sampler.ways, shots=sampler.shots,
         queries=sampler.queries, seed=int(episodes.seed), split=split, per_episode_accuracy=per_episode,
         per_class_accuracy=per_class, confusion=confusion, confusion_classes=[class_names[int(c)] for c in seen],
-        query_records=query_records, elapsed_s=time.monotonic() - started, algorithm=algorithm.name)
+        query_records=query_records, elapsed_s=time.monotonic() - started, algorithm=algorithm.name,
+        domains=getattr(episodes, "domains", "any"))
     # Hook: algorithms can add their own results (e.g. learned sample weights).
     extras = algorithm.evaluation_extras(episodes)
     if extras:
@@ -238,6 +245,7 @@ class ImageKind(ExperimentKind):
     metric = ACCURACY
     default_dataset = "glyphs"
     test_tasks = 600
+    dataset_fields = (*ExperimentKind.dataset_fields, "episode_domains")
 
     def output_size(self, ways: int) -> int:
         return ways
@@ -268,7 +276,7 @@ class ImageKind(ExperimentKind):
     def train_sampler(self, dataset, config):
         return EpisodeSampler(dataset.split("train"), dataset.spec, config.train_ways, config.train_shots,
                               config.train_queries, seed=config.training.seed, split_name="train",
-                              dataset_name=dataset.name)
+                              dataset_name=dataset.name, **episode_options(vars(config.dataset)))
 
     def batch_sampler(self, dataset, config, batch_size: int):
         return BatchSampler(dataset.split("train"), dataset.spec, batch_size, config.training.seed)
@@ -281,7 +289,7 @@ class ImageKind(ExperimentKind):
         return FixedEpisodes(dataset.split(split), dataset.spec, config.dataset.ways if ways is None else ways,
                              config.dataset.shots if shots is None else shots,
                              config.dataset.queries if queries is None else queries, count, seed, split_name=split,
-                             dataset_name=dataset.name)
+                             dataset_name=dataset.name, **episode_options(vars(config.dataset)))
 
     def evaluate(self, algorithm, tasks, device="cpu", progress: ProgressCallback = no_progress, split="test"):
         result = evaluate_episodes(algorithm, tasks, device, progress, split)

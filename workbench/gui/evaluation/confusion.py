@@ -71,7 +71,8 @@ def gather_examples(progress, run, result, true_name: str, pred_name: str, datas
     records = result.query_records
     chosen = np.flatnonzero((records["true"] == true_id) & (records["pred"] == pred_id))
     fixed = data.FixedEpisodes(split, dataset.spec, result.ways, result.shots, result.queries, result.episodes,
-                               result.seed, split_name="test", dataset_name=dataset.name)
+                               result.seed, split_name="test", dataset_name=dataset.name,
+                               domains=getattr(result, "domains", "any"))
     labels = _numpy(split.labels)
     examples = []
     for n, i in enumerate(chosen[:limit]):
