@@ -236,3 +236,17 @@ def test_a_real_training_feeds_the_alpha_histograms(qtbot, view, store, use_synt
     layers = list(panel.plots)
     assert len(layers) > 4 and panel.drawn_count() == len(layers)
     assert all("mean" in plot.titleLabel.text for plot in panel.plots.values())
+
+
+def test_long_heatmap_labels_are_elided_on_the_axis(qtbot):
+    from workbench.gui.inspection_plots import MAX_TICK_CHARACTERS, HeatmapPlot
+
+    panel = HeatmapPlot()
+    qtbot.addWidget(panel)
+    long_name = "Alphabet_of_the_Magi/character05"
+    record = compact(ATTENTION, {"values": np.eye(2), "columns": np.array([long_name, "b"]),
+                                 "rows": np.array(["q0", "q1"])})
+    panel.set_history(ATTENTION, [record])
+    panel.show_snapshot(0)
+    ticks = [text for _, text in panel.plot.getAxis("bottom")._tickLevels[0]]
+    assert ticks[0].endswith("…") and len(ticks[0]) == MAX_TICK_CHARACTERS and ticks[1] == "b"

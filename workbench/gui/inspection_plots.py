@@ -23,6 +23,7 @@ from workbench.gui.theme import LIGHT, Theme
 
 Record = dict[str, np.ndarray] | None
 MAX_TICK_LABELS = 24  # heatmap rows or columns named on an axis; more are thinned
+MAX_TICK_CHARACTERS = 14  # longer heatmap tick labels are elided (the hover line gives them whole)
 THUMBNAIL_GAP = 0.08  # a heatmap's axis thumbnails: the gap around each, in cells
 HOVER_HINT = "Point at a cell to read its row, column and value."
 
@@ -403,7 +404,8 @@ class HeatmapPlot(InspectionPlot):
             self.plot.getAxis(axis).setTicks(None)
             return
         every = max(1, math.ceil(count / MAX_TICK_LABELS))
-        texts = label_texts(labels)
+        texts = [text if len(text) <= MAX_TICK_CHARACTERS else text[:MAX_TICK_CHARACTERS - 1] + "…"
+                 for text in label_texts(labels)]
         self.plot.getAxis(axis).setTicks([[(i + 0.5, texts[i]) for i in range(0, count, every)]])
 
     def _on_mouse(self, position: QPointF) -> None:
