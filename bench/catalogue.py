@@ -109,6 +109,10 @@ PAPER_NUMBERS: dict[tuple[str, str, str], Paper] = {
     ("relation-net", "omniglot", "5w1s"): Paper(99.6, 0.2, "Sung et al. 2018, Table 1", "relation_net.py recipe 'paper'"),
     ("relation-net", "omniglot", "20w1s"): Paper(97.6, 0.2, "Sung et al. 2018, Table 1",
                                                  "relation_net.py recipe 'paper-20way'"),
+    ("gnn", "omniglot", "5w1s"): Paper(99.2, None, "Garcia & Bruna 2018, Table 1; 1,200 training characters with "
+                                       "rotations (not re-checked against the paper's text here)", "gnn.py"),
+    ("gnn", "omniglot", "20w1s"): Paper(97.4, None, "Garcia & Bruna 2018, Table 1 (not re-checked against the "
+                                        "paper's text here)", "gnn.py"),
     ("maml-plus-plus", "omniglot", "5w1s"): Paper(99.47, None, "Antoniou et al. 2019, as listed by Papers with Code",
                                                   "maml_plus_plus.py"),
     ("maml-plus-plus", "omniglot", "20w1s"): Paper(97.65, None, "Antoniou et al. 2019, as listed by Papers with "
@@ -322,7 +326,20 @@ def adml_terms(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
             f"MAML's {_percent(theirs['accuracy'], theirs['ci95'])} ({gap:+.1f} points)")
 
 
-OWN_TERMS = {"leo": leo_terms, "adml": adml_terms}
+def zero_shot_terms(row: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    """Zero-shot (no support images) against chance and a one-shot ProtoNet on the same test episodes."""
+    extras = row.get("test", {}).get("extras") or {}
+    one_shot = extra_accuracies(row).get("protonet_one_shot")
+    chance = extras.get("chance")
+    if one_shot is None or chance is None:
+        return "own terms: the evaluation reports no one-shot ProtoNet or chance"
+    return (f"own terms: chance {100 * chance:.0f}%; its image encoder as a one-shot ProtoNet "
+            f"{_percent(*one_shot)} ({100 * (row['test']['accuracy'] - one_shot[0]):+.1f} points)")
+
+
+OWN_TERMS = {"leo": leo_terms, "adml": adml_terms, "zero-shot": zero_shot_terms}
+# Datasets that carry class descriptors (the built-in glyphs' generator attributes); Omniglot has none.
+DESCRIPTOR_DATASETS = ("glyphs",)
 
 
 def extra_accuracies(row: dict[str, Any]) -> dict[str, tuple[float, float | None]]:
@@ -572,7 +589,11 @@ def write_results(data: dict[str, Any], path: Path) -> None:
 def run_all(args, data: dict[str, Any], out: Path, previous: dict[tuple, dict[str, Any]], store: RunStore) -> None:
     algorithms, data["skipped"] = classification_algorithms(args.algorithms)
     args.plan_algorithms = algorithms
-    plan = [(a, d, s) for d in args.datasets for s in args.settings for a in algorithms]
+    plan = [(a, d, s) for d in args.datasets for s in args.settings for a in algorithms
+            if d in DESCRIPTOR_DATASETS or "descriptors" not in get_algorithm(a).capabilities]
+    data["skipped"] += [{"algorithm": a, "reason": f"needs class descriptors, which {d} has none of"}
+                        for a in algorithms for d in args.datasets
+                        if d not in DESCRIPTOR_DATASETS and "descriptors" in get_algorithm(a).capabilities]
     started = time.perf_counter()
     for index, key in enumerate(plan, 1):
         label = f"[{index}/{len(plan)}] {' '.join(key)}"

@@ -190,3 +190,19 @@ def test_methods_are_paired_against_maml_on_the_same_episodes(catalogue):
     assert [r[0] for r in paired] == ["ANIL"]
     assert paired[0][2].startswith("+10.00 ± ") and float(paired[0][3]) < 1 and paired[0][4] == "4"
     assert "Paired against MAML" in catalogue.render_table(data)
+
+
+def test_zero_shot_runs_where_descriptors_exist_and_is_judged_on_its_own_terms(catalogue, monkeypatch):
+    assert "descriptors" in catalogue.get_algorithm("zero-shot").capabilities
+    planned = []
+    monkeypatch.setattr(catalogue, "run_one", lambda *key: planned.append(key[:3]) or {"error": "stub"})
+    monkeypatch.setattr(catalogue, "write_results", lambda data, out: None)
+    args = args_for(catalogue, "--datasets", "glyphs,omniglot", "--settings", "5w1s", "--algorithms", "zero-shot")
+    data = {"runs": [], "skipped": []}
+    catalogue.run_all(args, data, Path("unused.json"), {}, None)
+    assert ("zero-shot", "glyphs", "5w1s") in planned and ("zero-shot", "omniglot", "5w1s") not in planned
+    assert any(s["algorithm"] == "zero-shot" and "omniglot" in s["reason"] for s in data["skipped"])
+    zero = row("zero-shot", "glyphs", 0.94, test={"accuracy": 0.94, "ci95": 0.003, "episodes": 1000, "extras": {
+        "chance": 0.2, "protonet_one_shot": {"accuracy": 0.88, "ci95": 0.005}}})
+    status, below = catalogue.floor_status(zero, row("maml", "glyphs", 0.9))
+    assert below is None and "chance 20%" in status and "+6.0 points" in status

@@ -1,6 +1,6 @@
-"""Try a trained model on a few of your own images: a task of named classes, each with support images, and
-queries to classify. Headless (no Qt): the "Try a task" view and ``workbench try`` both use it, so they give the
-same probabilities for the same model and images.
+"""Try a trained model on a few of your own images: a task of named classes, each with support images (or, for a
+model that classifies from descriptors, attribute values), and queries to classify. Headless (no Qt): the "Try a
+task" view and ``workbench try`` both use it, so they give the same probabilities for the same model and images.
 
 Images are preprocessed exactly as the model's training data (its PreprocessSpec: size, channels,
 normalization), and drawings are turned the right way round: a light-on-dark image is inverted when the model
@@ -22,6 +22,7 @@ import torch
 
 from workbench.core import probes
 from workbench.core.data.base import PreprocessSpec
+from workbench.core.data.descriptors import DescriptorSpace
 from workbench.core.data.images import load_image
 from workbench.core.errors import ImageLoadError, WorkbenchError
 
@@ -153,6 +154,8 @@ def expand_sources(sources: Sequence[str | Path]) -> list[Path]:
 class TaskClass:
     name: str
     images: list[TaskImage] = field(default_factory=list)
+    # Attribute values by field name, for models that classify from descriptors (zero-shot); None: images.
+    descriptor: dict[str, float] | None = None
 
 
 @dataclass
@@ -225,7 +228,8 @@ class Task:
     def snapshot(self) -> "Task":
         """A copy whose lists can be read in another thread while this task keeps changing."""
         copy = Task()
-        copy.classes = [TaskClass(c.name, list(c.images)) for c in self.classes]
+        copy.classes = [TaskClass(c.name, list(c.images), dict(c.descriptor) if c.descriptor is not None else None)
+                        for c in self.classes]
         copy.queries = list(self.queries)
         return copy
 
@@ -242,6 +246,10 @@ class Task:
 
     def add_support_files(self, name: str, sources: Sequence[str | Path]) -> None:
         self.add_support(name, [TaskImage.from_file(p) for p in expand_sources(sources)])
+
+    def describe(self, name: str, values: dict[str, float] | None) -> None:
+        """Set (or, with None, clear) a class's descriptor values, by field name."""
+        self.get_class(name).descriptor = None if values is None else {k: float(v) for k, v in values.items()}
 
     def add_queries(self, images: Sequence[TaskImage]) -> None:
         self.queries.extend(images)
@@ -266,7 +274,10 @@ class Task:
         manifest = {"format": TASK_FORMAT, "classes": [], "queries": []}
         for task_class in self.classes:
             files = _write_images(folder / "support" / task_class.name, task_class.images)
-            manifest["classes"].append({"name": task_class.name, "images": files})
+            entry = {"name": task_class.name, "images": files}
+            if task_class.descriptor is not None:
+                entry["descriptor"] = dict(task_class.descriptor)
+            manifest["classes"].append(entry)
         manifest["queries"] = _write_images(folder / "queries", self.queries)
         from workbench.core.fileio import atomic_write_text
 
@@ -283,6 +294,8 @@ class Task:
                 task.add_class(entry["name"])
                 task.add_support(entry["name"], [_read_image(folder / "support" / entry["name"], item)
                                                  for item in entry["images"]])
+                if entry.get("descriptor") is not None:
+                    task.describe(entry["name"], dict(entry["descriptor"]))
             task.add_queries([_read_image(folder / "queries", item) for item in manifest["queries"]])
         except FileNotFoundError as exc:
             raise TaskError(f"{folder}: not a saved task ({exc.filename} is missing)") from None
@@ -355,8 +368,11 @@ def classify(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = 
     """Adapt ``model`` (a checkpoints.LoadedModel) to the task's support sets and classify its queries.
 
     Deterministic for a seed. Unreadable images are reported in ``problems`` and left out; classes left with no
-    support image are reported and left out too. Needs two classes with images and at least one query.
+    support image are reported and left out too. Needs two classes with images and at least one query. A task
+    whose classes have descriptor values is classified from them instead (:func:`classify_from_descriptors`).
     """
+    if any(c.descriptor is not None for c in task.classes):
+        return classify_from_descriptors(model, task, seed, embeddings=embeddings)
     algorithm, spec = model.algorithm, model.spec
     device = getattr(algorithm, "device", torch.device("cpu"))
     problems: list[tuple[str, str]] = []
@@ -398,6 +414,57 @@ def classify(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = 
             torch.manual_seed(seed)
             result.trace = algorithm.adaptation_trace(support_x, support_y, support_x, support_y, ways,
                                                       steps=trace_steps or None)
+    for row, index in zip(probs, kept):
+        probabilities = {name: float(p) for name, p in zip(names, row)}
+        result.predictions.append(Prediction(task.queries[index].label, names[int(np.argmax(row))], probabilities,
+                                             index))
+    return result
+
+
+def descriptor_space_of(model) -> DescriptorSpace | None:
+    """The descriptor space of a model that classifies from descriptors (fields, defaults, examples), else None."""
+    algorithm = model.algorithm
+    space = getattr(algorithm, "descriptor_space", None) if algorithm.has("descriptors") else None
+    return space if space else None
+
+
+def classify_from_descriptors(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = False) -> TaskResult:
+    """Classify the task's queries against classes given by descriptor values (zero-shot: support images are not
+    used). Classes without values are reported and left out; needs two described classes and a query."""
+    algorithm, spec = model.algorithm, model.spec
+    space = descriptor_space_of(model)
+    if space is None:
+        raise TaskError(f"{algorithm.title} does not classify from descriptors; give each class support images")
+    device = getattr(algorithm, "device", torch.device("cpu"))
+    problems = [(f"class '{c.name}'", "it has no descriptor values; it is left out")
+                for c in task.classes if c.descriptor is None]
+    described = [c for c in task.classes if c.descriptor is not None]
+    try:
+        rows = [space.vector(c.descriptor) for c in described]
+    except WorkbenchError as exc:
+        raise TaskError(str(exc), problems) from None
+    query_pixels, kept, bad = preprocess(task.queries, spec)
+    problems.extend(bad)
+    names = [c.name for c in described]
+    if len(names) < 2:
+        raise TaskError("describe at least two classes before classifying", problems)
+    if len(kept) == 0:
+        raise TaskError("add a query image to classify" if not task.queries else
+                        f"none of the {len(task.queries)} queries could be read", problems, bad)
+    query_x = to_model_input(query_pixels, spec, device)
+    result = TaskResult([], problems, names)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        algorithm.eval()
+        adapted = algorithm.adapt_from_descriptors(torch.tensor(rows, dtype=torch.float32, device=device))
+        with torch.no_grad():
+            probs = algorithm.predict(adapted, query_x).detach().float().cpu().numpy()
+            if embeddings and algorithm.has("embeddings") and isinstance(adapted, dict) and "prototypes" in adapted:
+                prototypes = adapted["prototypes"].flatten(1).float().cpu().numpy()
+                result.query_embeddings = algorithm.embed(query_x, adapted).flatten(1).float().cpu().numpy()
+                result.prototype_embeddings = prototypes
+                result.support_embeddings = np.zeros((0, prototypes.shape[1]), np.float32)
+                result.support_labels = np.zeros(0, np.int64)
     for row, index in zip(probs, kept):
         probabilities = {name: float(p) for name, p in zip(names, row)}
         result.predictions.append(Prediction(task.queries[index].label, names[int(np.argmax(row))], probabilities,

@@ -15,11 +15,12 @@ from PySide6.QtCore import QBuffer, QByteArray, QEvent, QIODevice, QMimeData, QS
 from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QFrame, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QListWidgetItem, QMenu, QProgressBar, QPushButton,
-                               QScrollArea, QSizePolicy, QSpinBox, QSplitter, QToolButton, QVBoxLayout, QWidget)
+                               QScrollArea, QSizePolicy, QSlider, QSpinBox, QSplitter, QToolButton, QVBoxLayout,
+                               QWidget)
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.tryatask import (DEFAULT_SEED, Task, TaskImage, bundled_models, classify, expand_sources,
-                                     pca_2d)
+from workbench.core.tryatask import (DEFAULT_SEED, Task, TaskImage, bundled_models, classify, descriptor_space_of,
+                                     expand_sources, pca_2d)
 from workbench.gui.background import BackgroundTask
 from workbench.gui.sketchpad import SketchPad
 from workbench.gui.view_registry import register_view
@@ -28,6 +29,9 @@ THUMB = 56
 CLASS_LABEL_WIDTH = 90  # class names beside the probability bars; longer ones are elided (whole in the tooltip)
 CLASS_COLOURS = ("#1f6fd1", "#e8590c", "#2f9e44", "#c2255c", "#7048e8", "#1098ad", "#f08c00", "#495057")
 DEFAULT_TRACE_STEPS = 10
+SLIDER_STEPS = 100  # positions of a slider over a continuous attribute's range
+CLASSES_TITLE = "<b>Classes</b> (support images)"
+DESCRIBED_TITLE = "<b>Classes</b> described by their attributes (this model needs no images of them)"
 _MODEL_LOCK = threading.Lock()  # one classification at a time: adaptation seeds torch's global generator
 _MODEL_CACHE: dict[str, object] = {}
 
@@ -60,7 +64,8 @@ def compute(progress, source: str, task: Task, seed: int, trace_steps: int) -> d
         except WorkbenchError as exc:
             result, error = None, str(exc)
     return {"source": source, "result": result, "error": error, "previews": previews,
-            "gradient_based": model.algorithm.gradient_based, "algorithm": model.algorithm.title}
+            "gradient_based": model.algorithm.gradient_based, "algorithm": model.algorithm.title,
+            "descriptor_space": descriptor_space_of(model)}
 
 
 def _pixmap_of(image: TaskImage, size: int = THUMB) -> QPixmap:
@@ -175,12 +180,84 @@ class ImageStrip(QListWidget):
         event.acceptProposedAction()
 
 
+class DescriptorSliders(QWidget):
+    """A class described by attributes: one slider per field the model declares (title, range and help from the
+    declaration), and a menu to start from one of the model's example classes."""
+
+    changed = Signal(dict)  # {field name: value}, when the user sets a slider or picks an example
+
+    def __init__(self, space, values: dict[str, float], parent: QWidget | None = None):
+        super().__init__(parent)
+        self.space = space
+        self.sliders: dict[str, QSlider] = {}
+        self.readouts: dict[str, QLabel] = {}
+        grid = QGridLayout(self)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setVerticalSpacing(0)
+        self.like = QComboBox()
+        self.like.setToolTip("Set every slider to the attributes of one of the model's example classes")
+        self.like.addItem("set all like an example…", None)
+        for name in space.presets:
+            self.like.addItem(name, name)
+        self.like.activated.connect(self._use_example)
+        grid.addWidget(self.like, 0, 0, 1, 3)
+        for row, spec in enumerate(space.fields, start=1):
+            title = QLabel(spec.title)
+            slider = QSlider(Qt.Orientation.Horizontal)
+            slider.setRange(*((int(spec.low), int(spec.high)) if spec.integer else (0, SLIDER_STEPS)))
+            slider.setTracking(False)  # a drag classifies once, when released; the readout follows it live
+            slider.sliderMoved.connect(lambda position, f=spec: self._show(f, position))
+            slider.valueChanged.connect(lambda _position: self.changed.emit(self.values()))
+            readout = QLabel()
+            readout.setMinimumWidth(readout.fontMetrics().horizontalAdvance("-0.00") + 4)
+            tip = f"<b>{spec.title}</b> ({spec.low:g} to {spec.high:g})<br>{spec.help}"
+            for widget in (title, slider, readout):
+                widget.setToolTip(tip)
+            grid.addWidget(title, row, 0)
+            grid.addWidget(slider, row, 1)
+            grid.addWidget(readout, row, 2)
+            self.sliders[spec.name], self.readouts[spec.name] = slider, readout
+        grid.setColumnStretch(1, 1)
+        self.set_values(values)
+
+    def _value(self, spec, position: int) -> float:
+        return float(position) if spec.integer else spec.low + (spec.high - spec.low) * position / SLIDER_STEPS
+
+    def _position(self, spec, value: float) -> int:
+        fraction = (min(max(value, spec.low), spec.high) - spec.low) / (spec.high - spec.low)
+        return int(round(value)) if spec.integer else int(round(fraction * SLIDER_STEPS))
+
+    def _show(self, spec, position: int) -> None:
+        value = self._value(spec, position)
+        self.readouts[spec.name].setText(f"{value:.0f}" if spec.integer else f"{value:.2f}")
+
+    def values(self) -> dict[str, float]:
+        return {spec.name: self._value(spec, self.sliders[spec.name].value()) for spec in self.space.fields}
+
+    def set_values(self, values: dict[str, float]) -> None:
+        for spec in self.space.fields:
+            slider = self.sliders[spec.name]
+            slider.blockSignals(True)
+            slider.setValue(self._position(spec, values.get(spec.name, spec.low)))
+            slider.blockSignals(False)
+            self._show(spec, slider.value())
+
+    def _use_example(self, index: int) -> None:
+        name = self.like.itemData(index)
+        if name is not None:
+            self.set_values(dict(zip((f.name for f in self.space.fields), self.space.presets[name])))
+            self.changed.emit(self.values())
+        self.like.setCurrentIndex(0)
+
+
 class ClassCard(DropArea):
     """One class: its name, its support images and ways to add more."""
 
-    def __init__(self, view: "TryView", name: str, colour: str):
+    def __init__(self, view: "TryView", name: str, colour: str, space=None, values: dict | None = None):
         super().__init__()
         self.view, self.name = view, name
+        self.sliders = DescriptorSliders(space, values or {}) if space is not None else None
+        self.setAcceptDrops(self.sliders is None)  # a described class uses no images
         self.dropped.connect(lambda mime: self.view.drop_into(self.name, mime))
         self.setObjectName("class_card")
         self.setStyleSheet(f"QFrame#class_card {{ border: 1px solid palette(mid); border-left: 5px solid {colour}; "
@@ -216,6 +293,12 @@ class ClassCard(DropArea):
         layout.setContentsMargins(8, 4, 4, 4)
         layout.addLayout(top)
         layout.addLayout(images)
+        if self.sliders is not None:  # attributes instead of images
+            self.sliders.changed.connect(lambda values: self.view.describe(self.name, values))
+            self.count_label.setText("described")
+            layout.addWidget(self.sliders)
+            for widget in (self.strip, add, paste):
+                widget.hide()
 
     def _rename(self) -> None:
         new = self.name_edit.text().strip()
@@ -223,6 +306,8 @@ class ClassCard(DropArea):
             self.view.rename_class(self.name, new)
 
     def set_images(self, images: list[TaskImage], previews: dict) -> None:
+        if self.sliders is not None:
+            return
         self.strip.clear()
         for image in images:
             item = QListWidgetItem(_pixmap_of(image), "")
@@ -382,6 +467,7 @@ class TryView(QWidget):
         self._last_dir = str(Path.home())
         self._stale = True
         self._theme = None
+        self.descriptor_space = None  # the model's, when it classifies from descriptors: classes get sliders
         self.worker = BackgroundTask(self, finished=self._on_result, failed=self._on_failed)
         self._refresh_timer = QTimer(self, singleShot=True, interval=0)
         self._refresh_timer.timeout.connect(self._start_compute)
@@ -442,9 +528,9 @@ class TryView(QWidget):
         add_class.clicked.connect(lambda: self.add_class())
         classes_box = QVBoxLayout()
         header = QHBoxLayout()
-        title = QLabel("<b>Classes</b> (support images)")
-        title.setWordWrap(True)
-        header.addWidget(title, 1)
+        self.classes_title = QLabel(CLASSES_TITLE)
+        self.classes_title.setWordWrap(True)
+        header.addWidget(self.classes_title, 1)
         header.addWidget(add_class)
         classes_box.addLayout(header)
         classes_box.addWidget(cards_scroll, 1)
@@ -581,6 +667,8 @@ class TryView(QWidget):
         except WorkbenchError as exc:
             self._show_status(str(exc), error=True)
             return ""
+        if self.descriptor_space is not None:
+            self.task.describe(name, self._starting_values(len(self.task.classes) - 1))
         self._rebuild_cards()
         self.refresh()
         return name
@@ -611,19 +699,48 @@ class TryView(QWidget):
             card.deleteLater()
         self.cards = []
         for index, task_class in enumerate(self.task.classes):
-            card = ClassCard(self, task_class.name, CLASS_COLOURS[index % len(CLASS_COLOURS)])
+            card = ClassCard(self, task_class.name, CLASS_COLOURS[index % len(CLASS_COLOURS)], self.descriptor_space,
+                             task_class.descriptor)
             card.set_images(task_class.images, self.previews)
             self.cards_layout.addWidget(card)
             self.cards.append(card)
+        self.classes_title.setText(CLASSES_TITLE if self.descriptor_space is None else DESCRIBED_TITLE)
         target = self.sketch_target.currentData()
         self.sketch_target.clear()
-        for name in self.task.class_names():
+        for name in self.task.class_names() if self.descriptor_space is None else []:
             self.sketch_target.addItem(f"class: {name}", name)
         self.sketch_target.addItem("queries", "")
         found = self.sketch_target.findData(target) if target is not None else -1
         self.sketch_target.setCurrentIndex(found if found >= 0 else self.sketch_target.count() - 1)
         for row in self.query_rows:
             row.set_classes(self.task.class_names())
+
+    # --- described classes -------------------------------------------------------------------------
+    def describe(self, name: str, values: dict[str, float]) -> None:
+        """A class's attribute values (from its sliders)."""
+        self.task.describe(name, values)
+        self.refresh()
+
+    def _starting_values(self, index: int) -> dict[str, float]:
+        """The model's index-th example class, or its default values once the examples run out."""
+        space = self.descriptor_space
+        names = [f.name for f in space.fields]
+        examples = list(space.presets.values())
+        return dict(zip(names, examples[index] if index < len(examples) else space.defaults))
+
+    def _use_descriptor_space(self, space, keep: bool = False) -> None:
+        """Switch the classes between support images (None) and sliders over the model's descriptor fields;
+        ``keep``: classes that already have a value for every field keep them (a loaded task)."""
+        self.descriptor_space = space
+        names = {f.name for f in space.fields} if space is not None else set()
+        for index, task_class in enumerate(self.task.classes):
+            if space is None:
+                self.task.describe(task_class.name, None)
+            elif not (keep and task_class.descriptor is not None and names <= set(task_class.descriptor)):
+                self.task.describe(task_class.name, self._starting_values(index))
+        self._rebuild_cards()
+        self._rebuild_rows()
+        self.refresh()
 
     # --- adding images -------------------------------------------------------------------------------
     def add_images(self, class_name: str | None, images: list[TaskImage]) -> None:
@@ -705,6 +822,7 @@ class TryView(QWidget):
         for index, image in enumerate(self.task.queries):
             row = QueryRow(self, index, image)
             row.set_classes(self.task.class_names())
+            row.wrong.setVisible(self.descriptor_space is None)  # a described class takes no images
             self.rows_layout.addWidget(row)
             self.query_rows.append(row)
             item = QListWidgetItem(_pixmap_of(image, THUMB // 2 + 8), "")
@@ -740,6 +858,10 @@ class TryView(QWidget):
         return self.worker.is_running or self._refresh_timer.isActive()
 
     def _on_result(self, output: dict) -> None:
+        space = output["descriptor_space"]
+        if space != self.descriptor_space:  # another model: sliders or images, then classify again
+            self._use_descriptor_space(space, keep=True)
+            return
         self.previews = output["previews"]
         self.result = output["result"]
         self.steps_spin.setVisible(output["gradient_based"])
@@ -789,7 +911,8 @@ class TryView(QWidget):
         if result.support_embeddings is None:
             self.plot_title.setText("")
             return
-        self.plot_title.setText("<b>Embedding</b> (PCA): support ●, prototypes ★, queries ✕")
+        self.plot_title.setText("<b>Embedding</b> (PCA): support ●, prototypes ★, queries ✕" if len(
+            result.support_embeddings) else "<b>Embedding</b> (PCA): prototypes from the sliders ★, queries ✕")
         support, prototypes, queries = pca_2d(result.support_embeddings, result.prototype_embeddings,
                                               result.query_embeddings)
         outline = self._theme.plot_foreground if self._theme is not None else "k"
@@ -831,9 +954,7 @@ class TryView(QWidget):
 
     def load_task(self, folder) -> None:
         self.task = Task.load(folder)
-        self._rebuild_cards()
-        self._rebuild_rows()
-        self.refresh()
+        self._use_descriptor_space(self.descriptor_space, keep=True)
 
     def export_dataset(self, folder) -> Path:
         return self.task.export_dataset(folder)

@@ -45,6 +45,7 @@ HOOKS = {
     "run_folder": "set_run_folder",  # mirrors view data (histories) into the run folder
     "evaluation_extras": "evaluation_extras",  # adds its own numbers to an evaluation
     "inspection": "inspect",  # records of its mechanism (learned rates, gates, ...): the Mechanism view
+    "descriptors": "adapt_from_descriptors",  # classes given by attribute vectors (zero-shot): evaluation, try a task
 }
 
 
@@ -239,6 +240,13 @@ class Algorithm(ABC):
         """[inspection] One record per declared :class:`InspectionSpec` (by name): named numpy arrays as its
         plot type describes (see workbench.core.inspection). Called at every validation, in eval mode."""
         return {}
+
+    def adapt_from_descriptors(self, descriptors: torch.Tensor) -> Any:
+        """[descriptors] A classifier for classes given by their descriptors, float [ways, D] (raw values in the
+        order of its ``descriptor_space.fields``, a :class:`workbench.core.data.descriptors.DescriptorSpace` the
+        algorithm holds, empty until it has met descriptors), for ``predict`` as ``adapt``'s result is. Evaluation
+        passes each episode's class descriptors instead of its support images; "try a task" passes sliders."""
+        raise NotImplementedError(f"{self.name} does not classify from descriptors")
 
 
 class ScheduleClock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,6 +63,10 @@ class ClassSplit:
     # Optional grouping of classes (Omniglot alphabets, glyph alphabets): group name per class.
     class_groups: list[str] | None = None
     _by_class: list[torch.Tensor] | None = field(default=None, repr=False)
+    # Optional attributes per class (zero-shot; workbench.core.data.descriptors): their fields, and float
+    # [num_classes, len(fields)] values or a function computing them on first use (glyphs measure theirs only then).
+    descriptor_fields: tuple = ()
+    descriptors: Any = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -71,6 +76,17 @@ class ClassSplit:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def class_descriptors(self) -> torch.Tensor | None:
+        """float32 [num_classes, len(descriptor_fields)], or None when the classes have no descriptors."""
+        if callable(self.descriptors):
+            values = torch.as_tensor(self.descriptors(), dtype=torch.float32)
+            if tuple(values.shape) != (self.num_classes, len(self.descriptor_fields)):
+                raise ValueError(f"class descriptors of shape {tuple(values.shape)} for {self.num_classes} classes "
+                                 f"and {len(self.descriptor_fields)} fields")
+            self.descriptors = values
+        return self.descriptors
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -107,6 +123,11 @@ class FewShotDataset:
 
     def split(self, name: str) -> ClassSplit:
         return self.splits[name]
+
+    @property
+    def descriptor_fields(self) -> tuple:
+        """The fields of its class descriptors (workbench.core.data.descriptors); empty when it has none."""
+        return next((s.descriptor_fields for s in self.splits.values() if s.descriptors is not None), ())
 
     def summary(self) -> dict:
         return {

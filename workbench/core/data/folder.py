@@ -33,6 +33,7 @@ import torch
 
 from workbench.core.data.base import (SPLIT_TITLES, SPLITS, ClassSplit, FewShotDataset, PreprocessSpec, no_progress,
                                       rotate_classes)
+from workbench.core.data.descriptors import attach_csv_descriptors
 from workbench.core.data.images import (IMAGE_SUFFIXES, cache_key, is_image_name, load_many, read_cache,
                                         scan_images, write_cache)
 from workbench.core.errors import DatasetError, EpisodeError
@@ -459,6 +460,11 @@ def load(config, progress=no_progress) -> FewShotDataset:
         labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
         names = list(report.classes[split])
         splits[split] = ClassSplit(images, labels, names, class_domains(names))
+    try:  # <root>/descriptors.csv: class descriptors for zero-shot; a broken one only costs zero-shot
+        attach_csv_descriptors(splits, report.root)
+        descriptor_warnings = []
+    except DatasetError as error:
+        descriptor_warnings = [f"Class descriptors not used: {error}"]
     train = splits["train"].images
     if len(train):
         pixels = _sample(train).float().div(255.0).transpose(0, 1).reshape(channels, -1)
@@ -468,9 +474,9 @@ def load(config, progress=no_progress) -> FewShotDataset:
         mean, std = (0.5,) * channels, (0.25,) * channels
     spec = PreprocessSpec(int(train.shape[-1]) if len(train) else config.image_size or DEFAULT_IMAGE_SIZE,
                           channels, mean, std, _foreground(train, channels))
-    description = " ".join([report.summary(), *report.warnings()])
+    description = " ".join([report.summary(), *report.warnings(), *descriptor_warnings])
     if config.rotations:
         splits["train"] = rotate_classes(splits["train"])
         description += " Meta-train classes are augmented with 90/180/270 degree rotations (x4)."
     return FewShotDataset("folder", spec, splits, description, list(report.skipped_files),
-                          report.warnings(skipped=False, small=False))
+                          report.warnings(skipped=False, small=False) + descriptor_warnings)

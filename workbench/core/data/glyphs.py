@@ -18,7 +18,7 @@ import json
 import os
 import zlib
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from workbench.core.data.base import (ClassSplit, FewShotDataset, PreprocessSpec, ProgressCallback, no_progress,
                                       rotate_classes)
+from workbench.core.data.descriptors import GLYPH_FIELDS, rotate_quarter_turns, shape_descriptor
 from workbench.core.errors import ConfigError
 from workbench.core.fileio import atomic_write
 
@@ -264,6 +265,18 @@ def _spline_matrix(count: int, smooth: bool) -> tuple[np.ndarray, np.ndarray]:
 _SPLINE_STEPS = 6  # polyline pieces per spline span; spans are a few pixels long
 
 
+def glyph_descriptors(params: GlyphParams, class_ids: tuple[int, ...], turns: tuple[int, ...] = ()) -> np.ndarray:
+    """[classes, len(GLYPH_FIELDS)] attributes of each class's clean drawing (see workbench.core.data.descriptors),
+    turned by ``turns[i]`` quarter turns counterclockwise for rotation classes; measured, never rendered."""
+    rows = []
+    for index, class_id in enumerate(class_ids):
+        strokes = character(params, class_id).strokes
+        drawn = [_spline_matrix(len(s.points), s.smooth)[0] @ s.points for s in strokes]
+        drawn = rotate_quarter_turns(drawn, turns[index] if turns else 0)
+        rows.append(shape_descriptor(drawn, [s.smooth for s in strokes]))
+    return np.array(rows, dtype=np.float32).reshape(len(class_ids), len(GLYPH_FIELDS))
+
+
 # --- drawing -------------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=8)
 def _drawer_styles(params: GlyphParams) -> dict[str, np.ndarray]:
@@ -483,9 +496,14 @@ def make_glyphs(params: GlyphParams = DEFAULT_PARAMS, size: int = DEFAULT_IMAGE_
         labels = torch.arange(len(ids)).repeat_interleave(params.samples_per_class)
         names = [class_name(params, c) for c in ids]
         groups = [alphabet_name(class_alphabet(params, c)) for c in ids]
-        splits[split_name] = ClassSplit(block, labels, names, groups)
+        splits[split_name] = ClassSplit(block, labels, names, groups, descriptor_fields=GLYPH_FIELDS,
+                                        descriptors=partial(glyph_descriptors, params, tuple(ids)))
     if rotations:
         splits["train"] = rotate_classes(splits["train"])
+        ids = tuple(params.split_class_ranges()["train"])
+        splits["train"].descriptor_fields = GLYPH_FIELDS  # rotation classes: the drawing turned as the image is
+        splits["train"].descriptors = partial(glyph_descriptors, params, ids * 4,
+                                              tuple(turn for turn in range(4) for _ in ids))
     counts = {s: len(r) for s, r in params.split_class_ranges().items()}
     description = (f"Procedurally generated handwritten characters (generator v{GENERATOR_VERSION}): "
                    f"{params.num_alphabets} alphabets x {params.characters_per_alphabet} characters x "

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.data.base import ClassSplit, PreprocessSpec, ProgressCallback, no_progress
+from workbench.core.data.descriptors import episode_descriptors
 from workbench.core.data.episodes import EpisodeSampler, FixedEpisodes, LabeledBatch, episode_options
 from workbench.core.errors import DatasetError
 from workbench.core.kinds import register
@@ -179,7 +180,11 @@ def evaluate_episodes(algorithm: Any, episodes: FixedEpisodes, device: torch.dev
     progress(0, total, f"evaluating on {total} {split} episodes")
     for index in range(total):
         episode = episodes[index].to(device)
-        adapted = algorithm.adapt(episode.support_x, episode.support_y, episode.ways)
+        if "descriptors" in getattr(algorithm, "capabilities", ()):  # zero-shot: class descriptors, not images
+            descriptors = episode_descriptors(episodes.split, episode.class_ids).to(device)
+            adapted = algorithm.adapt_from_descriptors(descriptors)
+        else:
+            adapted = algorithm.adapt(episode.support_x, episode.support_y, episode.ways)
         probs = algorithm.predict(adapted, episode.query_x).detach().float().cpu()
         confidence, predicted = probs.max(dim=-1)
         truth = episode.query_y.cpu()
