@@ -113,6 +113,10 @@ PAPER_NUMBERS: dict[tuple[str, str, str], Paper] = {
                                        "rotations (not re-checked against the paper's text here)", "gnn.py"),
     ("gnn", "omniglot", "20w1s"): Paper(97.4, None, "Garcia & Bruna 2018, Table 1 (not re-checked against the "
                                         "paper's text here)", "gnn.py"),
+    ("siamese", "omniglot", "5w1s"): Paper(96.7, None, "Vinyals et al. 2016, Table 1 (convolutional Siamese net, "
+                                           "Vinyals split)", "siamese.py"),
+    ("siamese", "omniglot", "20w1s"): Paper(88.0, None, "Vinyals et al. 2016, Table 1 (convolutional Siamese net, "
+                                            "Vinyals split)", "siamese.py"),
     ("maml-plus-plus", "omniglot", "5w1s"): Paper(99.47, None, "Antoniou et al. 2019, as listed by Papers with Code",
                                                   "maml_plus_plus.py"),
     ("maml-plus-plus", "omniglot", "20w1s"): Paper(97.65, None, "Antoniou et al. 2019, as listed by Papers with "
