@@ -96,3 +96,13 @@ def test_declarations_of_inspection_are_checked():
         check_declarations(bad_plot)
     fine = type("Fine", (without_specs,), {"inspections": (RATES, GATES)})
     check_declarations(fine)
+
+
+def test_thumbnails_are_min_max_scaled_per_image_grey_or_colour():
+    import torch
+    grey = torch.stack([torch.linspace(-3, 5, 16).reshape(1, 4, 4), torch.full((1, 4, 4), 2.0)])
+    out = inspection.image_thumbnails(grey)
+    assert out.shape == (2, 4, 4) and out[0].min() == 0.0 and out[0].max() == 1.0
+    assert np.all(out[1] == 0.0)  # a flat image stays flat, without dividing by zero
+    colour = inspection.image_thumbnails(np.random.default_rng(0).normal(size=(3, 3, 5, 4)))
+    assert colour.shape == (3, 5, 4, 3) and colour.min() >= 0.0 and colour.max() <= 1.0

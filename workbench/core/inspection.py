@@ -132,3 +132,16 @@ def layer_histograms(stored: dict[str, np.ndarray]) -> dict[str, dict[str, np.nd
         else:
             entry[part] = value
     return layers
+
+
+def image_thumbnails(images) -> np.ndarray:
+    """Model-input images [N, C, H, W] (normalized, any scale; a numpy array or a torch tensor) as thumbnails for a
+    heatmap's axes or an image grid: [N, H, W] (the first channel) or [N, H, W, 3] (colour), each min-max scaled
+    to [0, 1] on its own."""
+    if hasattr(images, "detach"):  # a torch tensor, possibly on a device (this foundation imports no torch)
+        images = images.detach().float().cpu().numpy()
+    x = np.asarray(images, dtype=np.float32)
+    low = x.min(axis=(1, 2, 3), keepdims=True)
+    high = x.max(axis=(1, 2, 3), keepdims=True)
+    x = (x - low) / np.maximum(high - low, 1e-8)
+    return x.transpose(0, 2, 3, 1) if x.shape[1] == 3 else x[:, 0]

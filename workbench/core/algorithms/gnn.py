@@ -53,7 +53,7 @@ from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family, accuracy
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import hparam
-from workbench.core.inspection import InspectionSpec
+from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
 from workbench.core.models.conv4 import Conv4
 from workbench.core.recipes import Recipe
 
@@ -331,14 +331,6 @@ def probe_rows(query_y: torch.Tensor, ways: int) -> torch.Tensor:
     return torch.tensor(sorted(order), dtype=torch.long)
 
 
-def thumbnails(images: torch.Tensor) -> np.ndarray:
-    """Normalized images [N, C, H, W] as [N, H, W] (grey: the first channel) or [N, H, W, C] (colour) in [0, 1],
-    each min-max scaled on its own."""
-    flat = images.reshape(len(images), -1)
-    low, high = flat.min(1).values, flat.max(1).values
-    scaled = (images - low[:, None, None, None]) / (high - low).clamp_min(1e-8)[:, None, None, None]
-    scaled = scaled.permute(0, 2, 3, 1) if images.shape[1] == 3 else scaled[:, 0]
-    return scaled.float().cpu().numpy()
 
 
 __all__ = ["GNN", "FewShotGNN", "EdgeMLP", "GraphConv", "query_graphs"]

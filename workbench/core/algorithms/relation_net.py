@@ -50,7 +50,7 @@ from torch import nn
 from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family, accuracy
 from workbench.core.hparams import hparam
-from workbench.core.inspection import InspectionSpec
+from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
 from workbench.core.models.conv4 import ConvBlock, to_channels_last
 from workbench.core.recipes import Recipe
 
@@ -167,14 +167,6 @@ def relation_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(scores, F.one_hot(labels, scores.shape[1]).to(scores.dtype))
 
 
-def thumbnails(images: torch.Tensor) -> np.ndarray:
-    """Images [B, C, H, W] as [B, H, W] (first channel) or [B, H, W, 3] (colour), each min-max scaled to [0, 1]."""
-    images = images.detach().float().cpu()
-    images = images.permute(0, 2, 3, 1) if images.shape[1] == 3 else images[:, 0]
-    flat = images.reshape(len(images), -1)
-    low, high = flat.min(1).values, flat.max(1).values
-    scale = (high - low).clamp_min(1e-8).view(-1, *[1] * (images.dim() - 1))
-    return ((images - low.view_as(scale)) / scale).numpy()
 
 
 # --- declarations ------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family
 from workbench.core.errors import DatasetError
 from workbench.core.hparams import hparam
-from workbench.core.inspection import InspectionSpec
+from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
 from workbench.core.recipes import Recipe
 from workbench.core.stats import mean_ci95
 
@@ -412,13 +412,6 @@ def probe_rows(query_y: torch.Tensor, count: int) -> torch.Tensor:
     return torch.tensor(order[:count], dtype=torch.long)
 
 
-def thumbnails(images: torch.Tensor) -> np.ndarray:
-    """Normalized images as [N, H, W] (grey: first channel) or [N, H, W, C] (colour) in [0, 1], min-max per image."""
-    x = images.detach().float().cpu()
-    low = x.amin(dim=(1, 2, 3), keepdim=True)
-    high = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = (x - low) / (high - low).clamp_min(1e-8)
-    return (x[:, 0] if x.shape[1] != 3 else x.permute(0, 2, 3, 1)).numpy()
 
 
 __all__ = ["Siamese", "SiameseNet", "PairSampler", "balanced_loss", "held_out_pairs", "distort", "background",

@@ -44,7 +44,7 @@ from workbench.core.algorithms.protonet import class_means
 from workbench.core.data.descriptors import DescriptorSpace, descriptor_space, scale
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import hparam
-from workbench.core.inspection import InspectionSpec
+from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
 from workbench.core.models.conv4 import Conv4
 from workbench.core.recipes import Recipe
 from workbench.core.stats import mean_ci95
@@ -264,13 +264,6 @@ def _probe_of(episode, descriptors: torch.Tensor):
             episode.query_y[rows].cpu(), episode.support_x[first_of_each(episode.support_y, ways)].cpu())
 
 
-def thumbnails(images: torch.Tensor) -> np.ndarray:
-    """Normalized images [N, C, H, W] min-max scaled per image to [0, 1]: the first channel, or HWC for colour."""
-    x = images.detach().float().cpu()
-    low = x.flatten(1).min(1).values[:, None, None, None]
-    high = x.flatten(1).max(1).values[:, None, None, None]
-    x = (x - low) / (high - low).clamp_min(1e-6)
-    return (x[:, 0] if x.shape[1] != 3 else x.permute(0, 2, 3, 1)).numpy()
 
 
 __all__ = ["ZeroShot", "ZeroShotHParams", "DescriptorEncoder", "thumbnails"]
