@@ -44,6 +44,17 @@ def test_unknown_parts_are_refused_naming_the_choices(capsys):
     assert "everything" in capsys.readouterr().err
 
 
+def test_algorithms_narrow_the_feeders_and_unknown_ones_are_refused(capsys):
+    args = tour._parser().parse_args(["--out", "unused", "--algorithms", "meta-sgd,l2rw"])
+    assert [name for _, name in tour._chosen(args, tour.feeders_by_kind("inspection"))] == ["meta-sgd"]
+    assert [name for _, name in tour._chosen(args, tour.weighting_feeders())] == ["l2rw"]
+    everything = tour._parser().parse_args(["--out", "unused"])
+    assert tour._chosen(everything, tour.weighting_feeders()) == tour.weighting_feeders()
+    with pytest.raises(SystemExit):
+        tour.main(["--out", "unused", "--algorithms", "meta-sgd,nonesuch"])
+    assert "nonesuch" in capsys.readouterr().err
+
+
 def _saved_evaluations(home):
     found = {}
     for path in (home / "runs").glob("*/evaluations/*.json"):

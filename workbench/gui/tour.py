@@ -48,8 +48,28 @@ def _parser() -> argparse.ArgumentParser:
                         help="Test episodes of the accuracy-against-ε comparison (default 50).")
     parser.add_argument("--parts", type=_parts, default=PARTS,
                         help=f"Parts of the tour to shoot, comma-separated (default all): {', '.join(PARTS)}.")
+    parser.add_argument("--algorithms", type=_names, default=None, metavar="A,B,...",
+                        help="Only these algorithms in the mechanism and weights parts (default: every one that "
+                        "feeds them).")
     parser.add_argument("--timeout", type=float, default=1200.0, help="Give up after this many seconds.")
     return parser
+
+
+def _names(text: str) -> tuple[str, ...]:
+    from workbench.core.algorithms import algorithm_names
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in algorithm_names()]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown algorithm(s) {', '.join(unknown) or '(none given)'}; known: "
+                                         f"{', '.join(algorithm_names())}")
+    return names
+
+
+def _chosen(args, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (kind, algorithm) pairs that --algorithms keeps."""
+    wanted = getattr(args, "algorithms", None)
+    return [pair for pair in pairs if wanted is None or pair[1] in wanted]
 
 
 def _parts(text: str) -> tuple[str, ...]:
@@ -284,7 +304,7 @@ def _mechanism_tour(tour: Tour, args) -> None:
     """A short run of each algorithm with inspection records, and the Mechanism view on each record at the run's
     last validation."""
     window = tour.window
-    runs = [(kind, algorithm, _short(tour, args, kind, algorithm)) for kind, algorithm in feeders_by_kind("inspection")]
+    runs = [(kind, algorithm, _short(tour, args, kind, algorithm)) for kind, algorithm in _chosen(args, feeders_by_kind("inspection"))]
     for kind, algorithm, run_id in runs:  # trained first: the view then draws each run while it is shown
         _use_kind(tour, kind)
         window.show_view("Mechanism")
@@ -314,7 +334,7 @@ def weighting_feeders() -> list[tuple[str, str]]:
 def _weights_tour(tour: Tour, args) -> None:
     """A short run of each sample-weighting algorithm on the same kind, and the Sample weights view on each."""
     window = tour.window
-    for kind, algorithm in weighting_feeders():
+    for kind, algorithm in _chosen(args, weighting_feeders()):
         run_id = _short(tour, args, kind, algorithm)
         _use_kind(tour, kind)
         window.show_view("Sample weights")
