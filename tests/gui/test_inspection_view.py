@@ -248,5 +248,13 @@ def test_long_heatmap_labels_are_elided_on_the_axis(qtbot):
                                  "rows": np.array(["q0", "q1"])})
     panel.set_history(ATTENTION, [record])
     panel.show_snapshot(0)
+    panel.resize(1200, 500)
+    panel.show()
+    qtbot.waitExposed(panel)
     ticks = [text for _, text in panel.plot.getAxis("bottom")._tickLevels[0]]
     assert ticks[0].endswith("…") and len(ticks[0]) == MAX_TICK_CHARACTERS and ticks[1] == "b"
+    many = compact(ATTENTION, {"values": np.ones((2, 20)), "columns": np.array([long_name] * 20)})
+    panel.set_history(ATTENTION, [many])
+    panel.show_snapshot(0)
+    panel.resize(400, 300)  # twenty columns in a narrow panel: a few characters each
+    qtbot.waitUntil(lambda: len(panel.plot.getAxis("bottom")._tickLevels[0][0][1]) < MAX_TICK_CHARACTERS)

@@ -24,6 +24,7 @@ from workbench.gui.theme import LIGHT, Theme
 Record = dict[str, np.ndarray] | None
 MAX_TICK_LABELS = 24  # heatmap rows or columns named on an axis; more are thinned
 MAX_TICK_CHARACTERS = 14  # longer heatmap tick labels are elided (the hover line gives them whole)
+TICK_CHARACTER_PIXELS = 7  # about one character of the axis font: the column ticks fit their cells
 THUMBNAIL_GAP = 0.08  # a heatmap's axis thumbnails: the gap around each, in cells
 HOVER_HINT = "Point at a cell to read its row, column and value."
 
@@ -404,8 +405,11 @@ class HeatmapPlot(InspectionPlot):
             self.plot.getAxis(axis).setTicks(None)
             return
         every = max(1, math.ceil(count / MAX_TICK_LABELS))
-        texts = [text if len(text) <= MAX_TICK_CHARACTERS else text[:MAX_TICK_CHARACTERS - 1] + "…"
-                 for text in label_texts(labels)]
+        limit = MAX_TICK_CHARACTERS
+        if axis == "bottom":  # side by side: each label gets its cells' width
+            width = self.plot.getPlotItem().vb.width() or self.plot.width()
+            limit = max(3, min(limit, int(width * every / (count + 1) / TICK_CHARACTER_PIXELS)))
+        texts = [text if len(text) <= limit else text[:limit - 1] + "…" for text in label_texts(labels)]
         self.plot.getAxis(axis).setTicks([[(i + 0.5, texts[i]) for i in range(0, count, every)]])
 
     def _on_mouse(self, position: QPointF) -> None:
@@ -437,6 +441,11 @@ class HeatmapPlot(InspectionPlot):
 
     def thumbnail_count(self) -> int:
         return len(self.thumbnails)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        if self.values is not None and self.records and self.records[self.index]:
+            self._draw(self.records[self.index])  # the column ticks fit the new cell width
 
 
 class ImageGrid(InspectionPlot):
