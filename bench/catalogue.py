@@ -106,6 +106,9 @@ PAPER_NUMBERS: dict[tuple[str, str, str], Paper] = {
     ("anil", "omniglot", "20w1s"): Paper(96.2, 0.5, "Raghu et al. 2020, Table 2", "anil.py recipe 'paper'"),
     ("meta-sgd", "omniglot", "5w1s"): Paper(99.53, 0.26, "Li et al. 2017, Omniglot table", "meta_sgd.py"),
     ("meta-sgd", "omniglot", "20w1s"): Paper(95.93, 0.38, "Li et al. 2017, Omniglot table", "meta_sgd.py"),
+    ("matching-net", "omniglot", "5w1s"): Paper(98.1, None, "Vinyals et al. 2016, Table 1; Conv-4, cosine attention, "
+                                                "no FCE, no fine-tuning", "matching.py"),
+    ("matching-net", "omniglot", "20w1s"): Paper(93.8, None, "Vinyals et al. 2016, Table 1; same", "matching.py"),
     ("relation-net", "omniglot", "5w1s"): Paper(99.6, 0.2, "Sung et al. 2018, Table 1", "relation_net.py recipe 'paper'"),
     ("relation-net", "omniglot", "20w1s"): Paper(97.6, 0.2, "Sung et al. 2018, Table 1",
                                                  "relation_net.py recipe 'paper-20way'"),

@@ -142,7 +142,7 @@ def _embedding_snapshot(algorithm: "Algorithm", episode: "Episode") -> dict[str,
         predicted = algorithm.predict(adapted, episode.query_x).argmax(-1)
         out: dict[str, np.ndarray] = {"query_pred": predicted.cpu().numpy().astype(np.int16)}
         stages = [("", None)]
-        if getattr(algorithm, "gradient_based", False):
+        if getattr(algorithm, "gradient_based", False) or getattr(algorithm, "support_dependent_embeddings", False):
             stages.append(("adapted_", adapted))
         for prefix, state in stages:
             support = algorithm.embed(episode.support_x, state).flatten(1).float()

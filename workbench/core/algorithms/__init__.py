@@ -18,7 +18,8 @@ def _checked(cls: type[Algorithm]) -> str:
 REGISTRY: Registry[type[Algorithm]] = Registry(
     "algorithm", "algorithm.name", "workbench.core.algorithms",
     ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net", "focal_loss", "l2rw",
-     "reptile", "anil", "meta_sgd", "maml_plus_plus", "meta_lstm", "leo", "adml"), "algorithms", _checked)
+     "reptile", "anil", "meta_sgd", "maml_plus_plus", "meta_lstm", "leo", "adml",
+     "matching", "relation_net", "siamese", "gnn", "zero_shot"), "algorithms", _checked)
 register = REGISTRY.register
 
 

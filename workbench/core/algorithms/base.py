@@ -78,6 +78,9 @@ class Algorithm(ABC):
     recipes: ClassVar[tuple[Recipe, ...]] = ()  # complete training setups; see workbench.core.recipes
     training_input: ClassVar[str] = "episodes"  # or "batches"
     gradient_based: ClassVar[bool] = False  # has an inner loop, so adaptation_trace is meaningful
+    # embed(x, adapted) depends on the task's support (Matching Networks' full context embeddings): the projector
+    # then also shows the support-conditioned space, as it shows a gradient-based method's adapted one.
+    support_dependent_embeddings: ClassVar[bool] = False
     # The hyperparameter holding its test-time adaptation steps, if it has one (the Adaptation view reads it).
     adaptation_steps_hparam: ClassVar[str] = ""
     # The records ``inspect()`` returns (capability "inspection"), drawn by the generic Mechanism view.
