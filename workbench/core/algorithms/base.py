@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.data.episodes import LabeledBatch  # noqa: F401 (re-exported)
@@ -163,6 +164,24 @@ class Algorithm(ABC):
         for scheduler in self.schedulers:
             if scheduler is not None:
                 scheduler.step()
+
+    def cross_entropy_step(self, episodes, query_logits) -> dict[str, float]:
+        """One step of the first optimizer on the query cross-entropy averaged over ``episodes``, the metric
+        methods' training step; ``query_logits(episode)`` gives an episode's query logits (the episode is already
+        on the device). Gradients accumulate episode by episode, so memory holds one episode's graph at a time."""
+        optimizer = self.optimizers[0]
+        optimizer.zero_grad(set_to_none=True)
+        total_loss, total_acc = 0.0, 0.0
+        for episode in episodes:
+            episode = episode.to(self.device)
+            logits = query_logits(episode)
+            loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
+            loss.backward()
+            total_loss += loss.item()
+            total_acc += accuracy(logits, episode.query_y) / len(episodes)
+        optimizer.step()
+        self.step_schedulers()
+        return {"loss": total_loss, "accuracy": total_acc}
 
     def train(self, mode: bool = True) -> "Algorithm":
         for module in self.modules().values():

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.algorithms import register
-from workbench.core.algorithms.base import Algorithm, Family, accuracy
+from workbench.core.algorithms.base import Algorithm, Family
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import hparam
 from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
@@ -251,25 +251,16 @@ class GNN(Algorithm):
     # --- learning ------------------------------------------------------------------------------------------------
     def meta_train_step(self, episodes) -> dict[str, float]:
         self.train()
-        optimizer = self.optimizers[0]
-        optimizer.zero_grad(set_to_none=True)
         if self._probe is None:
             first = episodes[0]
             self._probe = (first.support_x.cpu(), first.support_y.cpu(), first.query_x.cpu(), first.query_y.cpu(),
                            first.ways)
-        total_loss, total_acc = 0.0, 0.0
-        for episode in episodes:
-            episode = episode.to(self.device)
-            embeddings = self.encoder(torch.cat([episode.support_x, episode.query_x]))
-            support, queries = embeddings[: len(episode.support_x)], embeddings[len(episode.support_x):]
-            logits, _ = self._logits(support, self._one_hot(episode.support_y, episode.ways), queries, episode.ways)
-            loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
-            loss.backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits, episode.query_y) / len(episodes)
-        optimizer.step()
-        self.step_schedulers()
-        return {"loss": total_loss, "accuracy": total_acc}
+        return self.cross_entropy_step(episodes, self._episode_logits)
+
+    def _episode_logits(self, episode) -> torch.Tensor:
+        embeddings = self.encoder(torch.cat([episode.support_x, episode.query_x]))
+        support, queries = embeddings[: len(episode.support_x)], embeddings[len(episode.support_x):]
+        return self._logits(support, self._one_hot(episode.support_y, episode.ways), queries, episode.ways)[0]
 
     @torch.no_grad()
     def adapt(self, support_x, support_y, ways):

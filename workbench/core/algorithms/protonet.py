@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.algorithms import register
-from workbench.core.algorithms.base import Algorithm, Family, accuracy
+from workbench.core.algorithms.base import Algorithm, Family
 from workbench.core.hparams import hparam
 from workbench.core.recipes import Recipe
 from workbench.core.models.conv4 import Conv4
@@ -86,19 +86,8 @@ class ProtoNet(Algorithm):
 
     def meta_train_step(self, episodes) -> dict[str, float]:
         self.encoder.train()
-        optimizer = self.optimizers[0]
-        optimizer.zero_grad(set_to_none=True)
-        total_loss, total_acc = 0.0, 0.0
-        for episode in episodes:
-            episode = episode.to(self.device)
-            logits = self._logits(episode.support_x, episode.support_y, episode.query_x, episode.ways)
-            loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
-            loss.backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits, episode.query_y) / len(episodes)
-        optimizer.step()
-        self.step_schedulers()
-        return {"loss": total_loss, "accuracy": total_acc}
+        return self.cross_entropy_step(
+            episodes, lambda episode: self._logits(episode.support_x, episode.support_y, episode.query_x, episode.ways))
 
     @torch.no_grad()
     def adapt(self, support_x, support_y, ways):

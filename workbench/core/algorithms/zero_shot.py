@@ -173,19 +173,7 @@ class ZeroShot(Algorithm):
         self.train()
         if self._probe is None:
             self._probe = _probe_of(episodes[0], self._episode_descriptors(episodes[0]))
-        optimizer = self.optimizers[0]
-        optimizer.zero_grad(set_to_none=True)
-        total_loss, total_acc = 0.0, 0.0
-        for episode in episodes:
-            episode = episode.to(self.device)
-            logits = self.episode_logits(episode)
-            loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
-            loss.backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits, episode.query_y) / len(episodes)
-        optimizer.step()
-        self.step_schedulers()
-        return {"loss": total_loss, "accuracy": total_acc}
+        return self.cross_entropy_step(episodes, self.episode_logits)
 
     @torch.no_grad()
     def adapt_from_descriptors(self, descriptors):
