@@ -14,6 +14,7 @@ import torch
 
 from conftest import synthetic_dataset, tiny_dataset_config
 from workbench.core import probes
+from workbench.core.algorithms import ModelSpec, algorithm_names, get_algorithm
 from workbench.core.runs import load_model
 from workbench.core.data import Cancelled
 from workbench.core.runs import RunStore
@@ -159,3 +160,26 @@ def test_pca_signs_are_deterministic_without_a_previous_frame():
         assert component[np.argmax(np.abs(component))] > 0
     mirrored, _ = probes.pca_2d(points[::-1])
     assert np.allclose(mirrored[::-1], coords)
+
+
+@pytest.mark.parametrize("name", [n for n in algorithm_names()
+                                  if get_algorithm(n).has("embeddings") and get_algorithm(n).supports("classification")])
+def test_every_algorithm_with_embeddings_feeds_the_projector(name):
+    """The projector's snapshot of a probe episode, in the space each method compares in, for every algorithm that
+    declares embeddings (untrained: the shapes and the stages are what the view needs)."""
+    from workbench.core.data.base import PreprocessSpec
+    from workbench.core.data.episodes import EpisodeSampler
+    from workbench.core.probes import embedding_snapshot
+    from test_algorithms import TRAIN  # a small synthetic split
+
+    torch.manual_seed(0)
+    cls = get_algorithm(name)
+    algorithm = cls(cls.build_hparams({}), ModelSpec(1, 28, 5, TRAIN.num_classes))
+    episode = EpisodeSampler(TRAIN, PreprocessSpec(28, 1, (0.5,), (0.5,)), 5, 1, 3, seed=0).sample()
+    snapshot = embedding_snapshot(algorithm, episode)
+    assert snapshot["support"].shape[0] == 5 and snapshot["query"].shape[0] == 15
+    assert snapshot["prototypes"].shape == (5, snapshot["support"].shape[1])
+    assert np.isfinite(snapshot["support"].astype(np.float32)).all()
+    assert snapshot["query_pred"].shape == (15,) and set(snapshot["query_pred"].tolist()) <= set(range(5))
+    adapted = cls.gradient_based or getattr(algorithm, "support_dependent_embeddings", False)
+    assert ("adapted_support" in snapshot) == adapted
