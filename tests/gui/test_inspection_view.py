@@ -258,3 +258,17 @@ def test_long_heatmap_labels_are_elided_on_the_axis(qtbot):
     panel.show_snapshot(0)
     panel.resize(400, 300)  # twenty columns in a narrow panel: a few characters each
     qtbot.waitUntil(lambda: len(panel.plot.getAxis("bottom")._tickLevels[0][0][1]) < MAX_TICK_CHARACTERS)
+
+
+def test_long_record_titles_wrap_instead_of_scrolling_sideways(qtbot, view, store):
+    long_spec = InspectionSpec("attention", "Queries against the prototypes made from class descriptors", "heatmap",
+                               "help")
+    run = store.create(tiny_dataset_config(name="long-title"))
+    records = [{"attention": compact(long_spec, raw_record(0)["attention"])}]
+    write_inspections(run.path / INSPECTION_FILE, InspectionHistory([long_spec], [10], records, "stub"))
+    view.refresh_runs()
+    view.show_run(run.id)
+    qtbot.waitUntil(lambda: view.record_titles() == [long_spec.title])
+    item = view.record_list.item(0)
+    assert view.record_list.visualItemRect(item).right() <= view.record_list.viewport().width()
+    assert view.record_list.visualItemRect(item).height() > view.record_list.fontMetrics().height() * 1.5  # wrapped

@@ -148,6 +148,8 @@ class InspectionView(QWidget):
     def _build_record_list(self) -> QWidget:
         self.record_list = QListWidget()
         self.record_list.setToolTip("The records the run's algorithm declares")
+        self.record_list.setWordWrap(True)  # long titles wrap in the narrow column instead of scrolling sideways
+        self.record_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.record_list.currentRowChanged.connect(self._on_record_changed)
         self.description = QLabel()
         self.description.setWordWrap(True)
