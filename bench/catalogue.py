@@ -21,8 +21,8 @@ Floors (issue 13), against MAML trained in the same invocation under the same bu
 at least 80% of MAML's accuracy; on Omniglot it is within 3 points of MAML. LEO and ADML are measured on their own
 terms (``OWN_TERMS``): LEO against the prototype classifier on the same frozen features (its evaluation's
 ``protonet_same_features``), ADML on its accuracy under its own attack (its evaluation's ``accuracy_by_epsilon``)
-against MAML's under the same attack, ε and test episodes (measured here after MAML's test when ADML is in the
-run). Every other accuracy an evaluation reports in its extras (e.g. Meta-Weight-Net on corrupted supports) is shown
+against MAML's under the same attack, ε and test episodes (measured here after every MAML test, so ADML may run
+in another invocation and be merged). Every other accuracy an evaluation reports in its extras (e.g. Meta-Weight-Net on corrupted supports) is shown
 too.
 
 Paper numbers come from ``PAPER_NUMBERS``, filled only from what the project's own texts quote (recipes' help,
@@ -136,7 +136,9 @@ NO_PAPER_NUMBER = {
 }
 # Methods measured on their own terms rather than against MAML's clean accuracy (see leo_terms, adml_terms).
 LEO_BASELINE = "protonet_same_features"  # LEO's evaluation extras: a prototype classifier on its frozen features
-ADVERSARIAL = "adml"  # when it runs, MAML's test also measures the accuracy under ADML's attack, for comparison
+# MAML's test also measures the accuracy under ADML's attack, for comparison, whether or not ADML is in this
+# invocation (so ADML can run in another invocation and still be judged against the same MAML run).
+ADVERSARIAL = "adml"
 # (algorithm, dataset, setting) or (algorithm, dataset) or algorithm -> why it is below its floor. Measured facts
 # only: fill these in after a full run.
 NOTES: dict[Any, str] = {
@@ -291,7 +293,7 @@ def run_one(algorithm: str, dataset: str, setting: str, args, store: RunStore) -
         row.update(recipe=config.algorithm.recipe, steps_mode=mode, config=config.to_dict(),
                    paper_recipe=paper_recipe(algorithm, dataset))
         row.update(train_and_test(config, store, args))
-        if algorithm == REFERENCE and ADVERSARIAL in args.plan_algorithms:
+        if algorithm == REFERENCE and ADVERSARIAL in algorithm_names():
             cpu = time.process_time()
             row["adversarial"] = reference_attack(row["run"], store, row["test"], dataset, setting, args)
             row["adversarial"]["cpu_minutes"] = (time.process_time() - cpu) / 60
@@ -564,10 +566,11 @@ def parse_args(argv=None):
     parser.add_argument("--eval-seed", type=int, default=12345, help="seed of the fixed test episodes")
     parser.add_argument("--test-episodes", type=int, default=0, help="0: the dataset's standard count (1,000)")
     parser.add_argument("--out", help="JSON results (default bench/out/catalogue-<time>.json or the --resume file)")
-    parser.add_argument("--resume", help="a results JSON: skip the runs it holds with the same budget")
+    parser.add_argument("--resume", help="results JSONs (separated by commas): skip the runs they hold with the same "
+                                         "budget")
     parser.add_argument("--keep-runs", help="run store folder to keep the runs in (default: a temporary one)")
     parser.add_argument("--readme-table", action="store_true", help=f"wrap the table in {START} / {END}")
-    parser.add_argument("--render", help="only print the table of this results JSON")
+    parser.add_argument("--render", help="only print the table of these results JSONs (separated by commas)")
     args = parser.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
     args.settings = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -577,14 +580,31 @@ def parse_args(argv=None):
     return args
 
 
-def load_previous(path: str | None) -> dict[tuple, dict[str, Any]]:
-    if not path:
+def read_results(paths: str, option: str) -> dict[str, Any]:
+    """One or more results JSONs (separated by commas) as one: their runs by (algorithm, dataset, setting), a later
+    file's run replacing an earlier one's unless it failed where the earlier one did not. So benches run in parallel
+    invocations (each with its own --out) are rendered and resumed together."""
+    merged: dict[str, Any] | None = None
+    runs: dict[tuple, dict[str, Any]] = {}
+    for path in [p.strip() for p in paths.split(",") if p.strip()]:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise SystemExit(f"{option} {path}: cannot read it ({error})")
+        merged = merged or data
+        for row in data.get("runs", []):
+            key = (row["algorithm"], row["dataset"], row["setting"])
+            if key not in runs or "error" not in row or "error" in runs[key]:
+                runs[key] = row
+    if merged is None:
+        raise SystemExit(f"{option}: no file given")
+    return {**merged, "runs": list(runs.values())}
+
+
+def load_previous(paths: str | None) -> dict[tuple, dict[str, Any]]:
+    if not paths:
         return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise SystemExit(f"--resume {path}: cannot read it ({error})")
-    return {(r["algorithm"], r["dataset"], r["setting"]): r for r in data.get("runs", [])}
+    return {(r["algorithm"], r["dataset"], r["setting"]): r for r in read_results(paths, "--resume")["runs"]}
 
 
 def reusable(row: dict[str, Any] | None, args) -> bool:
@@ -630,9 +650,9 @@ def run_all(args, data: dict[str, Any], out: Path, previous: dict[tuple, dict[st
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.render:
-        print(render_table(json.loads(Path(args.render).read_text()), args.readme_table))
+        print(render_table(read_results(args.render, "--render"), args.readme_table))
         return 0
-    out = Path(args.out or args.resume or REPO_ROOT / "bench" / "out" /
+    out = Path(args.out or (args.resume or "").split(",")[0] or REPO_ROOT / "bench" / "out" /
                f"catalogue-{time.strftime('%Y%m%d-%H%M%S')}.json")
     data = {"benchmark": "catalogue", "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "environment": environment(args.threads),

@@ -4,6 +4,7 @@ numbers quoted only from the project's texts, resuming, and one tiny run through
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -142,6 +143,21 @@ def test_resume_keeps_finished_runs_and_retries_failed_ones(catalogue, tmp_path,
     assert {(r["algorithm"], r["dataset"]) for r in data["runs"]} == {("maml", "glyphs"), ("protonet", "glyphs"),
                                                                       ("protonet", "omniglot")}
     assert (tmp_path / "out.json").is_file()
+
+
+def test_results_of_parallel_invocations_merge_without_losing_a_good_run(catalogue, tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(table_data(row("maml", "glyphs", 0.8), row("leo", "glyphs", 0.7),
+                                           row("gnn", "glyphs", 0.6))))
+    second.write_text(json.dumps(table_data(row("maml", "glyphs", 0.5, error="RuntimeError: boom"),
+                                            row("leo", "glyphs", 0.75), row("siamese", "glyphs", 0.9))))
+    merged = catalogue.read_results(f"{first},{second}", "--render")
+    accuracy = {r["algorithm"]: r["test"]["accuracy"] for r in merged["runs"]}
+    # A failed rerun keeps the earlier good row; a later good row replaces the earlier one.
+    assert accuracy == {"maml": 0.8, "leo": 0.75, "gnn": 0.6, "siamese": 0.9}
+    assert set(catalogue.load_previous(f"{second},{first}")) == {(a, "glyphs", "5w1s") for a in accuracy}
+    with pytest.raises(SystemExit, match="b.json"):
+        catalogue.read_results(f"{first},{tmp_path / 'missing' / 'b.json'}", "--resume")
 
 
 def test_a_tiny_run_trains_selects_on_validation_and_tests_once(catalogue, one_torch_thread, tmp_path):
