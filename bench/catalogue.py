@@ -405,6 +405,19 @@ def facts(row: dict[str, Any]) -> list[str]:
     return out
 
 
+def still_improving(row: dict[str, Any]) -> list[str]:
+    """For a row below its floor: whether the budget, rather than the method, stopped it (its best validation came
+    at its last step), and how many training tasks it saw in the budget (steps × meta-batch)."""
+    if "error" in row or not row.get("steps"):
+        return []
+    steps = row["steps"]
+    meta_batch = ((row.get("config") or {}).get("training") or {}).get("meta_batch", 1) or 1
+    seen = f"{steps:,} steps of {meta_batch} task{'s' if meta_batch != 1 else ''} ({steps * meta_batch:,} tasks)"
+    if row.get("best_step") == steps:
+        return [f"best validation at its last step, still improving when the budget ended: {seen}"]
+    return [f"best validation at step {row.get('best_step', 0):,} of {seen}"]
+
+
 def budget_note(row: dict[str, Any]) -> str:
     """Where the budget stops short of the recipe's or the paper's steps."""
     if "error" in row:
@@ -426,7 +439,7 @@ def budget_note(row: dict[str, Any]) -> str:
 def note_for(row: dict[str, Any], below: bool | None) -> str:
     keys = [(row["algorithm"], row["dataset"], row["setting"]), (row["algorithm"], row["dataset"]), row["algorithm"]]
     written = next((NOTES[k] for k in keys if k in NOTES), None)
-    parts = facts(row)
+    parts = facts(row) + (still_improving(row) if below else [])
     if written:
         parts.insert(0, written)
     elif below:

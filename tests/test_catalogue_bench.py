@@ -79,6 +79,11 @@ def test_floors_against_maml_and_notes(catalogue, monkeypatch):
     rows = {r[0]: r for r in catalogue.table_rows(table_data(row("reptile", "glyphs", 0.63), maml))}
     assert rows["MAML"][7] == "reference"
     assert "below floor; not investigated" in rows["Reptile"][8]
+    assert "best validation at step 400 of 500 steps of 1 task (500 tasks)" in rows["Reptile"][8]
+    improving = row("reptile", "glyphs", 0.63, best_step=500, config={"training": {"meta_batch": 5}})
+    rows = {r[0]: r for r in catalogue.table_rows(table_data(improving, maml))}
+    assert "still improving when the budget ended: 500 steps of 5 tasks (2,500 tasks)" in rows["Reptile"][8]
+    assert "best validation" not in rows["MAML"][8]  # only rows below their floor say it
     monkeypatch.setitem(catalogue.NOTES, ("reptile", "glyphs"), "measured: 50 test steps overfit")
     rows = {r[0]: r for r in catalogue.table_rows(table_data(row("reptile", "glyphs", 0.63), maml))}
     assert "measured: 50 test steps overfit" in rows["Reptile"][8] and "not investigated" not in rows["Reptile"][8]
