@@ -509,6 +509,30 @@ def test_a_curve_the_algorithm_adds_to_its_result_shows_as_a_titled_page(qtbot, 
     assert not view.tabs.isTabVisible(index)
 
 
+def test_a_metric_per_named_group_shows_as_a_table_page(qtbot, view):
+    """Accuracy per dataset of a mixture (extras keyed by names, not numbers) is a table, not a curve."""
+    from workbench.core.kinds.classification import EvalResult, accuracy_by_domain
+
+    result = EvalResult(accuracy=0.7, ci95=0.02, episodes=4, ways=5, shots=1, queries=15, seed=1, domains="within",
+                        per_episode_accuracy=np.array([0.9, 0.8, 0.5, 0.6], np.float32))
+    result.extras = accuracy_by_domain(result.per_episode_accuracy, ["omniglot", "omniglot", "glyphs", "glyphs"])
+    data = ResultData.of(result)
+    assert not data.curves() and [b.title for b in data.breakdowns()] == ["Accuracy by domain"]
+    view.show_result(data, "no-such-run")
+    page = view.result_panel.breakdown
+    index = view.tabs.indexOf(page)
+    assert view.tabs.isTabVisible(index) and view.tabs.tabText(index) == "Accuracy by domain"
+    cells = [[page.item(r, c).text() for c in range(3)] for r in range(page.rowCount())]
+    assert [row[0] for row in cells] == ["glyphs", "omniglot"] and [row[2] for row in cells] == ["2", "2"]
+    assert cells[1][1] == ACCURACY.format(0.85, result.extras["ci95_by_domain"]["omniglot"])
+    view.tabs.setCurrentWidget(page)
+    save_screenshot(view, "evaluation_breakdown.png")
+    plain = ResultData.of(result)
+    plain.data["extras"] = {}
+    view.show_result(plain, "no-such-run")
+    assert not view.tabs.isTabVisible(index)
+
+
 def test_compared_runs_draw_their_curves_on_the_same_tasks_together(qtbot, view, capsys):
     from workbench import cli
 

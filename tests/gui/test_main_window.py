@@ -194,6 +194,31 @@ def test_a_corrupt_image_in_a_folder_dataset_is_reported_not_fatal(qtbot, make_w
     qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
 
 
+def test_several_datasets_load_as_one_with_their_sources_field(qtbot, make_window, gui, tmp_path):
+    """The mixture's own field shows for it alone; its members load as one dataset whose domains are datasets."""
+    from fixtures_data import make_split_folders
+
+    make_split_folders(tmp_path / "photos", {"train": {f"t{i}": 4 for i in range(4)},
+                                            "val": {f"v{i}": 4 for i in range(3)},
+                                            "test": {f"s{i}": 4 for i in range(3)}})
+    window = make_window()
+    gui.wait_until_ready(qtbot, window)
+    panel = window.dataset_panel
+    row = panel.options._editors["sources"]
+    assert not panel.options._layout.isRowVisible(row)  # glyphs: not its field
+    panel.episode_form.set_values({"ways": 3, "shots": 1, "queries": 2})
+    panel.name_combo.setCurrentIndex(panel.name_combo.findData("mixture"))
+    assert panel.options._layout.isRowVisible(row) and not panel.source_form.isRowVisible(panel.root_widget)
+    panel.options.set_value("sources", f"glyphs; folder={tmp_path / 'photos'}")
+    panel.options.set_value("episode_domains", "within")
+    qtbot.waitUntil(lambda: panel.is_ready() and not panel.is_loading, timeout=gui.LOAD_TIMEOUT_MS)
+    assert set(panel.dataset.split("test").class_groups) == {"glyphs", "folder"}
+    assert panel.dataset.spec.channels == 3 and "meta-train" in panel.status_label.text()
+    panel.grab().save("/tmp/dataset_panel_mixture.png")
+    qtbot.waitUntil(lambda: window.run_action.isEnabled(), timeout=5_000)
+    assert window.current_config().dataset.sources.startswith("glyphs; folder=")
+
+
 def test_a_missing_folder_is_explained_and_run_stays_disabled(qtbot, make_window, gui, tmp_path):
     window = make_window()
     gui.wait_until_ready(qtbot, window)

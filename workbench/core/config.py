@@ -47,6 +47,10 @@ class DatasetConfig:
                         low=1, high=100)
     queries: int = hparam(15, "Q-query: query examples per class in each episode (regression: query points per "
                           "task).", low=1, high=1000)
+    sources: str = hparam("", "The datasets of a mixture ('Several datasets'), separated by ';': each 'name' or "
+                          "'name=location', e.g. 'glyphs; omniglot=~/data/omniglot; folder=~/photos'. Each keeps its "
+                          "own class split; each is a domain, so 'within' episodes come from one dataset.",
+                          label="Datasets")
     episode_domains: str = hparam("any", "Where an episode's classes come from: 'any' class of the split, or "
                                   "'within' one domain (an Omniglot or glyph alphabet, an image-folder subtree "
                                   "<root>/<domain>/<class>/), as in Lake et al.'s one-shot runs; the domain is chosen "

@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, Q
 from workbench.core import catalog
 from workbench.core.config import DatasetConfig, config_fields
 from workbench.core import data as core_data
-from workbench.core.data import EpisodeSampler, dataset_info
+from workbench.core.data import EpisodeSampler, dataset_info, own_fields
 from workbench.core.data.base import SPLIT_TITLES, SPLITS
 from workbench.core.data.episodes import episode_options
 from workbench.core.errors import ConfigError, EpisodeError
@@ -37,7 +37,7 @@ EPISODE_FIELDS = ("ways", "shots", "queries")
 # Fields with their own widgets; the rest of DatasetConfig goes into the generated options form.
 CUSTOM_FIELDS = ("name", "root", "download", *EPISODE_FIELDS)
 # Changing one of these means the data must be loaded again; the episode fields only re-check.
-LOAD_FIELDS = ("name", "root", "split", "image_size", "rotations", "download", "split_seed")
+LOAD_FIELDS = ("name", "root", "split", "image_size", "rotations", "download", "split_seed", "sources")
 MAX_SHOWN_QUERIES = 5
 MAX_SHOWN_WAYS = 10
 
@@ -464,8 +464,9 @@ class DatasetPanel(QWidget):
         self.zip_button.setToolTip(f"Choose a {info.title} zip file")
         self.source_form.setRowVisible(self.download_check, info.downloadable and "download" in fields)
         # Options that mean nothing for this kind or dataset are hidden rather than ignored silently.
+        others_own = own_fields() - set(info.own_fields)  # fields another dataset reads alone
         for name in self.options.names():
-            self.options.set_row_visible(name, name in fields)
+            self.options.set_row_visible(name, name in fields and name not in others_own)
         self._show_split_choices(info, "split" in fields)
         self._show_image_size(info)
         for name in EPISODE_FIELDS:

@@ -32,6 +32,8 @@ class DatasetInfo:
     default_image_size: int = 0  # 0: not an image dataset, or the module decides
     splits: tuple[str, ...] = ()  # class-split protocols it understands besides "default" (and "ratio")
     has_zip_form: bool = False  # can be read from its official zip files (the GUI offers a zip picker)
+    # DatasetConfig fields that only this dataset reads (the GUI shows them for it alone), e.g. a mixture's sources.
+    own_fields: tuple[str, ...] = ()
 
     @property
     def module_path(self) -> str:
@@ -41,7 +43,7 @@ class DatasetInfo:
         return {"name": self.name, "title": self.title, "description": self.description,
                 "needs_root": self.needs_root, "downloadable": self.downloadable, "kinds": list(self.kinds),
                 "test_tasks": self.test_tasks, "default_image_size": self.default_image_size,
-                "splits": list(self.splits), "has_zip_form": self.has_zip_form}
+                "splits": list(self.splits), "has_zip_form": self.has_zip_form, "own_fields": list(self.own_fields)}
 
 
 CATALOG: dict[str, DatasetInfo] = {
@@ -68,6 +70,11 @@ CATALOG: dict[str, DatasetInfo] = {
         DatasetInfo("fc100", "FC100", "cifar",
                     "CIFAR-100 split by superclass (Oreshkin et al.): 12/4/4 superclasses, 60/20/20 classes.",
                     needs_root=True, downloadable=True, default_image_size=32),
+        DatasetInfo("mixture", "Several datasets", "mixture",
+                    "Several image datasets side by side (e.g. glyphs, Omniglot and an image folder), each keeping "
+                    "its own class split and each a domain: with 'within' episodes every task comes from one "
+                    "dataset and evaluation reports accuracy per dataset (the multi-dataset training of CNAPs).",
+                    needs_root=False, default_image_size=28, own_fields=("sources",)),
         DatasetInfo("sine", "Sine waves (built-in)", "sine",
                     "The sine-wave toy of Finn et al. (2017): each task is a sine with amplitude in [0.1, 5] and "
                     "phase in [0, pi]; K points with x in [-5, 5] to adapt on. Generated, no download.",
@@ -105,6 +112,12 @@ def _load_plugins() -> None:
         _plugins_loaded = True
 
 
+def own_fields() -> set[str]:
+    """The DatasetConfig fields some dataset reads alone (shown only for it)."""
+    _load_plugins()
+    return {name for info in CATALOG.values() for name in info.own_fields}
+
+
 def dataset_names() -> list[str]:
     _load_plugins()
     return list(CATALOG)
@@ -125,7 +138,8 @@ _cache_lock = threading.Lock()
 
 
 def _cache_key(config) -> tuple:
-    return (config.name, config.root, config.split, config.image_size, config.rotations, config.split_seed)
+    return (config.name, config.root, config.split, config.image_size, config.rotations, config.split_seed,
+            getattr(config, "sources", ""))
 
 
 def load_dataset(config, progress: ProgressCallback = no_progress, use_cache: bool = True) -> FewShotDataset:
@@ -157,7 +171,8 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-__all__ = ["CATALOG", "DatasetInfo", "IMAGE_KINDS", "LabeledBatch", "register", "dataset_names", "dataset_info",
+__all__ = ["CATALOG", "DatasetInfo", "IMAGE_KINDS", "LabeledBatch", "register", "own_fields", "dataset_names",
+           "dataset_info",
            "datasets_for_kind", "load_dataset", "clear_cache", "SPLITS", "Cancelled", "ClassSplit",
            "FewShotDataset", "PreprocessSpec", "Episode", "EpisodeSampler", "FixedEpisodes",
            "check_episode_setting", "ProgressCallback", "no_progress"]

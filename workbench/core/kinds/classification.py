@@ -175,6 +175,8 @@ def evaluate_episodes(algorithm: Any, episodes: FixedEpisodes, device: torch.dev
     sampler = episodes.sampler
     class_names = episodes.split.class_names
     per_episode = np.zeros(total, np.float32)
+    episode_domain: list[str] = []  # with "within" episodes: each episode's domain (a mixture's: its dataset)
+    groups = episodes.split.class_groups if getattr(episodes, "domains", "any") == "within" else None
     records = {"episode": [], "query": [], "true": [], "pred": [], "row": [], "confidence": []}
     report_every = max(1, total // 100)
     progress(0, total, f"evaluating on {total} {split} episodes")
@@ -189,6 +191,8 @@ def evaluate_episodes(algorithm: Any, episodes: FixedEpisodes, device: torch.dev
         confidence, predicted = probs.max(dim=-1)
         truth = episode.query_y.cpu()
         per_episode[index] = float((predicted == truth).float().mean())
+        if groups:
+            episode_domain.append(groups[episode.class_ids[0]])
         class_ids = torch.as_tensor(episode.class_ids)
         n = truth.numel()
         records["episode"].append(np.full(n, index, np.int32))
@@ -222,9 +226,22 @@ def evaluate_episodes(algorithm: Any, episodes: FixedEpisodes, device: torch.dev
         domains=getattr(episodes, "domains", "any"))
     # Hook: algorithms can add their own results (e.g. learned sample weights).
     extras = algorithm.evaluation_extras(episodes)
-    if extras:
-        result.extras = dict(extras)
+    result.extras = {**accuracy_by_domain(per_episode, episode_domain), **dict(extras or {})}
     return result
+
+
+def accuracy_by_domain(per_episode: np.ndarray, domains: list[str]) -> dict[str, Any]:
+    """Mean accuracy ± 95% CI of the episodes of each domain, when every episode came from one domain (a mixture's
+    domains are its datasets: accuracy per dataset). Empty otherwise."""
+    if not domains:
+        return {}
+    names = sorted(set(domains))
+    labels = np.asarray(domains)
+    stats = {name: mean_ci95(per_episode[labels == name]) for name in names}
+    return {"accuracy_by_domain": {name: float(stats[name][0]) for name in names},
+            "ci95_by_domain": {name: float(stats[name][1]) for name in names},
+            "episodes_by_domain": {name: int((labels == name).sum()) for name in names},
+            "domain_note": "episodes drawn within one domain each; mean over that domain's episodes"}
 
 
 class BatchSampler:
@@ -250,7 +267,7 @@ class ImageKind(ExperimentKind):
     metric = ACCURACY
     default_dataset = "glyphs"
     test_tasks = 600
-    dataset_fields = (*ExperimentKind.dataset_fields, "episode_domains")
+    dataset_fields = (*ExperimentKind.dataset_fields, "episode_domains", "sources")
 
     def output_size(self, ways: int) -> int:
         return ways

@@ -113,6 +113,51 @@ def extras_curves(extras: dict[str, Any]) -> list[Curve]:
 
 
 @dataclass
+class Breakdown:
+    """A metric an evaluation carries among its extras per named group rather than along a number, e.g. accuracy
+    per dataset of a mixture: ``"<metric>_by_<x>": {name: value}`` with optional ``"ci95_by_<x>"`` and
+    ``"episodes_by_<x>"`` (same keys) and a ``"<x>_note"``."""
+
+    metric: str
+    x: str
+    rows: list[tuple[str, float, float, int | None]]  # (name, value, ci95, episodes), in name order
+    note: str = ""
+
+    @property
+    def title(self) -> str:
+        """'Accuracy by domain'."""
+        return f"{self.metric[:1].upper()}{self.metric[1:]} by {self.x}".replace("_", " ")
+
+
+def _is_number(key: Any) -> bool:
+    try:
+        float(key)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def extras_breakdowns(extras: dict[str, Any]) -> list[Breakdown]:
+    """The per-group metrics among an evaluation's extras (see :class:`Breakdown`): the ``_by_`` entries whose keys
+    are names, not numbers; the counts and intervals that go with them are not breakdowns of their own."""
+    found = []
+    for key, points in (extras or {}).items():
+        metric, by, x = key.partition("_by_")
+        if (not by or metric in ("ci95", "episodes") or not isinstance(points, dict) or not points
+                or all(_is_number(k) for k in points)):
+            continue
+        intervals = extras.get(f"ci95_by_{x}") if isinstance(extras.get(f"ci95_by_{x}"), dict) else {}
+        counts = extras.get(f"episodes_by_{x}") if isinstance(extras.get(f"episodes_by_{x}"), dict) else {}
+        try:
+            rows = [(str(name), _number(points[name]), _number(intervals.get(name)),
+                     int(counts[name]) if counts.get(name) is not None else None) for name in sorted(points)]
+        except (TypeError, ValueError):
+            continue
+        found.append(Breakdown(metric, x, rows, str(extras.get(f"{x}_note") or "")))
+    return found
+
+
+@dataclass
 class ResultData:
     """One evaluation result, read through its JSON and arrays."""
 
@@ -162,6 +207,10 @@ class ResultData:
     def curves(self) -> list[Curve]:
         """Curves the algorithm added to the result (e.g. accuracy against an attack's budget)."""
         return extras_curves(self.data.get("extras") or {})
+
+    def breakdowns(self) -> list[Breakdown]:
+        """Metrics per named group the evaluation added (e.g. accuracy per dataset of a mixture)."""
+        return extras_breakdowns(self.data.get("extras") or {})
 
     def scale(self, metric_key: str) -> float:
         """100 for a metric shown in percent (the kind's headline metric, when it is a percentage), else 1."""

@@ -156,6 +156,41 @@ class CurvesPage(QWidget):
         self.plot.apply_theme(theme)
 
 
+class BreakdownPage(QTableWidget):
+    """A metric per named group among the result's extras (the first, when it has several), e.g. accuracy per
+    dataset of a mixture evaluated on episodes within one dataset each."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(0, 3, parent)
+        self.title = "Breakdown"  # the breakdown's own title once one is shown
+        self.verticalHeader().setVisible(False)
+        self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.setSortingEnabled(False)
+
+    @staticmethod
+    def accepts(data: ResultData) -> bool:
+        return bool(data.breakdowns())
+
+    def show_result(self, data: ResultData, theme: themes.Theme) -> None:
+        breakdown = data.breakdowns()[0]
+        self.title = breakdown.title
+        headline = breakdown.metric == data.metric.key
+        self.setHorizontalHeaderLabels([breakdown.x.replace("_", " ").capitalize(),
+                                        f"{breakdown.metric.replace('_', ' ').capitalize()} ± 95% CI", "Episodes"])
+        self.setRowCount(len(breakdown.rows))
+        for r, (name, value, ci95, count) in enumerate(breakdown.rows):
+            text = data.metric.format(value, ci95) if headline else f"{value:.4g} ± {ci95:.2g}"
+            self.setItem(r, 0, table_item(name, breakdown.note))
+            cell = table_item(text, breakdown.note, align_right=True)
+            if headline and data.metric.percent:
+                cell.setBackground(QBrush(heat(value * 0.8, theme.is_dark)))
+                cell.setForeground(QBrush(QColor("white" if value > 0.7 else theme.plot_foreground)))
+            self.setItem(r, 1, cell)
+            self.setItem(r, 2, table_item("" if count is None else f"{count:,}", align_right=True))
+        self.resizeColumnsToContents()
+        self.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+
+
 class ResultPanel(QObject):
     """The summary line and the single-result pages; the view places them (pages as tabs, see ``pages``)."""
 
@@ -174,10 +209,11 @@ class ResultPanel(QObject):
         self.per_class = PerClassTable()
         self.steps = StepsPage()
         self.curves = CurvesPage(theme)
+        self.breakdown = BreakdownPage()
 
     @property
     def pages(self) -> list[QWidget]:
-        return [self.confusion, self.per_class, self.steps, self.curves]
+        return [self.confusion, self.per_class, self.steps, self.curves, self.breakdown]
 
     def accepted(self) -> list[QWidget]:
         """The pages that have something to show for the current result."""
@@ -200,6 +236,8 @@ class ResultPanel(QObject):
             self.steps.show_result(data, self.theme)
         if self.curves.accepts(data):
             self.curves.show_result(data, self.theme)
+        if self.breakdown.accepts(data):
+            self.breakdown.show_result(data, self.theme)
         return self.accepted()
 
     def clear(self, prompt: str = PROMPT) -> None:
@@ -213,6 +251,8 @@ class ResultPanel(QObject):
         self.confusion.apply_theme(theme)
         if self.data is not None and self.per_class.accepts(self.data):
             self.per_class.show_result(self.data, theme)
+        if self.data is not None and self.breakdown.accepts(self.data):
+            self.breakdown.show_result(self.data, theme)
 
     def shutdown(self) -> bool:
         return self.confusion.shutdown()
