@@ -90,6 +90,18 @@ def test_floors_against_maml_and_notes(catalogue, monkeypatch):
     assert catalogue.floor_status(row("reptile", "glyphs", 0.63), None)[0] == "no MAML run to compare with"
 
 
+def test_metric_and_model_families_have_an_absolute_floor_on_omniglot_5_way(catalogue):
+    maml = row("maml", "omniglot", 0.92)
+    status, below = catalogue.floor_status(row("gnn", "omniglot", 0.949), maml)
+    assert below and status.startswith("below floor: 94.9% (floor 95%)") and "+2.9 points vs MAML" in status
+    assert catalogue.floor_status(row("matching-net", "omniglot", 0.95), maml)[1] is False
+    status, below = catalogue.floor_status(row("matching-net", "omniglot", 0.80, setting="20w1s"),
+                                           row("maml", "omniglot", 0.85, setting="20w1s"))
+    assert below is None and status == "no floor here; -5.0 points vs MAML's 85.0%"
+    assert catalogue.floor_status(row("siamese", "omniglot", 0.97), None) == ("meets floor: 97.0% (floor 95%)",
+                                                                               False)
+
+
 def test_leo_and_adml_are_measured_on_their_own_terms(catalogue):
     leo = row("leo", "glyphs", 0.70, test={"accuracy": 0.70, "ci95": 0.01, "episodes": 1000, "extras": {
         "protonet_same_features": {"accuracy": 0.72, "ci95": 0.01, "episodes": 1000}}})
