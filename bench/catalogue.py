@@ -154,6 +154,12 @@ NOTES: dict[Any, str] = {
     "meta-weight-net": "not like-for-like: its recommended recipe is the noisy-supports experiment (40% of the "
                        "training support labels corrupted, 300 steps, about 1.3 CPU-min), so the floor does not "
                        "measure the method",
+    # Measured in the Omniglot 5w1s run of 2026-12-06 (3 CPU-min, one thread); a longer budget was not tried.
+    ("reptile", "omniglot", "5w1s"): "budget-bound: its best validation came at its last step (516 steps of 5 "
+                                     "tasks), still rising, against the 100,000 steps of its paper recipe",
+    ("meta-lstm", "omniglot", "5w1s"): "budget-bound: one episode per meta-step (the paper's setting) with 12 learned "
+                                       "updates each, so it met 311 training tasks in the budget against MAML's "
+                                       "2,436 (609 steps of 4)",
 }
 
 
