@@ -49,7 +49,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from workbench.core.algorithms import register
 from workbench.core.algorithms.base import Algorithm, Family
@@ -217,6 +216,8 @@ def distort(images: torch.Tensor, generator: torch.Generator, probability: float
     """Each image [N, C, H, W] through its own random affine transform (the paper's ranges; each component with
     ``probability``), bilinear, empty pixels filled with ``fill``. The images are shifted so that ``fill`` is 0
     first: torchvision blends a non-zero fill into bilinear edges too darkly, zero padding blends exactly."""
+    from torchvision.transforms.v2 import functional as TF  # here: importing it costs seconds at app start
+
     count = len(images)
     shift_to_zero = torch.tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     images = images - shift_to_zero
