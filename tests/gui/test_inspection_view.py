@@ -260,6 +260,28 @@ def test_long_heatmap_labels_are_elided_on_the_axis(qtbot):
     qtbot.waitUntil(lambda: len(panel.plot.getAxis("bottom")._tickLevels[0][0][1]) < MAX_TICK_CHARACTERS)
 
 
+def test_row_labels_have_room_from_the_first_draw(qtbot):
+    """pyqtgraph widens an axis to its labels only after painting it once and drops what does not fit until then;
+    the heatmap sizes its left axis to the longest row label itself."""
+    from PySide6.QtGui import QFont, QFontMetrics
+
+    from workbench.gui.inspection_plots import HeatmapPlot
+
+    panel = HeatmapPlot()
+    qtbot.addWidget(panel)
+    rows = np.array(["u representation", "b: W1"])
+    panel.set_history(ATTENTION, [compact(ATTENTION, {"values": np.eye(2), "rows": rows})])
+    panel.show_snapshot(0)
+    axis = panel.plot.getAxis("left")
+    assert not axis.style["autoExpandTextSpace"]
+    shown = [text for _, text in axis._tickLevels[0]]
+    assert shown[0].startswith("u represent") and shown[1] == "b: W1"
+    assert axis.style["tickTextWidth"] >= max(QFontMetrics(QFont()).horizontalAdvance(text) for text in shown)
+    panel.set_history(ATTENTION, [compact(ATTENTION, {"values": np.eye(2)})])  # unnamed rows: numbers, auto width
+    panel.show_snapshot(0)
+    assert axis.style["autoExpandTextSpace"]
+
+
 def test_long_record_titles_wrap_instead_of_scrolling_sideways(qtbot, view, store):
     long_spec = InspectionSpec("attention", "Queries against the prototypes made from class descriptors", "heatmap",
                                "help")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QFont, QFontMetrics
 from PySide6.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from workbench.core.inspection import InspectionSpec, layer_histograms
@@ -403,6 +403,8 @@ class HeatmapPlot(InspectionPlot):
         """Named ticks at the cells' centres (every k-th when there are many), or numbers when unnamed."""
         if labels is None or np.size(labels) != count:
             self.plot.getAxis(axis).setTicks(None)
+            if axis == "left":
+                self._fit_left_axis(None)
             return
         every = max(1, math.ceil(count / MAX_TICK_LABELS))
         limit = MAX_TICK_CHARACTERS
@@ -410,7 +412,20 @@ class HeatmapPlot(InspectionPlot):
             width = self.plot.getPlotItem().vb.width() or self.plot.width()
             limit = max(3, min(limit, int(width * every / (count + 1) / TICK_CHARACTER_PIXELS)))
         texts = [text if len(text) <= limit else text[:limit - 1] + "…" for text in label_texts(labels)]
-        self.plot.getAxis(axis).setTicks([[(i + 0.5, texts[i]) for i in range(0, count, every)]])
+        shown = [(i + 0.5, texts[i]) for i in range(0, count, every)]
+        self.plot.getAxis(axis).setTicks([shown])
+        if axis == "left":
+            self._fit_left_axis([text for _, text in shown])
+
+    def _fit_left_axis(self, texts: list[str] | None) -> None:
+        """Make room for the row labels before the first paint: pyqtgraph widens an axis to its text only after
+        drawing it once, and until then leaves out the labels that do not fit."""
+        axis = self.plot.getAxis("left")
+        if not texts:
+            axis.setStyle(autoExpandTextSpace=True)
+            return
+        metrics = QFontMetrics(axis.style.get("tickFont") or QFont())
+        axis.setStyle(autoExpandTextSpace=False, tickTextWidth=max(metrics.horizontalAdvance(t) for t in texts) + 4)
 
     def _on_mouse(self, position: QPointF) -> None:
         if self.values is None or not self.plot.sceneBoundingRect().contains(position):
