@@ -102,6 +102,18 @@ def test_metric_and_model_families_have_an_absolute_floor_on_omniglot_5_way(cata
                                                                                False)
 
 
+def test_mann_is_judged_by_its_accuracy_by_instance(catalogue):
+    learned = row("mann", "glyphs", 0.6, test={"accuracy": 0.6, "ci95": 0.01, "episodes": 1000, "extras": {
+        "accuracy_by_instance": {"1": 0.36, "2": 0.5, "10": 0.7}, "ci95_by_instance": {}}})
+    status, below = catalogue.floor_status(learned, row("maml", "glyphs", 0.8))
+    assert below is None and status.startswith("own terms (meets floor: 10th instance +34.0 points over the 1st")
+    assert "2: 50.0%, 10: 70.0%" in status
+    learned["test"]["extras"]["accuracy_by_instance"]["10"] = 0.5
+    assert "below floor: 10th instance +14.0" in catalogue.floor_status(learned, None)[0]
+    learned["test"]["extras"] = {"instance_note": "accuracy by instance unavailable: too few images"}
+    assert catalogue.floor_status(learned, None)[0] == "own terms: accuracy by instance unavailable: too few images"
+
+
 def test_leo_and_adml_are_measured_on_their_own_terms(catalogue):
     leo = row("leo", "glyphs", 0.70, test={"accuracy": 0.70, "ci95": 0.01, "episodes": 1000, "extras": {
         "protonet_same_features": {"accuracy": 0.72, "ci95": 0.01, "episodes": 1000}}})
@@ -139,7 +151,7 @@ def test_every_paper_number_is_quoted_where_it_says(catalogue):
         files += [REPO_ROOT / "README.md"] if "README" in paper.quoted_in else []
         assert files, f"{algorithm}: name the file that quotes {paper.accuracy}"
         texts = [f.read_text(encoding="utf-8") for f in files]
-        quoted = {f"{paper.accuracy:g}%", f"{paper.accuracy:g} ±", f"{paper.accuracy:.1f}%"}
+        quoted = {f"{paper.accuracy:g}%", f"{paper.accuracy:g} ±", f"{paper.accuracy:.1f}%", f"{paper.accuracy:.2f}%"}
         assert any(form in text for form in quoted for text in texts), \
             f"{algorithm} {dataset} {setting}: {paper.accuracy} is not in {paper.quoted_in}"
 

@@ -19,7 +19,8 @@ REGISTRY: Registry[type[Algorithm]] = Registry(
     "algorithm", "algorithm.name", "workbench.core.algorithms",
     ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net", "focal_loss", "l2rw",
      "reptile", "anil", "meta_sgd", "maml_plus_plus", "meta_lstm", "leo", "adml",
-     "matching", "relation_net", "siamese", "gnn", "zero_shot"), "algorithms", _checked)
+     "matching", "relation_net", "siamese", "gnn", "zero_shot", "mann", "snail", "cnaps",
+     "simple_cnaps", "meta_networks"), "algorithms", _checked)
 register = REGISTRY.register
 
 
