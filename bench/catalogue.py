@@ -502,7 +502,7 @@ def budget_note(row: dict[str, Any]) -> str:
 def note_for(row: dict[str, Any], below: bool | None) -> str:
     keys = [(row["algorithm"], row["dataset"], row["setting"]), (row["algorithm"], row["dataset"]), row["algorithm"]]
     written = next((NOTES[k] for k in keys if k in NOTES), None)
-    parts = facts(row) + (still_improving(row) if below else [])
+    parts = facts(row) + (still_improving(row) if below and not written else [])
     if written:
         parts.insert(0, written)
     elif below:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.core.algorithms import register
-from workbench.core.algorithms.base import Algorithm, Family, accuracy
+from workbench.core.algorithms.base import Algorithm, Family
 from workbench.core.algorithms.matching import probe_subset
 from workbench.core.hparams import hparam
 from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
@@ -263,25 +263,17 @@ class Snail(Algorithm):
         self.train()
         if self._probe is None:
             self._probe = episodes[0].to("cpu")
-        optimizer = self.optimizers[0]
-        optimizer.zero_grad(set_to_none=True)
-        total_loss, total_acc = 0.0, 0.0
-        for episode in episodes:
-            episode = episode.to(self.device)
-            self.check_ways(episode.ways)
-            n = len(episode.support_x)
-            features = self.encoder(torch.cat([episode.support_x, episode.query_x]))  # one batch-norm batch
-            order = (torch.randperm(n).to(self.device) if self.hparams.shuffle_support
-                     else torch.arange(n, device=self.device))
-            prefix = self.support_steps(features[:n][order], episode.support_y[order])
-            logits = self.query_logits(prefix, features[n:], episode.ways)
-            loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
-            loss.backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits, episode.query_y) / len(episodes)
-        optimizer.step()
-        self.step_schedulers()
-        return {"loss": total_loss, "accuracy": total_acc}
+        return self.cross_entropy_step(episodes, self._training_logits)
+
+    def _training_logits(self, episode) -> torch.Tensor:
+        """The queries' last-step logits, the support (shuffled when asked) in one batch-norm batch with them."""
+        self.check_ways(episode.ways)
+        n = len(episode.support_x)
+        features = self.encoder(torch.cat([episode.support_x, episode.query_x]))
+        order = (torch.randperm(n).to(self.device) if self.hparams.shuffle_support
+                 else torch.arange(n, device=self.device))
+        prefix = self.support_steps(features[:n][order], episode.support_y[order])
+        return self.query_logits(prefix, features[n:], episode.ways)
 
     @torch.no_grad()
     def adapt(self, support_x, support_y, ways):
