@@ -215,3 +215,22 @@ def test_the_projector_shows_the_film_adapted_space():
     snapshot = embedding_snapshot(algorithm, episode())
     assert "adapted_support" in snapshot and "adapted_query" in snapshot
     assert not np.allclose(snapshot["adapted_query"], snapshot["query"], atol=1e-3)
+
+
+def test_the_second_probe_task_comes_from_another_domain_when_one_appears():
+    """Two tasks' FiLM parameters compare best across datasets (a mixture's '<dataset>/...' class names) or
+    alphabets; without another domain the next task with other classes is taken after a while."""
+    from workbench.core.algorithms.cnaps import PROBE_PATIENCE
+
+    def episode(names: list[str], first_id: int) -> Episode:
+        x = torch.zeros(len(names), 1, SIZE, SIZE)
+        y = torch.arange(len(names))
+        return Episode(x, y, x, y, list(range(first_id, first_id + len(names))), names)
+
+    algorithm = make("simple-cnaps")
+    glyphs = [episode([f"glyphs/a{i}", f"glyphs/b{i}"], 2 * i) for i in range(5)]
+    algorithm._keep_probes(glyphs + [episode(["omniglot/x", "omniglot/y"], 100)])
+    assert [p.class_names[0] for p in algorithm._probes] == ["glyphs/a0", "omniglot/x"]
+    one_domain = make("simple-cnaps")
+    one_domain._keep_probes([episode([f"glyphs/a{i}", f"glyphs/b{i}"], 2 * i) for i in range(PROBE_PATIENCE + 3)])
+    assert [p.class_names[0] for p in one_domain._probes] == ["glyphs/a0", f"glyphs/a{PROBE_PATIENCE}"]

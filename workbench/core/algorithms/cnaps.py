@@ -241,6 +241,15 @@ OMNIGLOT = Recipe(
               "val_interval": 500, "val_episodes": 100})
 
 
+PROBE_PATIENCE = 20
+
+
+def probe_domain(episode) -> str:
+    """The domain an episode's first class comes from, read from its name: a mixture's '<dataset>/...', an Omniglot
+    '<alphabet>/<character>'; '' for names without one."""
+    return episode.class_names[0].partition("/")[0] if "/" in episode.class_names[0] else ""
+
+
 @register
 class CNAPs(Algorithm):
     name = "cnaps"
@@ -268,6 +277,7 @@ class CNAPs(Algorithm):
         self.film = FilmGenerator(hparams.task_encoder_width, [hparams.hidden] * BLOCKS).to(self.device)
         self.classifier = self.build_classifier(hparams.hidden)
         self._probes: list = []  # the two probe episodes of the FiLM views (cpu copies)
+        self._probe_candidates = 0  # episodes passed over while looking for a task B from another domain
 
     # --- the classifier (Simple CNAPs overrides these three) ------------------------------------------------------
     def build_classifier(self, dim: int) -> nn.Module | None:
@@ -319,10 +329,21 @@ class CNAPs(Algorithm):
         return {"loss": total_loss + penalty.item(), "accuracy": total_acc}
 
     def _keep_probes(self, episodes) -> None:
+        """Task A is the first training episode; task B the first with other classes from another domain (another
+        dataset of a mixture, another alphabet), which shows FiLM's task dependence best, or after
+        PROBE_PATIENCE episodes (at once when class names carry no domain) the next one with other classes."""
         for episode in episodes:
             if len(self._probes) == 2:
                 return
-            if not self._probes or episode.class_ids != self._probes[0].class_ids:
+            if not self._probes:
+                self._probes.append(episode.to("cpu"))
+                continue
+            if episode.class_ids == self._probes[0].class_ids:
+                continue
+            self._probe_candidates += 1
+            first_domain = probe_domain(self._probes[0])
+            if (not first_domain or probe_domain(episode) != first_domain
+                    or self._probe_candidates >= PROBE_PATIENCE):
                 self._probes.append(episode.to("cpu"))
 
     @torch.no_grad()
