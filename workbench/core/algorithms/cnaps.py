@@ -217,8 +217,8 @@ FILM_BETA = InspectionSpec(
 FILM_TASKS = InspectionSpec(
     "film_tasks", "FiLM of two tasks", "heatmap",
     "Two probe tasks (A: the first training episode met, B: the next one with other classes, from another "
-    "dataset or alphabet when one comes soon) side by side: for each block, rows γ − 1 and β of task A and of task B, one column per channel, the row thumbnail being the task's "
-    "first support image. Identical rows of A and B mean the task encoder does not tell the tasks apart; "
+    "dataset or alphabet when one comes soon) side by side: for each block, rows γ − 1 and β of task A and of "
+    "task B, one column per channel, the row thumbnail being the task's first support image. Identical rows of A and B mean the task encoder does not tell the tasks apart; "
     "differences show which channels each task turns up, down or shifts.", x_label="channel", y_label="block, task")
 FILM_DIFFERENCE = InspectionSpec(
     "film_difference", "FiLM difference of two tasks", "heatmap",
