@@ -178,6 +178,12 @@ NOTES: dict[Any, str] = {
                                  "step; the paper trains 100,000 steps of 300); two Omniglot variants under the same "
                                  "budget did worse (rotation classes with Adam 2e-3: 85.3% ± 0.8; Adam 3e-3: 90.6% "
                                  "± 0.5; one run each, same test episodes)",
+    # Measured in the Omniglot 5w1s runs of 2026-12-06 (3 CPU-min, one thread); longer budgets were not tried.
+    ("snail", "omniglot", "5w1s"): "budget-bound: it leaves chance slowly (glyphs: 23.5% validation at step 250) and "
+                                   "its best validation, 53.9%, came at step 2,750 of 2,824, still rising; untried: "
+                                   "a meta-batch above 1, more query sequences per step",
+    ("meta-networks", "omniglot", "5w1s"): "0.5 points short; best validation 93.0% at step 1,800 of 1,975 (validation "
+                                           "every 200 steps, 100 episodes); untried: Adam 3e-3, attention scale 20",
 }
 
 

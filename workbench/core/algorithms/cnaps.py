@@ -234,11 +234,11 @@ GLYPHS_DEFAULT = Recipe(
     training={"train_ways": 15, "train_queries": 5, "lr": 1e-3, "lr_schedule": "cosine", "val_interval": 250,
               "val_episodes": 100})
 OMNIGLOT = Recipe(
-    "omniglot", "The default recipe with Omniglot's rotation classes (x4) and training until the budget (steps 0); "
-    "meant for the 3 CPU-minute catalogue budget on one thread (--max-minutes 3).", datasets=("omniglot",),
+    "omniglot", "The default recipe with Omniglot's rotation classes (x4): 2,000 steps or the time budget, "
+    "whichever ends first; the catalogue trains it until its 3 CPU-minute budget on one thread.", datasets=("omniglot",),
     recommended=True, dataset={"rotations": True},
-    training={"steps": 0, "train_ways": 15, "train_queries": 5, "lr": 1e-3, "lr_schedule": "cosine",
-              "val_interval": 500, "val_episodes": 100})
+    training={"train_ways": 15, "train_queries": 5, "lr": 1e-3, "lr_schedule": "cosine", "val_interval": 500,
+              "val_episodes": 100})
 
 
 PROBE_PATIENCE = 20
