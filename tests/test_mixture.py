@@ -117,3 +117,14 @@ def test_training_within_datasets_reports_accuracy_per_dataset(two_folders, tmp_
     assert overall == pytest.approx(result.accuracy, abs=1e-5)
     # Episodes from any domain carry no per-dataset numbers.
     assert "accuracy_by_domain" not in evaluate_run(trainer.run, device="cpu", episode_domains="any").extras
+
+
+def test_the_terminal_lists_accuracy_per_dataset_with_its_episodes_once():
+    from workbench.cli import _extras_lines
+
+    extras = accuracy_by_domain(np.array([1.0, 0.5, 0.75], np.float32), ["glyphs", "omniglot", "glyphs"])
+    lines = _extras_lines(extras)
+    assert lines[0] == "  accuracy by domain:"
+    assert lines[1].split()[:2] == ["glyphs", "87.50%"] and lines[1].endswith("(2 episodes)")
+    assert lines[2].split()[:2] == ["omniglot", "50.00%"] and lines[2].endswith("(1 episode)")
+    assert sum("mean over that domain's episodes" in line for line in lines) == 1 and len(lines) == 4

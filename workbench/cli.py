@@ -704,20 +704,22 @@ def _print_evaluation(result, label: str) -> None:
 
 
 def _extras_lines(extras: dict) -> list[str]:
-    """An evaluation's extras for the terminal: a curve ("<metric>_by_<x>": {x: value}, with "ci95_by_<x>" and a
-    "<x>_note") one point a line, anything else as "key: value"."""
+    """An evaluation's extras for the terminal: a curve ("<metric>_by_<x>": {x: value}, with "ci95_by_<x>",
+    "episodes_by_<x>" and a "<x>_note") one point a line, anything else as "key: value"."""
     lines, shown = [], {"evaluated_on"}
     for key, points in extras.items():
         metric, by, x = key.partition("_by_")
-        if not by or metric == "ci95" or not isinstance(points, dict):
+        if not by or metric in ("ci95", "episodes") or not isinstance(points, dict):
             continue
-        intervals = extras.get(f"ci95_by_{x}") or {}
-        shown |= {key, f"ci95_by_{x}", f"{x}_note"}
+        intervals, counts = extras.get(f"ci95_by_{x}") or {}, extras.get(f"episodes_by_{x}") or {}
+        shown |= {key, f"ci95_by_{x}", f"episodes_by_{x}", f"{x}_note"}
         lines.append(f"  {metric} by {x}:")
         for point, value in points.items():
             ci = intervals.get(point)
             text = _pct(value, ci) if metric == "accuracy" else f"{value:.4g}" + (f" ± {ci:.2g}" if ci else "")
-            lines.append(f"    {point:<10} {text}")
+            n = counts.get(point)
+            count = f" ({n:,} episode{'s' if n != 1 else ''})" if n is not None else ""
+            lines.append(f"    {point:<10} {text}{count}")
         if extras.get(f"{x}_note"):
             lines.append(f"    {extras[f'{x}_note']}")
     return lines + [f"  {key}: {value}" for key, value in extras.items() if key not in shown]
