@@ -141,6 +141,25 @@ def tiny_dataset_config(**sections):
     return ExperimentConfig.from_dict(data)
 
 
+def train_with_inspections(algorithm: dict, **training):
+    """Six tiny meta-steps of ``algorithm`` on the synthetic data, validating at steps 3 and 6: checks that the run
+    finished with finite losses and stored inspection records at both validations; returns the trainer and them."""
+    import math
+
+    from workbench.core.snapshots import INSPECTION_FILE, read_inspections
+    from workbench.core.training import Trainer
+
+    config = tiny_dataset_config(algorithm=algorithm, training={"steps": 6, "val_interval": 3,
+                                                                "checkpoint_interval": 3, "lr": 1e-2, **training})
+    trainer = Trainer(config)
+    assert trainer.run_all().event == "finished"
+    steps = [m for m in trainer.run.read_metrics() if m["event"] == "step"]
+    assert len(steps) == 6 and all(math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1 for m in steps)
+    history = read_inspections(trainer.run.path / INSPECTION_FILE)
+    assert history.steps == [3, 6]
+    return trainer, history
+
+
 @pytest.fixture(name="tiny_dataset_config")
 def _tiny_dataset_config_fixture():
     """The tiny_dataset_config() factory as a fixture."""

@@ -12,14 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_dataset_config
+from conftest import train_with_inspections
 from workbench.core.algorithms import ModelSpec, get_algorithm
 from workbench.core.algorithms.cnaps import BLOCKS, class_means
 from workbench.core.algorithms.simple_cnaps import covariance, shrunk_covariances, squared_mahalanobis
 from workbench.core.data.episodes import Episode, FixedEpisodes
 from workbench.core.runs import load_model
-from workbench.core.snapshots import INSPECTION_FILE, read_inspections
-from workbench.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -170,16 +168,7 @@ def test_any_image_size_and_channel_count(name, channels, size):
 @pytest.mark.usefixtures("use_synthetic_data")
 @pytest.mark.parametrize("name", ["cnaps", "simple-cnaps"])
 def test_trains_with_film_records_and_a_checkpoint_that_predicts_identically(name):
-    config = tiny_dataset_config(
-        algorithm={"name": name, "hparams": {"hidden": HIDDEN, "task_encoder_width": 8}},
-        training={"steps": 6, "val_interval": 3, "checkpoint_interval": 3, "lr": 1e-2})
-    trainer = Trainer(config)
-    assert trainer.run_all().event == "finished"
-    steps = [m for m in trainer.run.read_metrics() if m["event"] == "step"]
-    assert len(steps) == 6 and all(math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1 for m in steps)
-
-    history = read_inspections(trainer.run.path / INSPECTION_FILE)
-    assert history.steps == [3, 6]
+    trainer, history = train_with_inspections({"name": name, "hparams": {"hidden": HIDDEN, "task_encoder_width": 8}})
     assert [s.name for s in history.specs] == ["film_gamma", "film_beta", "film_tasks", "film_difference"]
     record = history.records[-1]
     for block in range(1, BLOCKS + 1):

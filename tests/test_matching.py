@@ -4,20 +4,16 @@ a short training through the Trainer with its similarity record, and a checkpoin
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_dataset_config
+from conftest import train_with_inspections
 from workbench.core.algorithms import ModelSpec, get_algorithm
 from workbench.core.algorithms.matching import FullContextEmbedding, class_log_probabilities, probe_subset
 from workbench.core.data.episodes import Episode, FixedEpisodes
 from workbench.core.runs import load_model
-from workbench.core.snapshots import INSPECTION_FILE, read_inspections
-from workbench.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -178,16 +174,9 @@ def test_probe_keeps_at_most_twenty_support_images_of_whole_classes_and_ten_quer
 @pytest.mark.usefixtures("use_synthetic_data")
 @pytest.mark.parametrize("full_context", [False, True])
 def test_trains_with_an_attention_record_and_a_checkpoint_that_predicts_identically(full_context):
-    config = tiny_dataset_config(
-        algorithm={"name": "matching-net", "hparams": {"hidden": 8, "full_context": full_context,
-                                                       "fce_read_steps": 2}},
-        training={"steps": 6, "val_interval": 3, "checkpoint_interval": 3, "lr": 1e-2})
-    trainer = Trainer(config)
-    assert trainer.run_all().event == "finished"
-    steps = [m for m in trainer.run.read_metrics() if m["event"] == "step"]
-    assert len(steps) == 6 and all(math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1 for m in steps)
-    history = read_inspections(trainer.run.path / INSPECTION_FILE)
-    assert history.steps == [3, 6] and [s.name for s in history.specs] == ["attention"]
+    trainer, history = train_with_inspections({"name": "matching-net", "hparams": {
+        "hidden": 8, "full_context": full_context, "fce_read_steps": 2}})
+    assert [s.name for s in history.specs] == ["attention"]
     record = history.records[-1]["attention"]
     ways, shots, queries = 3, 1, 2  # the tiny config's episodes
     assert record["values"].shape == (ways * queries, ways * shots)

@@ -12,13 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_dataset_config
+from conftest import train_with_inspections
 from workbench.core.algorithms import ModelSpec, get_algorithm
 from workbench.core.algorithms.meta_networks import support_pairs
 from workbench.core.data.episodes import Episode, FixedEpisodes
 from workbench.core.runs import load_model
-from workbench.core.snapshots import INSPECTION_FILE, read_inspections
-from workbench.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -210,14 +208,7 @@ def test_embed_is_us_unit_length_representation_with_the_tasks_fast_weights():
 # --- training, the fast-weight view and a checkpoint ---------------------------------------------------------------
 @pytest.mark.usefixtures("use_synthetic_data")
 def test_trains_with_the_fast_weight_records_and_a_checkpoint_that_predicts_identically():
-    config = tiny_dataset_config(algorithm={"name": "meta-networks", "hparams": TINY},
-                                 training={"steps": 6, "val_interval": 3, "checkpoint_interval": 3, "lr": 1e-2})
-    trainer = Trainer(config)
-    assert trainer.run_all().event == "finished"
-    steps = [m for m in trainer.run.read_metrics() if m["event"] == "step"]
-    assert len(steps) == 6 and all(math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1 for m in steps)
-    history = read_inspections(trainer.run.path / INSPECTION_FILE)
-    assert history.steps == [3, 6]
+    trainer, history = train_with_inspections({"name": "meta-networks", "hparams": TINY})
     assert [s.name for s in history.specs] == ["norms_over_training", "norms_by_layer", "weights_by_layer",
                                                "memory_attention"]
     layers = ["u: Q", "b: W1", "b: W2"]

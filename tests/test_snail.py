@@ -5,19 +5,15 @@ checkpoint round trip."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_dataset_config
+from conftest import train_with_inspections
 from workbench.core.algorithms import ModelSpec, get_algorithm
 from workbench.core.algorithms.snail import AttentionBlock, DenseBlock, SnailNetwork, TCBlock, default_tc_layers
 from workbench.core.data.episodes import Episode, FixedEpisodes
 from workbench.core.runs import load_model
-from workbench.core.snapshots import INSPECTION_FILE, read_inspections
-from workbench.core.training import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -128,15 +124,8 @@ def test_the_support_labels_change_the_prediction():
 # --- training, the attention records and a checkpoint ----------------------------------------------------------------
 @pytest.mark.usefixtures("use_synthetic_data")
 def test_trains_with_attention_records_and_a_checkpoint_that_predicts_identically():
-    config = tiny_dataset_config(algorithm={"name": "snail", "hparams": {"hidden": 8, "tc_filters": 8}},
-                                 training={"steps": 6, "val_interval": 3, "checkpoint_interval": 3, "lr": 1e-2,
-                                           "meta_batch": 2})
-    trainer = Trainer(config)
-    assert trainer.run_all().event == "finished"
-    steps = [m for m in trainer.run.read_metrics() if m["event"] == "step"]
-    assert len(steps) == 6 and all(math.isfinite(m["loss"]) and 0 <= m["accuracy"] <= 1 for m in steps)
-    history = read_inspections(trainer.run.path / INSPECTION_FILE)
-    assert history.steps == [3, 6]
+    trainer, history = train_with_inspections({"name": "snail", "hparams": {"hidden": 8, "tc_filters": 8}},
+                                              meta_batch=2)
     assert [s.name for s in history.specs] == ["attention-1", "attention-2", "attention-3"]
     ways, shots, queries = 3, 1, 2  # the tiny config's episodes
     for name in ("attention-1", "attention-2", "attention-3"):
