@@ -602,16 +602,19 @@ def table_intro(data: dict[str, Any]) -> str:
 
 def paired_rows(data: dict[str, Any]) -> list[list[str]]:
     """Each method against MAML on the same test episodes: the mean per-episode difference with its 95% CI and a
-    paired t-test (runs without per-episode accuracies, or on other episodes, are left out)."""
+    paired t-test (runs without per-episode accuracies, or on other episodes, are left out). A run tested on fewer
+    episodes is paired with MAML's first ones: ``FixedEpisodes`` draws episode i from one generator in order, so
+    the first N of 1,000 episodes are the N-episode set."""
     runs = sorted(data["runs"], key=_order)
     reference = {(r["dataset"], r["setting"]): r for r in runs if r["algorithm"] == REFERENCE}
     rows = []
     for row in runs:
         base = reference.get((row["dataset"], row["setting"]))
         ours, theirs = row.get("per_episode_accuracy"), (base or {}).get("per_episode_accuracy")
-        same = base is not None and all(row["test"].get(k) == base["test"].get(k) for k in ("episodes", "seed"))
-        if row is base or not ours or not theirs or not same or len(ours) != len(theirs):
+        same = base is not None and row["test"].get("seed") == base["test"].get("seed")
+        if row is base or not ours or not theirs or not same:
             continue
+        ours, theirs = ours[:len(theirs)], theirs[:len(ours)]
         difference = np.asarray(ours) - np.asarray(theirs)
         mean, p_value = paired_test(ours, theirs)
         half = 1.96 * float(difference.std(ddof=1)) / math.sqrt(len(difference))

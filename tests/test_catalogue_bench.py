@@ -225,16 +225,27 @@ def test_the_cpu_budget_leaves_validations_out(catalogue, monkeypatch):
 
 def test_methods_are_paired_against_maml_on_the_same_episodes(catalogue):
     maml = [1.0, 0.8, 0.6, 1.0]
-    data = {"runs": [row("maml", "glyphs", 0.85, per_episode_accuracy=maml),
-                     row("anil", "glyphs", 0.90, per_episode_accuracy=[1.0, 1.0, 0.8, 1.0]),
+
+    def tested(accuracies, seed=12345):
+        return {"accuracy": sum(accuracies) / len(accuracies), "ci95": 0.01, "episodes": len(accuracies),
+                "seed": seed, "extras": {}}
+
+    data = {"runs": [row("maml", "glyphs", 0.85, per_episode_accuracy=maml, test=tested(maml)),
+                     row("anil", "glyphs", 0.90, per_episode_accuracy=[1.0, 1.0, 0.8, 1.0],
+                         test=tested([1.0, 1.0, 0.8, 1.0])),
                      row("protonet", "glyphs", 0.95),  # no per-episode accuracies: left out
-                     row("reptile", "glyphs", 0.80, per_episode_accuracy=[1.0, 0.8, 0.6]),  # other episodes
+                     row("reptile", "glyphs", 0.80, per_episode_accuracy=[1.0, 0.8, 0.6, 1.0],
+                         test=tested([1.0, 0.8, 0.6, 1.0], seed=7)),  # other episodes: left out
+                     # the first 3 of the same episodes: paired with MAML's first 3
+                     row("meta-sgd", "glyphs", 0.73, per_episode_accuracy=[1.0, 0.6, 0.6],
+                         test=tested([1.0, 0.6, 0.6])),
                      row("fomaml", "omniglot", 0.90, per_episode_accuracy=maml)],  # no MAML on Omniglot
             "args": {"minutes": 3, "clock": "cpu", "threads": 1, "eval_seed": 12345},
             "environment": {"cpu": "test", "torch": "x", "load_average_1m": 0}}
     paired = catalogue.paired_rows(data)
-    assert [r[0] for r in paired] == ["ANIL"]
+    assert [r[0] for r in paired] == ["ANIL", "Meta-SGD"]
     assert paired[0][2].startswith("+10.00 ± ") and float(paired[0][3]) < 1 and paired[0][4] == "4"
+    assert paired[1][2].startswith("-6.67 ± ") and paired[1][4] == "3"
     assert "Paired against MAML" in catalogue.render_table(data)
 
 

@@ -453,3 +453,12 @@ def test_eval_on_another_dataset_and_a_channel_mismatch(capsys, tmp_path, monkey
     assert code == 2 and "1-channel" in err and "3-channel" in err
     code, out, err = run_cli(capsys, "eval", run_id, "--dataset", "no-such-data", "--quiet")
     assert code == 2 and "unknown dataset 'no-such-data'" in err
+
+
+def test_steps_progress_names_runs_that_train_until_their_budget():
+    from workbench.cli import steps_progress
+
+    assert steps_progress(120, 500) == "120/500 steps"
+    assert steps_progress(2670, 0) == "2,670 steps (until the budget)"
+    assert steps_progress(2670, 0, compact=True) == "2,670 (budget)"
+    assert steps_progress(1400, 2000, compact=True) == "1,400/2,000"

@@ -572,6 +572,14 @@ def _test_after_training(args, trainer, final, interrupted: bool, printer: Progr
     return {key: summary[key] for key in keep if key in summary}
 
 
+def steps_progress(done: int, total: int, compact: bool = False) -> str:
+    """'120/500 steps', or '2,670 steps (until the budget)' for a run whose length is its time budget (total 0);
+    ``compact`` for a table column: '120/500', '2,670 (budget)'."""
+    if total:
+        return f"{done:,}/{total:,}" + ("" if compact else " steps")
+    return f"{done:,} (budget)" if compact else f"{done:,} steps (until the budget)"
+
+
 def _report_training(args, trainer, final, test) -> None:
     run, config, metric = trainer.run, trainer.config, trainer.metric
     record = run.record()
@@ -587,7 +595,7 @@ def _report_training(args, trainer, final, test) -> None:
                                 for path, reason in getattr(trainer.dataset, "skipped_files", None) or []],
                     "warnings": list(getattr(trainer.dataset, "warnings", None) or []) + trainer.warnings})
         return
-    print(f"run {run.id}: {record.status} after {trainer.step}/{config.training.steps} steps "
+    print(f"run {run.id}: {record.status} after {steps_progress(trainer.step, config.training.steps)} "
           f"({format_duration(final.elapsed_s)})")
     if final.message and final.event != "finished":
         print(f"  {final.message}")
@@ -796,7 +804,7 @@ def _runs_table(records) -> str:
             best = f"{100 * r.best_val_accuracy:.1f}"
         setting = f"K={r.shots}" if r.best_val_mse is not None or r.test_mse is not None else f"{r.ways}w{r.shots}s"
         rows.append((r.id, r.name or "-", r.status, r.kind or "classification", r.algorithm, r.dataset, setting,
-                     f"{r.steps_done}/{r.steps_total}", best, test))
+                     steps_progress(r.steps_done, r.steps_total, compact=True), best, test))
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in (headers, *rows)]
     return "\n".join(lines)
