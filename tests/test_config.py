@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.core.config import ExperimentConfig, config_fields, copy_config
+from workbench.core.config import ExperimentConfig, config_fields, copy_config, with_recommended_recipe
 from workbench.core.errors import ConfigError
 
 
@@ -99,3 +99,12 @@ def test_copy_config_is_independent():
     copy.training.steps = 5
     copy.algorithm.hparams["hidden"] = 8
     assert config.training.steps == 2000 and "hidden" not in config.algorithm.hparams
+
+
+def test_a_kind_without_an_algorithm_takes_the_kinds_default_algorithm():
+    from workbench.core.kinds import get_kind_class
+
+    for kind in ("regression", "noisy-labels"):
+        config = ExperimentConfig.from_dict(with_recommended_recipe({"kind": kind}))
+        assert config.algorithm.name == get_kind_class(kind).default_algorithm
+    assert ExperimentConfig.from_dict({}).algorithm.name == "protonet"

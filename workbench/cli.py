@@ -518,8 +518,10 @@ def _print_start(printer: ProgressPrinter, trainer) -> None:
         printer.line(f"note: {trainer.validation_note}")
     if "ways" in trainer.kind.dataset_fields:
         tasks = f"{config.train_ways}-way {config.train_shots}-shot episodes"
-    else:
+    elif "shots" in trainer.kind.dataset_fields:
         tasks = f"{trainer.kind.title.lower()} tasks of {config.train_shots} support points"
+    else:  # a kind whose tasks are not episodes (dataset distillation, architecture search, ...)
+        tasks = trainer.kind.title.lower()
     recipe = f" (recipe {config.algorithm.recipe})" if config.algorithm.recipe else ""
     training = config.training
     length = f"{training.steps} steps" if training.steps else "steps"
@@ -704,7 +706,7 @@ def _print_evaluation(result, label: str) -> None:
         if worst:
             print("  hardest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in worst))
             print("  easiest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in best))
-    else:  # regression: the setting its numbers are for
+    elif getattr(result, "kind", "") == "regression":  # the setting its numbers are for
         print(f"  K = {result.shots} support points, {result.queries} query points, {result.episodes} "
               f"{result.split} tasks, seed {result.seed}")
     for line in _extras_lines(result.extras):

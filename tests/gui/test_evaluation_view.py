@@ -294,6 +294,7 @@ def test_a_regression_result_shows_mse_by_steps_instead_of_a_confusion_matrix(qt
     assert table.item(0, 1).text() == MSE.format(*data.by_steps()[0][1:])
     # Regression tasks have no ways: the form hides the field; the saved list and the plot speak MSE.
     assert not view.form.isRowVisible(view.ways_spin) and view.shots_spin.value() == 5
+    assert view.form.isRowVisible(view.shots_spin) and not view.sweep_button.isHidden()  # support points sweep
     assert view.saved_combo.itemText(0).startswith(MSE.format(data.value, data.ci95))
     assert view.tabs.tabText(view.tabs.indexOf(view.shot_plot)) == "MSE vs shots"
     assert [s for s, _, _ in view.shot_series(view.store.get(run_id))[None]] == [5]

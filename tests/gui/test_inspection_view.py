@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QImage
 
 from conftest import tiny_dataset_config
 from workbench.core import catalog
@@ -215,6 +216,10 @@ def test_opens_runs_from_the_runs_view_follows_the_theme_and_exports(window_view
         view.select_record(spec.name)
         path = view.export(tmp_path / f"{spec.name}.png")
         assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 1000
+    # The image grid's PNG holds its thumbnails, not the empty rest of the scroll area below them.
+    grid = view.panels["image_grid"]
+    exported = QImage(str(tmp_path / f"{IMAGES.name}.png"))
+    assert grid.thumb < exported.height() == grid.grid.sizeHint().height() < grid.grid_widget.height()
 
 
 def test_a_real_training_feeds_the_alpha_histograms(qtbot, view, store, use_synthetic_data, one_torch_thread):

@@ -149,7 +149,8 @@ class ExperimentConfig:
         the declared defaults; a config without ``kind`` is few-shot classification (the first format)."""
         data = _checked_sections(data)
         algo = dict(data.get("algorithm", {}))
-        algorithm_cls = _algorithm_class(str(algo.pop("name", "protonet")))
+        algorithm_cls = _algorithm_class(algorithm_name(data))
+        algo.pop("name", None)
         hparams = dict(algo.pop("hparams", {}) or {})
         recipe_name = str(algo.pop("recipe", "") or "")
         if algo:
@@ -256,6 +257,15 @@ class ExperimentConfig:
         return get_kind_class(self.kind)(None).test_task_count(self.dataset.name)
 
 
+def algorithm_name(data: dict[str, Any]) -> str:
+    """The config's algorithm; without one, its kind's default algorithm (ProtoNet when no kind is given)."""
+    algorithm = data.get("algorithm") or {}
+    if algorithm.get("name"):
+        return str(algorithm["name"])
+    kind = data.get("kind")
+    return get_kind_class(str(kind)).default_algorithm if kind else "protonet"
+
+
 def with_recommended_recipe(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` naming the algorithm's recommended recipe for its kind and dataset when it names none (a new
     experiment without flags gets a good setup); ``recipe = "none"`` keeps the bare declared defaults."""
@@ -269,7 +279,7 @@ def with_recommended_recipe(data: dict[str, Any]) -> dict[str, Any]:
         return data
     from workbench.core.recipes import recommended_recipe
 
-    algorithm_cls = _algorithm_class(str(algorithm.get("name", "protonet")))
+    algorithm_cls = _algorithm_class(algorithm_name(data))
     kind = str(data.get("kind") or algorithm_cls.legacy_kind(dict(algorithm.get("hparams") or {})) or DEFAULT_KIND)
     dataset = (data.get("dataset") or {}).get("name") or get_kind_class(kind).default_dataset
     recipe = recommended_recipe(algorithm_cls, kind, str(dataset))

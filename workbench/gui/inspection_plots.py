@@ -505,6 +505,7 @@ class ImageGrid(InspectionPlot):
         for slot, image in enumerate(np.asarray(images)):
             cell = self._cell(image, labels[slot] if slot < len(labels) else "")
             self.grid.addWidget(cell, slot // self._columns, slot % self._columns)
+            cell.show()  # now, not at the next event loop turn: an export right after drawing includes it
             self.cells.append(cell)
 
     def _cell(self, image: np.ndarray, label: str) -> QWidget:
@@ -535,7 +536,11 @@ class ImageGrid(InspectionPlot):
 
     def export(self, path: str | Path) -> Path:
         path = Path(path)
-        if not self.grid_widget.grab().save(str(path)):
+        # Only the thumbnails and their labels: the grid widget stretches to the scroll area's height.
+        whole = self.grid_widget.rect()
+        used = whole.adjusted(0, 0, 0, min(0, self.grid.sizeHint().height() - whole.height()))
+        picture = self.grid_widget.grab(used) if self.cells else self.grid_widget.grab()
+        if not picture.save(str(path)):
             raise OSError(f"could not write {path}")
         return path
 

@@ -347,6 +347,10 @@ class EvaluationView(QWidget):
     def _apply_run_settings(self, run, kind) -> None:
         """The run's own test setting in the form (once per run: what the user typed stays)."""
         self.form.setRowVisible(self.ways_spin, "ways" in kind.dataset_fields)
+        # A kind without shots (its tasks are not episodes) has no shot count to change or sweep.
+        self.form.setRowVisible(self.shots_spin, "shots" in kind.dataset_fields)
+        self.sweep_button.setVisible("shots" in kind.dataset_fields)
+        self.shot_plot_visible("shots" in kind.dataset_fields)
         self._fill_data_choices(kind.name)
         if self._settings_run == run.id:
             return
@@ -448,6 +452,9 @@ class EvaluationView(QWidget):
             self.progress_bar.setValue(0 if message == "cancelled" else 1)
         self.status_label.setText(message)
         self._update_buttons()
+
+    def shot_plot_visible(self, visible: bool) -> None:
+        self.tabs.setTabVisible(self.tabs.indexOf(self.shot_plot), visible)
 
     def _update_buttons(self) -> None:
         idle = not self.service.is_running
