@@ -187,6 +187,18 @@ NOTES: dict[Any, str] = {
     ("mann", "omniglot", "5w1s"): "budget-bound: 850 steps of 8 sequences, best validation at step 800 of 850; its "
                                   "1st-instance accuracy (35%) is the paper's (36.4%), the 10th (53%) far from its "
                                   "98.1%: on glyphs the training loss was still falling fast when 150 CPU-s ended",
+    # Measured in the glyphs and 20-way runs of 2026-12-06/07 (3 CPU-min, one thread); longer budgets not tried.
+    ("mann", "glyphs", "5w1s"): "budget-bound: 800 steps of 8 sequences, best validation at its last step; the "
+                                "instance curve still climbs (35.3% at the 1st, 58.5% at the 10th)",
+    ("mann", "glyphs", "20w1s"): "no learning yet: 209 steps of 8 sequences of 220 images (20 classes x 11) fit in "
+                                 "the budget, every instance at chance (5%)",
+    ("mann", "omniglot", "20w1s"): "no learning yet: 208 steps of 8 sequences of 220 images fit in the budget, every "
+                                   "instance at chance (5%)",
+    ("snail", "glyphs", "5w1s"): "budget-bound: best validation at its last step (2,878), still rising",
+    ("snail", "glyphs", "20w1s"): "barely off chance (5%): 888 steps, best validation (10.3%) at the last one; at "
+                                  "5-way it takes a few hundred steps to leave chance, at 20-way longer",
+    ("snail", "omniglot", "20w1s"): "barely off chance (5%): 933 steps, best validation at the last one, as on "
+                                    "glyphs 20-way",
 }
 
 

@@ -569,8 +569,10 @@ def _test_after_training(args, trainer, final, interrupted: bool, printer: Progr
                           progress=printer.callback("test"))
     printer.end()
     summary = result.to_dict()
+    # The headline, its setting and the kind's own breakdowns (extras, a comparison of networks or training sets);
+    # per-class tables and confusion matrices stay in `workbench eval --json`.
     keep = ("kind", trainer.metric.key, "ci95", "episodes", "ways", "shots", "queries", "seed", "checkpoint",
-            "mse_by_steps", "ci95_by_steps", "steps")
+            "mse_by_steps", "ci95_by_steps", "steps", "extras", "comparison", "scores", "intervals")
     return {key: summary[key] for key in keep if key in summary}
 
 
