@@ -181,3 +181,17 @@ def test_unused_training_fields_name_training_settings():
     known = {f.name for f in fields(TrainingConfig)}
     for name in algorithm_names():
         assert set(get_algorithm(name).unused_training_fields) <= known, name
+
+
+
+def test_a_registry_lists_built_ins_in_their_modules_order_whichever_was_imported_first():
+    from workbench.core.registry import Registry
+
+    registry = Registry("thing", "thing", "pkg", ("first", "second"), "no.such.group", lambda item: item.__name__)
+    made = {name: type(name, (), {"__module__": module}) for name, module in
+            (("plugin", "elsewhere"), ("b", "pkg.second"), ("a", "pkg.first"))}
+    for item in made.values():  # a plugin first, then the built-ins in reverse
+        registry.register(item)
+    registry._loaded = True  # nothing to import: the items are here
+    assert registry.names() == ["a", "b", "plugin"]
+    assert registry.items() == [made["a"], made["b"], made["plugin"]]

@@ -520,8 +520,8 @@ def _print_start(printer: ProgressPrinter, trainer) -> None:
         tasks = f"{config.train_ways}-way {config.train_shots}-shot episodes"
     elif "shots" in trainer.kind.dataset_fields:
         tasks = f"{trainer.kind.title.lower()} tasks of {config.train_shots} support points"
-    else:  # a kind whose tasks are not episodes (dataset distillation, architecture search, ...)
-        tasks = trainer.kind.title.lower()
+    else:  # a kind whose tasks are not episodes (optimizee problems, labelled batches, ...)
+        tasks = trainer.kind.trains_on
     recipe = f" (recipe {config.algorithm.recipe})" if config.algorithm.recipe else ""
     training = config.training
     length = f"{training.steps} steps" if training.steps else "steps"
@@ -708,6 +708,8 @@ def _print_evaluation(result, label: str) -> None:
         if worst:
             print("  hardest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in worst))
             print("  easiest classes: " + ", ".join(f"{name} {100 * acc:.0f}%" for name, acc in best))
+    elif hasattr(result, "setting_text"):  # a kind that words its own setting
+        print(f"  {result.setting_text()}")
     elif getattr(result, "kind", "") == "regression":  # the setting its numbers are for
         print(f"  K = {result.shots} support points, {result.queries} query points, {result.episodes} "
               f"{result.split} tasks, seed {result.seed}")

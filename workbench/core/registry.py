@@ -44,13 +44,20 @@ class Registry(Generic[T]):
             plugins.load_group(self.group, self.register)
             self._loaded = True
 
+    def _ordered(self) -> list[tuple[str, T]]:
+        """Built-in items in the order of their modules, then plugins' in the order they registered: the same
+        order whichever module happened to be imported first."""
+        place = {f"{self.package}.{module}": i for i, module in enumerate(self.modules)}
+        pairs = list(self._items.items())
+        return sorted(pairs, key=lambda pair: place.get(getattr(pair[1], "__module__", ""), len(place)))
+
     def names(self) -> list[str]:
         self._load()
-        return list(self._items)
+        return [name for name, _ in self._ordered()]
 
     def items(self) -> list[T]:
         self._load()
-        return list(self._items.values())
+        return [item for _, item in self._ordered()]
 
     def get(self, name: str) -> T:
         self._load()

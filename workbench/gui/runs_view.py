@@ -102,7 +102,7 @@ def record_metric(record: Any) -> MetricSpec | None:
 def record_score(record: Any, prefix: str) -> float | None:
     """``best_val`` or ``test`` score of a run in its kind's metric (``test_accuracy``, ``test_mse``, …)."""
     metric = record_metric(record)
-    value = _get(record, f"{prefix}_{metric.key}") if metric is not None else None
+    value = _get(record, f"{prefix}_{metric.column}") if metric is not None else None
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 

@@ -30,7 +30,7 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QStackedWidget, QWidget
 
 VIEW_MODULES = ("training_view", "runs_view", "try_view", "evaluation_view", "adaptation_view",
-                "projector_view", "weights_view", "fit_view", "try_points_view", "inspection_view")
+                "projector_view", "weights_view", "fit_view", "try_points_view", "inspection_view", "try_race_view")
 
 _VIEWS: list[type] = []
 
@@ -85,12 +85,18 @@ def _algorithm_class(name: str | None):
         return None
 
 
+def shows(kind_cls, capability: str) -> bool:
+    """The kind lists the view's capability, or, for a "Try a task" page of a mode (capability ``try_<mode>``),
+    names that mode as its ``try_task``."""
+    return capability in kind_cls.views or bool(kind_cls.try_task) and capability == f"try_{kind_cls.try_task}"
+
+
 def applies(capability: str | None, kind: str | None, algorithm: str | None) -> bool:
     """A view of ``capability`` has something to show for this kind and algorithm."""
     if capability is None:
         return True
     kind_cls = _kind_class(kind)
-    if kind_cls is None or capability not in kind_cls.views:
+    if kind_cls is None or not shows(kind_cls, capability):
         return False
     if not algorithm_fed(capability):
         return True
@@ -112,6 +118,10 @@ def feeders_text(capability: str) -> str:
     from workbench.core.catalog import feeders
 
     fed = feeders(capability)
+    if not fed["kinds"]:  # a try mode named by try_task rather than listed among the views
+        from workbench.core.kinds import get_kind_class, kind_names
+
+        fed["kinds"] = [get_kind_class(n).title for n in kind_names() if shows(get_kind_class(n), capability)]
     kinds = _joined([_sentence_case(title) for title in fed["kinds"]])
     text = f"Shown for {kinds}" if kinds else "No installed experiment kind shows it"
     if algorithm_fed(capability):
@@ -125,7 +135,7 @@ def why_not(capability: str, kind: str | None, algorithm: str | None) -> str:
     kind_cls = _kind_class(kind)
     if kind_cls is None:
         return "No experiment kind is chosen."
-    if capability not in kind_cls.views:
+    if not shows(kind_cls, capability):
         return f"{kind_cls.title} does not use this view."
     algorithm_cls = _algorithm_class(algorithm)
     if algorithm_cls is None:

@@ -20,7 +20,7 @@ REGISTRY: Registry[type[Algorithm]] = Registry(
     ("protonet", "maml", "fomaml", "nearest_neighbour", "finetune", "meta_weight_net", "focal_loss", "l2rw",
      "reptile", "anil", "meta_sgd", "maml_plus_plus", "meta_lstm", "leo", "adml",
      "matching", "relation_net", "siamese", "gnn", "zero_shot", "mann", "snail", "cnaps",
-     "simple_cnaps", "meta_networks"), "algorithms", _checked)
+     "simple_cnaps", "meta_networks", "lstm_optimizer", "dada", "darts", "dataset_distillation"), "algorithms", _checked)
 register = REGISTRY.register
 
 

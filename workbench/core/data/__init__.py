@@ -16,7 +16,7 @@ from workbench.core.data.base import (SPLITS, Cancelled, ClassSplit, FewShotData
 from workbench.core.data.episodes import (Episode, EpisodeSampler, FixedEpisodes, LabeledBatch,
                                           check_episode_setting)
 
-IMAGE_KINDS = ("classification", "noisy-labels")
+IMAGE_KINDS = ("classification", "noisy-labels", "augmentation", "architecture-search", "learning-to-optimize", "distillation")
 
 
 @dataclass(frozen=True)

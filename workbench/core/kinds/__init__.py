@@ -24,8 +24,8 @@ def _checked(cls: type[ExperimentKind]) -> str:
 
 
 REGISTRY: Registry[type[ExperimentKind]] = Registry(
-    "experiment kind", "kind", "workbench.core.kinds", ("classification", "regression", "noisy_labels"), "kinds",
-    _checked)
+    "experiment kind", "kind", "workbench.core.kinds",
+    ("classification", "regression", "noisy_labels", "learning_to_optimize", "augmentation", "architecture_search", "distillation"), "kinds", _checked)
 register = REGISTRY.register
 
 

@@ -35,10 +35,17 @@ VIEW_CAPABILITIES = ("curves", "embeddings", "adaptation", "sample_weights", "ev
 class MetricSpec:
     """The headline number of a kind's evaluation."""
 
-    key: str  # "accuracy", "mse": the JSON key of `workbench eval --json`
+    key: str  # "accuracy", "mse": the JSON key of `workbench eval --json` and of the training records
     title: str  # "Accuracy", "MSE"
     higher_is_better: bool
     percent: bool  # shown as a percentage
+    # The run index's columns that hold it (best_val_<column>, test_<column>): "accuracy" for a score where higher
+    # is better, "mse" for one where lower is; empty: the key itself.
+    index_column: str = ""
+
+    @property
+    def column(self) -> str:
+        return self.index_column or self.key
 
     def format(self, value: float | None, ci95: float | None = None) -> str:
         if value is None or value != value:

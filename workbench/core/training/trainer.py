@@ -573,7 +573,7 @@ class Trainer:
 
     def _best_fields(self) -> dict[str, float | None]:
         """The run-index columns of the best validation score."""
-        return {f"best_val_{self.metric.key}": self.best_val_score, "best_val_ci95": self.best_val_ci95}
+        return {f"best_val_{self.metric.column}": self.best_val_score, "best_val_ci95": self.best_val_ci95}
 
     def _finalize(self, event: str, message: str) -> StepRecord:
         """Save the checkpoint and status, then build the final record (saved before it is yielded)."""
