@@ -550,3 +550,18 @@ def test_the_episode_preview_follows_episodes_within_one_domain(qtbot, make_wind
         assert len({group_of[name] for name, _, _ in panel.grid.rows}) == 1
         panel.resample_button.click()
     assert window.current_config().dataset.episode_domains == "within"
+
+
+def test_the_experiment_dock_grows_to_show_a_kinds_settings_whole(qtbot, make_window, tmp_path):
+    window = make_window(auto_load=False)
+    window.resize(1440, 900)
+    qtbot.waitExposed(window)
+    no_options = window.kind_dock.height()
+    window.set_kind("augmentation")  # a kind with several settings of its own
+    panel = window.kind_panel
+    qtbot.waitUntil(lambda: window.kind_dock.height() > no_options)
+    scroll = window.kind_dock.widget()
+    # Taller by what the window can spare (the dataset dock below keeps its minimum): most of the form in view.
+    assert scroll.verticalScrollBar().maximum() < panel.sizeHint().height() / 3
+    assert panel.options_form.isVisible()
+    window.grab().save(str(tmp_path / "kind-dock.png"))

@@ -306,12 +306,18 @@ class MainWindow(QMainWindow):
         low, high = DOCK_WIDTH
         width = max(low, min(high, round(self.width() * DOCK_SHARE)))
         self.resizeDocks([self.kind_dock, self.dataset_dock], [width, width], Qt.Orientation.Horizontal)
+        self._fit_kind_dock(width)
+
+    def _fit_kind_dock(self, width: int | None = None) -> None:
+        """The kind dock as tall as its panel needs (its description and the kind's options), at most 40% of the
+        window: a kind with settings shows them all, one without leaves no blank rows."""
         panel = getattr(self, "kind_panel", None)
         height = KIND_DOCK_HEIGHT  # while starting: about what the panel will need
         if panel is not None:  # the height its wrapped description needs at that width, plus the title bar
+            width = width or self.kind_dock.width()
             height = max(panel.heightForWidth(width) if panel.hasHeightForWidth() else -1, panel.sizeHint().height())
             title_bar = self.kind_dock.minimumSizeHint().height() - self.kind_dock.widget().minimumSizeHint().height()
-            height += max(title_bar, 0)
+            height = min(height + max(title_bar, 0), round(0.4 * self.height()))
         self.resizeDocks([self.kind_dock], [height], Qt.Orientation.Vertical)
 
     def _build_panels(self, auto_load: bool) -> None:
@@ -624,6 +630,8 @@ class MainWindow(QMainWindow):
         self.kind_panel.combo.showPopup()
 
     def _on_kind_changed(self, name: str) -> None:
+        if self._shown_once:  # the new kind's settings shown whole, once its form is laid out
+            QTimer.singleShot(0, self._fit_kind_dock)
         self.dataset_panel.set_kind(name)
         self.algorithm_panel.set_kind(name, self.dataset_panel.dataset_name())
         if not self.training_view.has_data() and not self.controller.is_running:
