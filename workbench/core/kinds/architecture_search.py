@@ -31,6 +31,7 @@ from workbench.core.data.episodes import Episode, EpisodeSampler, FixedEpisodes,
 from workbench.core.errors import ConfigError, EpisodeError
 from workbench.core.hparams import hparam
 from workbench.core.kinds import register
+from workbench.core.kinds.base import ResultProvenance
 from workbench.core.kinds.classification import EvalResult, ImageKind, evaluate_episodes
 from workbench.core.models.conv4 import Conv4
 from workbench.core.models.darts_cell import (DiscreteNetwork, Genotype, SearchNetwork, parameter_count,
@@ -186,7 +187,7 @@ class RetrainTasks:
 
 # --- the result ------------------------------------------------------------------------------------------------
 @dataclass
-class ArchitectureResult:
+class ArchitectureResult(ResultProvenance):
     """The retraining comparison on fixed test episodes: per candidate (CANDIDATES) its accuracy ± 95% CI and its
     parameters; the headline is the derived cell's."""
 
@@ -202,13 +203,6 @@ class ArchitectureResult:
     task: str = "episodes"
     split: str = "test"
     per_episode: np.ndarray = field(default_factory=lambda: np.zeros((len(CANDIDATES), 0), np.float32))
-    elapsed_s: float = 0.0
-    checkpoint: str = ""
-    run: str = ""
-    dataset: str = ""
-    algorithm: str = ""
-    created: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
     kind: str = "architecture-search"
 
     @property

@@ -36,6 +36,7 @@ from workbench.core.data.episodes import Episode, EpisodeSampler, FixedEpisodes,
 from workbench.core.errors import WorkbenchError
 from workbench.core.hparams import hparam
 from workbench.core.kinds import register
+from workbench.core.kinds.base import ResultProvenance
 from workbench.core.kinds.classification import ImageKind, _jsonable
 from workbench.core.models.conv4 import Conv4, Conv4Classifier
 from workbench.core.stats import mean_ci95, paired_test
@@ -221,7 +222,7 @@ def learned_augment(algorithm: Any) -> Augment:
 
 # --- the result ----------------------------------------------------------------------------------------------------
 @dataclass
-class AugmentationResult:
+class AugmentationResult(ResultProvenance):
     """Accuracy of networks trained with the learned policy (the headline) and, when measured, without
     augmentation and with RandAugment: mean ± 95% CI over seeds, with every seed's numbers. ``extras`` holds
     :meth:`comparisons` (filled by the evaluation; the evaluation view and ``workbench eval`` show them)."""
@@ -239,13 +240,6 @@ class AugmentationResult:
     per_seed: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), np.float32))  # [seeds, arms]
     policy: dict[str, Any] = field(default_factory=dict)  # operation -> probability, magnitude
     protocol: dict[str, Any] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    checkpoint: str = ""
-    run: str = ""
-    dataset: str = ""
-    algorithm: str = ""
-    created: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
     kind: str = "augmentation"
 
     @property

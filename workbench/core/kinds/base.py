@@ -9,7 +9,7 @@ algorithm receives its kind as an object (``algorithm.kind``) and calls it; a ki
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -68,6 +68,21 @@ class MetricSpec:
 
 ACCURACY = MetricSpec("accuracy", "Accuracy", higher_is_better=True, percent=True)
 MSE = MetricSpec("mse", "MSE", higher_is_better=False, percent=False)
+
+
+@dataclass(kw_only=True)
+class ResultProvenance:
+    """What every kind's evaluation result records besides its numbers: which run, checkpoint and dataset it
+    scored, with which algorithm, when, how long it took, and the algorithm's extra numbers (keyword-only, so a
+    result class lists its own fields first)."""
+
+    elapsed_s: float = 0.0
+    checkpoint: str = ""
+    run: str = ""
+    dataset: str = ""
+    algorithm: str = ""
+    created: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

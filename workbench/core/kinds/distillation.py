@@ -34,7 +34,7 @@ from workbench.core.data.episodes import LabeledBatch
 from workbench.core.errors import ConfigError, DatasetError
 from workbench.core.hparams import hparam
 from workbench.core.kinds import register
-from workbench.core.kinds.base import ACCURACY, ExperimentKind
+from workbench.core.kinds.base import ACCURACY, ExperimentKind, ResultProvenance
 from workbench.core.stats import mean_ci95
 
 INITS = ("fixed", "random")
@@ -167,7 +167,7 @@ class DistillationTasks:
 
 
 @dataclass
-class DistillationResult:
+class DistillationResult(ResultProvenance):
     """Accuracy on held-out real images of fresh networks trained on the distilled set (the headline) and, in a
     test evaluation, on the baselines' training sets; mean ± 95% CI over ``episodes`` networks (seeds)."""
 
@@ -184,13 +184,6 @@ class DistillationResult:
     per_network: dict[str, np.ndarray] = field(default_factory=dict)  # training set -> accuracy per network
     init: str = ""
     inner_steps: int = 0
-    elapsed_s: float = 0.0
-    checkpoint: str = ""
-    run: str = ""
-    dataset: str = ""
-    algorithm: str = ""
-    created: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
     kind: str = "distillation"
 
     @property

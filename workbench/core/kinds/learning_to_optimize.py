@@ -30,7 +30,7 @@ from workbench.core.data.optimizees import OPTIMIZEES, FixedProblems, OptimizeeS
 from workbench.core.errors import ConfigError
 from workbench.core.hparams import hparam
 from workbench.core.kinds import register
-from workbench.core.kinds.base import ExperimentKind, MetricSpec
+from workbench.core.kinds.base import ExperimentKind, MetricSpec, ResultProvenance
 from workbench.core.stats import mean_ci95
 
 # Its own key in records and JSON; the run index keeps it in its lower-is-better columns (best_val_mse, test_mse).
@@ -174,7 +174,7 @@ def _float_or_inf(value) -> float:
 
 
 @dataclass
-class L2OResult:
+class L2OResult(ResultProvenance):
     """Optimizee losses on fixed test problems: per optimizer, per problem and step ([problems, steps + 1])."""
 
     curves: dict[str, np.ndarray]  # series name -> [N, steps + 1]; LEARNED is the algorithm's
@@ -183,13 +183,6 @@ class L2OResult:
     optimizee: str
     rates: dict[str, float] = field(default_factory=dict)
     split: str = "test"
-    elapsed_s: float = 0.0
-    checkpoint: str = ""
-    run: str = ""
-    dataset: str = ""
-    algorithm: str = ""
-    created: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
     kind: str = "learning-to-optimize"
 
     @property

@@ -21,7 +21,7 @@ from workbench.core.data.base import ProgressCallback, no_progress
 from workbench.core.data.sine import FixedSineTasks, SineBatchSampler, SineSampler
 from workbench.core.errors import ConfigError
 from workbench.core.kinds import register
-from workbench.core.kinds.base import MSE, ExperimentKind
+from workbench.core.kinds.base import MSE, ExperimentKind, ResultProvenance
 from workbench.core.models.mlp import MLP, MLPRegressor
 from workbench.core.stats import mean_ci95
 
@@ -33,7 +33,7 @@ def _step_label(steps: int) -> str:
 
 
 @dataclass
-class RegressionResult:
+class RegressionResult(ResultProvenance):
     """MSE on fixed tasks: the headline after ``steps`` adaptation steps and the values after REPORTED_STEPS."""
 
     mse: float
@@ -47,13 +47,6 @@ class RegressionResult:
     ci95_by_steps: dict[str, float] = field(default_factory=dict)
     split: str = "test"
     per_task_mse: np.ndarray = field(default_factory=lambda: np.zeros((0, len(REPORTED_STEPS)), np.float32))
-    elapsed_s: float = 0.0
-    checkpoint: str = ""
-    run: str = ""
-    dataset: str = ""
-    algorithm: str = ""
-    created: str = ""
-    extras: dict[str, Any] = field(default_factory=dict)
     kind: str = "regression"
 
     @property
