@@ -21,6 +21,7 @@ class Registry(Generic[T]):
                  check: Callable[[T], str]):
         self.what, self.field, self.package, self.modules, self.group = what, field, package, modules, group
         self._check = check
+        self._module_order = {f"{package}.{module}": i for i, module in enumerate(modules)}
         self._items: dict[str, T] = {}
         self._loaded = False
         self._lock = threading.RLock()
@@ -47,9 +48,8 @@ class Registry(Generic[T]):
     def _ordered(self) -> list[tuple[str, T]]:
         """Built-in items in the order of their modules, then plugins' in the order they registered: the same
         order whichever module happened to be imported first."""
-        place = {f"{self.package}.{module}": i for i, module in enumerate(self.modules)}
-        pairs = list(self._items.items())
-        return sorted(pairs, key=lambda pair: place.get(getattr(pair[1], "__module__", ""), len(place)))
+        last = len(self._module_order)
+        return sorted(self._items.items(), key=lambda pair: self._module_order.get(pair[1].__module__, last))
 
     def names(self) -> list[str]:
         self._load()

@@ -229,7 +229,7 @@ class ArchitectureResult(ResultProvenance):
         stem = f"{self.ways}w{self.shots}s-{self.episodes}ep-seed{self.seed}-retrain{self.retrain_steps}"
         if self.queries != 15:
             stem += f"-q{self.queries}"
-        return stem + ("-last" if self.checkpoint == "last" else "")
+        return stem + self.stem_suffix()
 
     def per_class_extremes(self, count: int = 5):
         return [], []  # the comparison is by network, not by class

@@ -257,11 +257,7 @@ class AugmentationResult(ResultProvenance):
         stem = f"{self.setting}-{self.ways}w{self.shots}s-{self.episodes}seeds-seed{self.seed}"
         if self.queries != 15:
             stem += f"-q{self.queries}"
-        if self.split != "test":
-            stem += f"-{self.split}"
-        if self.checkpoint == "last":
-            stem += "-last"
-        return stem
+        return stem + self.stem_suffix(self.split)
 
     def comparisons(self) -> dict[str, Any]:
         """Per arm: mean, CI and seeds (the evaluation view's breakdown), and the paired tests of the learned

@@ -84,6 +84,11 @@ class ResultProvenance:
     created: str = ""
     extras: dict[str, Any] = field(default_factory=dict)
 
+    def stem_suffix(self, split: str = "test") -> str:
+        """The end of a saved result's file stem: its split when not the test split, '-last' for the last
+        checkpoint (the best one is the usual)."""
+        return (f"-{split}" if split != "test" else "") + ("-last" if self.checkpoint == "last" else "")
+
 
 @dataclass
 class NoOptions:

@@ -195,11 +195,7 @@ class DistillationResult(ResultProvenance):
 
     def file_stem(self) -> str:
         stem = f"{self.classes}c{self.shots}ipc-{self.episodes}nets-seed{self.seed}"
-        if self.split != "test":
-            stem += f"-{self.split}"
-        if self.checkpoint == "last":
-            stem += "-last"
-        return stem
+        return stem + self.stem_suffix(self.split)
 
     def summary(self) -> str:
         parts = [f"{name} {100 * self.scores[name]:.2f}% ± {100 * self.intervals.get(name, math.nan):.2f}"

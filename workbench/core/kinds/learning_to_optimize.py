@@ -228,9 +228,7 @@ class L2OResult(ResultProvenance):
 
     def file_stem(self) -> str:
         stem = f"{self.optimizee}-{self.episodes}problems-{self.steps}steps-seed{self.seed}"
-        if self.split != "test":
-            stem += f"-{self.split}"
-        return stem + ("-last" if self.checkpoint == "last" else "")
+        return stem + self.stem_suffix(self.split)
 
     def summary(self) -> str:
         parts = []

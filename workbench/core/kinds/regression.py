@@ -60,11 +60,7 @@ class RegressionResult(ResultProvenance):
         stem = f"k{self.shots}-{self.episodes}tasks-seed{self.seed}"
         if self.queries != 100:
             stem += f"-q{self.queries}"
-        if self.split != "test":
-            stem += f"-{self.split}"
-        if self.checkpoint == "last":
-            stem += "-last"
-        return stem
+        return stem + self.stem_suffix(self.split)
 
     def summary(self) -> str:
         text = f"MSE {self.mse:.3f} ± {self.ci95:.3f}"
