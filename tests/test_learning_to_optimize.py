@@ -239,3 +239,5 @@ def test_the_unroll_sums_the_losses_or_their_logs(one_torch_thread):
     logs, *_ = unrolled_loss(net, problem, problem.theta0, None, 0, 5, log_loss=True)
     assert float(total.detach()) == pytest.approx(sum(losses)) and plain == pytest.approx(sum(losses))
     assert float(logs.detach()) == pytest.approx(sum(math.log(v) for v in losses))
+    floored, *_ = unrolled_loss(net, problem, problem.theta0, None, 0, 5, log_loss=True, log_floor=0.01)
+    assert float(floored.detach()) == pytest.approx(sum(math.log(v + 0.01) for v in losses))

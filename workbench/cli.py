@@ -38,7 +38,7 @@ FLAG_NAMES = {
     ("evaluation", "episodes"): "--eval-episodes",
     ("evaluation", "seed"): "--eval-seed",
 }
-SUBCOMMANDS = ("train", "eval", "runs", "kinds", "algorithms", "datasets", "plugins", "demo", "tour", "try")
+SUBCOMMANDS = ("train", "eval", "runs", "sweep", "kinds", "algorithms", "datasets", "plugins", "demo", "tour", "try")
 # Meta-Weight-Net's --setting from before experiment kinds, as kinds.
 LEGACY_SETTINGS = {"classification": "noisy-labels", "episodic": "classification"}
 # Commands implemented elsewhere, imported only when used: module and what to call it in messages.
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export-config", metavar="PATH", help="Write the effective config as TOML (- for stdout) "
                        "and exit without training.")
     train.add_argument("--no-eval", action="store_true", help="Skip the final evaluation on the test episodes.")
+    _add_launch_flags(train)
     _add_output_flags(train)
 
     evaluate = commands.add_parser("eval", help="Evaluate a run on fixed test episodes.",
@@ -386,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_flags(evaluate)
 
     _add_runs_parser(commands)
+    _add_sweep_parser(commands)
     kinds = commands.add_parser("kinds", help="List the experiment kinds.")
     _add_output_flags(kinds)
     algorithms = commands.add_parser("algorithms", help="List the algorithms with their kinds, capabilities and "
@@ -409,6 +411,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("try", help="Try a trained model on your own images.", add_help=False).add_argument(
         "rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _add_sweep_parser(commands) -> None:
+    sweep = commands.add_parser(
+        "sweep", help="Run (or resume) a hyperparameter study on Optuna; each trial is an ordinary run.",
+        description="Run a study from a study file: an experiment config TOML with a [sweep] table (name, sampler = "
+        "grid|random|tpe, trials, workers, pruner, and [sweep.parameters] mapping config paths such as "
+        "\"algorithm.hparams.train_inner_lr\" or \"dataset.ways\" to { values = [...] } or { low, high, log }). The GUI's "
+        "Sweep dialog exports the same file. The study is stored in studies.sqlite3 beside the run index, so "
+        "--resume NAME continues it after a stop or a crash.")
+    sweep.add_argument("study_file", nargs="?", metavar="STUDY.toml", help="The study file.")
+    sweep.add_argument("--resume", metavar="NAME", help="Continue the stored study NAME (no study file needed).")
+    sweep.add_argument("--list", action="store_true", help="List the stored studies.")
+    sweep.add_argument("--trials", type=int, help="Trials to run in all (overrides the file).")
+    sweep.add_argument("--workers", type=int, help="Trials at once (0: cores / threads per trial).")
+    sweep.add_argument("--threads", type=int, help="Torch threads per trial.")
+    sweep.add_argument("--ray-address", metavar="ADDR", help="Run the trials as Ray tasks on this cluster ('auto': "
+                       "a local cluster already running) instead of local processes.")
+    sweep.add_argument("--storage", metavar="URL", help="Optuna storage URL (default: sqlite:///<home>/"
+                       "studies.sqlite3); a database every node reaches for a cluster.")
+    _add_output_flags(sweep)
 
 
 def _add_runs_parser(commands) -> None:
@@ -437,6 +460,7 @@ def _add_runs_parser(commands) -> None:
     resume.add_argument("--threads", help="CPU threads for torch; 0 picks automatically.")
     resume.add_argument("--data-root", help="Where the dataset lives now, if it moved.")
     resume.add_argument("--no-eval", action="store_true", help="Skip the final evaluation on the test episodes.")
+    _add_launch_flags(resume)
     _add_output_flags(resume)
     compare = runs_commands.add_parser("compare", help="Compare runs side by side.")
     compare.add_argument("runs", nargs="+")
@@ -613,14 +637,52 @@ def _report_training(args, trainer, final, test) -> None:
     print(f"  folder: {run.path}")
 
 
+def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data-parallel training (torch.distributed)")
+    group.add_argument("--nproc", type=int, default=1, metavar="N", help="Train in N processes on this host, each on "
+                       "its share of every meta-batch (training.meta_batch must divide by the processes in all), "
+                       "with gradients averaged: NCCL on CUDA (one GPU per process), gloo on the CPU. The steps are "
+                       "one process's; rank 0 keeps the run.")
+    group.add_argument("--nnodes", type=int, default=1, metavar="M", help="Hosts taking part; run the same command "
+                       "on each, with the same --rdzv-endpoint.")
+    group.add_argument("--rdzv-endpoint", default="", metavar="HOST:PORT", help="Where the hosts meet: one host's "
+                       "address and a free port, the same on every host.")
+    group.add_argument("--rdzv-id", default="", metavar="ID", help="A job id the hosts of one training share "
+                       "(default 'workbench').")
+
+
+def _launch_ranks(args, config, resume: str | None) -> int:
+    """Start --nproc processes through torch's elastic launcher; each runs _train_and_report as one rank."""
+    from workbench.core.errors import ConfigError
+    from workbench.core.runs import RunStore
+    from workbench.core.training.distributed import check_parallel, launch
+
+    if args.nproc < 1 or args.nnodes < 1:
+        raise ConfigError("--nproc", "give at least 1 process (--nproc) on at least 1 host (--nnodes)")
+    check_parallel(config or RunStore().get(resume).config, args.nproc * args.nnodes, per_host=args.nproc)
+    return launch(_train_and_report, (args, config, resume), nproc=args.nproc, nnodes=args.nnodes,
+                  rdzv_endpoint=args.rdzv_endpoint, rdzv_id=args.rdzv_id, error_code=EXIT_USER_ERROR)
+
+
 def _train_and_report(args, config, resume: str | None = None) -> int:
     from workbench.core.runs import RunStore
     from workbench.core.training import Trainer
+    from workbench.core.training.distributed import DistributedContext, follow
 
+    context = DistributedContext.from_env()  # a rank started by --nproc or torchrun
+    if not context.active and getattr(args, "nproc", 1) * getattr(args, "nnodes", 1) > 1:
+        return _launch_ranks(args, config, resume)
+    if not context.is_leader:  # rank 0 writes, prints and decides when all stop
+        together = follow(lambda: Trainer(config, resume=resume, distributed=context).run_all())
+        return EXIT_OK if together else EXIT_INTERRUPTED
     printer = ProgressPrinter(enabled=not args.quiet)
-    trainer = Trainer(config, RunStore(), resume=resume, progress=printer.callback("loading"))
+    trainer = Trainer(config, RunStore(), resume=resume, progress=printer.callback("loading"), distributed=context)
     printer.end()
     _print_start(printer, trainer)
+    if context.active:
+        meta_batch = trainer.config.training.meta_batch
+        printer.line(f"data-parallel: {context.world_size} processes, {meta_batch // context.world_size} of the "
+                     f"{meta_batch} tasks of each step on each")
     run = trainer.run
     with _signals_stop(trainer, printer) as signalled:
         try:
@@ -668,7 +730,10 @@ def cmd_train(args) -> int:
 
 def cmd_resume(args) -> int:
     from workbench.core.runs import RunStore
+    from workbench.core.training.distributed import DistributedContext
 
+    if not DistributedContext.from_env().is_leader:  # a rank under torchrun: rank 0 reads the run and shares it
+        return _train_and_report(args, None, resume=args.run)
     run = RunStore().get(args.run)
     training = {}
     for name in ("steps", "max_minutes", "device", "threads"):
@@ -1087,8 +1152,68 @@ def _open_gui_or_demo(argv: list[str]) -> int:
     return cmd_demo(argparse.Namespace(steps=300, episodes=300, threads=0, json=False, quiet=False))
 
 
+def _sweep_spec(args):
+    from workbench.core.sweeps import SweepError, SweepSpec, load_spec
+
+    if args.resume:
+        spec = load_spec(args.storage_url, args.resume)
+    elif args.study_file:
+        spec = SweepSpec.load(args.study_file)
+    else:
+        raise SweepError("give a study file (workbench sweep STUDY.toml), --resume NAME or --list")
+    overrides = {"trials": args.trials, "workers": args.workers, "threads": args.threads,
+                 "ray_address": args.ray_address}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(spec.settings, name, value)
+    return spec
+
+
+def _trial_line(trial) -> str:
+    value = "" if trial.value is None else f" {trial.value:.4g}"
+    params = ", ".join(f"{path.rsplit('.', 1)[-1]}={value!r}" for path, value in trial.params.items())
+    error = f": {trial.error}" if trial.error else ""
+    return f"trial {trial.number} {trial.state}{value} ({params}){error}"
+
+
+def cmd_sweep(args) -> int:
+    from workbench.core.runs import default_home
+    from workbench.core.sweeps import StudyRunner, default_storage, list_studies
+
+    home = default_home()
+    args.storage_url = args.storage or default_storage(home)
+    if args.list:
+        studies = list_studies(args.storage_url)
+        if args.json:
+            _emit_json({"storage": args.storage_url, "studies": studies})
+        for study in [] if args.json else studies:
+            best = "" if study["best_value"] is None else f", best {study['best_value']:.4g}"
+            print(f"{study['name']}: {study['trials']} trials{best} (started {study['created']})")
+        return EXIT_OK
+    runner = StudyRunner(_sweep_spec(args), home, args.storage_url)
+    reported: set[tuple[int, str]] = set()
+    last = None
+    for last in runner.updates():
+        for trial in last.trials:
+            if trial.state in ("complete", "pruned", "failed") and (trial.number, trial.state) not in reported:
+                reported.add((trial.number, trial.state))
+                if not args.quiet:
+                    _say(_trial_line(trial))
+    best = last.best()
+    if args.json:
+        _emit_json({**last.to_dict(), "storage": args.storage_url})
+    elif not args.quiet:
+        counts = ", ".join(f"{n} {state}" for state, n in last.counts().items() if n)
+        _say(f"study {last.name}: {counts}")
+        if best is not None:
+            print(f"best: {_trial_line(best)}; run {best.run_id} (test it once: workbench eval {best.run_id})")
+    return EXIT_OK if best is not None else EXIT_USER_ERROR
+
+
 def _dispatch(args, argv: list[str]) -> int:
     command = args.command
+    if command == "sweep":
+        return cmd_sweep(args)
     if command == "train":
         return cmd_train(args)
     if command == "eval":

@@ -238,6 +238,7 @@ class MainWindow(QMainWindow):
         for cls in classes:
             yield
             self._build_view(cls)
+        yield
         self._update_tabs()
         self._finish_contents(restore)
 
@@ -468,15 +469,19 @@ class MainWindow(QMainWindow):
                                         "Pick what kind of problem the experiment learns")
         self.plugins_action = self._action("&Plugins…", self.show_plugins, ("Ctrl+Shift+P",),
                                            "The installed plugins and what they add")
+        self.sweep_action = self._action("S&weep…", self.open_sweep_dialog, ("Ctrl+Shift+S",),
+                                         "Set up a hyperparameter study of the current experiment",
+                                         sp.SP_FileDialogDetailedView)
         # Greyed while the window's contents are still being built (Quit and the help dialogs work at once).
         self._actions_after_startup = [self.run_action, self.pause_action, self.stop_action, self.import_action,
-                                       self.export_action, self.reset_layout_action, self.kind_action]
+                                       self.export_action, self.reset_layout_action, self.kind_action,
+                                       self.sweep_action]
 
         toolbar = QToolBar("Training")
         toolbar.setObjectName("trainingToolbar")
         toolbar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         toolbar.setMovable(False)
-        for action in (self.run_action, self.pause_action, self.stop_action):
+        for action in (self.run_action, self.pause_action, self.stop_action, self.sweep_action):
             toolbar.addAction(action)
         self.run_hint = QLabel()
         self.run_hint.setObjectName("runHint")
@@ -501,6 +506,8 @@ class MainWindow(QMainWindow):
         run_menu = menu.addMenu("&Training")
         for action in (self.run_action, self.pause_action, self.stop_action):
             run_menu.addAction(action)
+        run_menu.addSeparator()
+        run_menu.addAction(self.sweep_action)
 
         view_menu = menu.addMenu("&View")
         view_menu.addAction(self.kind_action)
@@ -869,6 +876,15 @@ class MainWindow(QMainWindow):
         d = config.dataset
         return (f"{cls.title} on {d.name}: {_task_text(config.kind, d.ways, d.shots)}, "
                 f"{config.training.steps:,} steps (seed {config.training.seed})")
+
+    def open_sweep_dialog(self) -> None:
+        """Training > Sweep…: a hyperparameter study of the current experiment, run in the Studies tab."""
+        try:
+            config = self.current_config()
+        except WorkbenchError as exc:
+            self.report_error("Cannot set up a sweep", f"The experiment is not valid: {exc}")
+            return
+        self._last_dialog = self.studies_view.sweep_dialog(config, self)
 
     def toggle_pause(self) -> None:
         if self.controller.is_running:

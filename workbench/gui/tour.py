@@ -5,7 +5,8 @@ when there is no display).
 Later parts find their algorithms in the declarations: a short run of each algorithm with inspection records and
 the Mechanism view on each record; a short run of each sample-weighting algorithm and its Sample weights view; and
 the accuracy against an attack's budget ε of a run trained against attacks and a gradient-based run trained without,
-compared in the Evaluation tab. ``--parts`` picks the parts to shoot.
+compared in the Evaluation tab; the Sweep dialog and the Studies tab with a tiny study (four short trials, two at a
+time, in processes of their own). ``--parts`` picks the parts to shoot.
 
 It uses its own temporary settings and run store unless ``--home`` is given, so a user's settings and runs
 are never touched.
@@ -23,8 +24,9 @@ from typing import Callable
 
 # main: the panels, two short runs of the default experiment, the Runs tab, the analysis views, the other theme
 # and the dialogs; regression: the Fit view and "Try a task" on points; mechanism: each inspection record;
-# weights: the Sample weights view of each weighting algorithm; robustness: accuracy against an attack's budget.
-PARTS = ("main", "regression", "mechanism", "weights", "robustness")
+# weights: the Sample weights view of each weighting algorithm; robustness: accuracy against an attack's budget;
+# studies: the Sweep dialog and a tiny study run from it, in the Studies tab.
+PARTS = ("main", "regression", "mechanism", "weights", "robustness", "studies")
 # The screenshots of the later views continue the numbers after the regression ones, whichever parts run.
 LATER_FIRST_NUMBER = 21
 EPSILONS = (0.0, 0.01, 0.02, 0.05, 0.1)  # attack budgets in pixel units of a 0-1 scale
@@ -436,6 +438,40 @@ def _robustness_tour(tour: Tour, args) -> None:
     tour.shoot(window, "accuracy-against-eps")
 
 
+def _studies_tour(tour: Tour, args) -> None:
+    """The Sweep dialog on a short run of the default experiment (a grid over the shots and the learning rate),
+    the study run from it (two trials at a time) and the Studies tab once it has ended."""
+    from workbench.core.kinds import DEFAULT_KIND, get_kind_class
+
+    window = tour.window
+    steps = max(2, args.short_steps)
+    config = short_config(DEFAULT_KIND, get_kind_class(DEFAULT_KIND).default_algorithm, steps, max(1, steps // 3),
+                          args.val_episodes)
+    _use_kind(tour, DEFAULT_KIND)
+    window.apply_config(config)
+    window.open_sweep_dialog()
+    dialog = window._last_dialog
+    lr = window.current_config().training.lr
+    dialog.row("dataset.shots").set_values([1, 5])
+    dialog.row("training.lr").set_values([lr, 3 * lr])
+    dialog.settings_form.set_values({"sampler": "grid", "trials": 4, "workers": 2, "prune_after_trials": 1})
+    tour.wait_until(dialog.is_valid, "a valid study in the Sweep dialog")
+    tour.shoot(dialog, "sweep-dialog")
+    view = window.studies_view
+    dialog.accept()
+    tour.wait_until(lambda: view.live is not None and any(t.state == "running" for t in view.live.trials),
+                    "the study's first trials")
+    tour.wait_until(lambda: not view.is_running, "the end of the study")
+    tour.wait_until(lambda: not view.is_reading, "the study as stored")
+    if view.last_error:
+        raise RuntimeError(f"the tour's study failed: {view.last_error[1]}")
+    window.show_view("Studies")
+    tour.shoot(window, "studies")
+    view.plot_tabs.setCurrentWidget(view.slice_plot)
+    tour.shoot(view, "studies-slice")
+    view.plot_tabs.setCurrentWidget(view.parallel_plot)
+
+
 def _open_window(args):
     """The main window on its own settings (and the ``--home`` run store when given), shown at the asked size."""
     from workbench.core.runs import RunStore
@@ -590,7 +626,7 @@ def run_tour(args) -> list[Path]:
         _regression_tour(tour, args)
     tour.count = max(tour.count, LATER_FIRST_NUMBER - 1)
     for part, shoot in (("mechanism", _mechanism_tour), ("weights", _weights_tour),
-                        ("robustness", _robustness_tour)):
+                        ("robustness", _robustness_tour), ("studies", _studies_tour)):
         if part in parts:
             shoot(tour, args)
 

@@ -30,7 +30,8 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QStackedWidget, QWidget
 
 VIEW_MODULES = ("training_view", "runs_view", "try_view", "evaluation_view", "adaptation_view",
-                "projector_view", "weights_view", "fit_view", "try_points_view", "inspection_view", "try_race_view")
+                "projector_view", "weights_view", "fit_view", "try_points_view", "inspection_view", "try_race_view",
+                "studies_view")
 
 _VIEWS: list[type] = []
 

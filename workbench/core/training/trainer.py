@@ -25,11 +25,12 @@ from workbench.core.algorithms import get_algorithm
 from workbench.core.checkpoints import make_payload, payload_algorithm, restore_rng_state, rng_state
 from workbench.core.config import ExperimentConfig
 from workbench.core.data.base import Cancelled, ProgressCallback, no_progress, write_skipped
-from workbench.core.device import configure_cpu_threads, resolve_device, tune_cpu_allocator
+from workbench.core.device import configure_cpu_threads, tune_cpu_allocator
 from workbench.core.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.core.kinds import get_kind
 from workbench.core import snapshots
 from workbench.core.runs import Run, RunStore
+from workbench.core.training.distributed import DetachedRun, DistributedContext, check_parallel, trains_on_batches
 
 # The trainer reads time through this name so tests can fake the wall clock.
 clock = time.monotonic
@@ -209,19 +210,29 @@ class Trainer:
     The run's kind supplies the training tasks, the validation tasks and the metric; the algorithm takes its loss
     and head from the same kind. With ``resume=run_id`` the run's saved config is used; ``config`` may then be
     None, or carry changes listed in ``RESUMABLE_CHANGES`` (more steps, another device or time budget).
+
+    With ``distributed`` (several processes, see :mod:`workbench.core.training.distributed`) each rank trains on
+    its share of every meta-batch; rank 0 alone opens the run (``store``, ``resume``) and the others take its
+    config and starting state, write nothing and stop when it does.
     """
 
     def __init__(self, config: ExperimentConfig | None = None, store: RunStore | None = None, *,
                  resume: str | None = None, reserve_gui_core: bool = False,
-                 progress: ProgressCallback = no_progress):
-        self.store = store if store is not None else RunStore()
+                 progress: ProgressCallback = no_progress, distributed: DistributedContext | None = None):
+        self.dist = distributed if distributed is not None else DistributedContext()
+        self.dist.join()
+        self.store: RunStore | None = None
         run: Run | None = None
         config_changed = False
-        if resume is not None:
-            run = self.store.get(resume)
-            config, config_changed = self._resumed_config(run, config)
-        elif config is None:
-            raise ValueError("Trainer needs a config (or resume=run_id)")
+        if self.dist.is_leader:
+            with self.dist.leader_work():
+                self.store = store if store is not None else RunStore()
+                if resume is not None:
+                    run = self.store.get(resume)
+                    config, config_changed = self._resumed_config(run, config)
+                elif config is None:
+                    raise ValueError("Trainer needs a config (or resume=run_id)")
+        config = self.dist.from_leader(config)
         self.config = config
         self.config_dict = config.to_dict()  # built once: every checkpoint stores it
         self._set_up_device(reserve_gui_core)
@@ -229,6 +240,21 @@ class Trainer:
         # Everything that can reject the config happens before a run folder exists.
         self._build_experiment(progress)
         self._reset_progress()
+        self.run: Run | DetachedRun = DetachedRun()
+        self.skipped_note = ""
+        if self.dist.is_leader:
+            with self.dist.leader_work():
+                self._open_run(run, config_changed)
+        self._reset_session()
+        self._share_start()
+        self.dist.average_gradients(self.algorithm.optimizers)
+        # Applied when steps() starts, so torch work done in between (e.g. by a GUI) cannot shift the run.
+        self._start_rng_state = torch.get_rng_state()
+
+    # --- setup helpers ----------------------------------------------------------------------------
+    def _open_run(self, run: Run | None, config_changed: bool) -> None:
+        """The run folder: a resumed run's (restored from its last checkpoint) or a new one."""
+        config = self.config
         if run is not None:
             self.run = run
             self._restore_from_checkpoint()
@@ -240,11 +266,16 @@ class Trainer:
         self.skipped_note = self._write_skipped_files()
         if self.algorithm.has("run_folder"):  # where an algorithm may mirror view data (weight history)
             self.algorithm.set_run_folder(self.run.path)
-        # Applied when steps() starts, so torch work done in between (e.g. by a GUI) cannot shift the run.
-        self._start_rng_state = torch.get_rng_state()
-        self._reset_session()
 
-    # --- setup helpers ----------------------------------------------------------------------------
+    def _share_start(self) -> None:
+        """Several processes: every rank starts from rank 0's weights, optimizer and sampler states and step (a
+        resumed run's checkpoint is on rank 0's disk)."""
+        if not self.dist.active:
+            return
+        payload = self.dist.from_leader(self._payload() if self.dist.is_leader else None)
+        if not self.dist.is_leader:
+            self._restore_from_payload(payload)
+
     def _write_skipped_files(self) -> str:
         """The dataset's unreadable files, listed in the run folder (GUI and CLI runs alike); returns where."""
         skipped = list(getattr(self.dataset, "skipped_files", None) or [])
@@ -259,23 +290,24 @@ class Trainer:
 
     def _set_up_device(self, reserve_gui_core: bool) -> None:
         training = self.config.training
-        self.device = resolve_device(training.device)
+        self.device = self.dist.device(training.device)
         if self.device.type == "cpu":
-            self.threads = configure_cpu_threads(training.threads, reserve_gui_core)
+            self.threads = configure_cpu_threads(self.dist.cpu_threads(training.threads), reserve_gui_core)
             tune_cpu_allocator()
         else:
             self.threads = torch.get_num_threads()
+        self.dist.bind(self.device)
 
     def _build_experiment(self, progress: ProgressCallback) -> None:
         """Data, tasks, model and optimizers, all from the config's kind and algorithm."""
         config, training = self.config, self.config.training
+        check_parallel(config, self.dist.world_size)
         self.kind = get_kind(config.kind, config.task)
         self.metric = self.kind.metric
         self.dataset = data.load_dataset(config.dataset, progress)
         algorithm_cls = get_algorithm(config.algorithm.name)
         hparams = algorithm_cls.build_hparams(config.algorithm.hparams)
-        self._trains_on_batches = (algorithm_cls.training_input_for(hparams) == "batches"
-                                   or self.kind.trains_on == "labelled batches")
+        self._trains_on_batches = trains_on_batches(config)
         if algorithm_cls.training_input_for(hparams) == "batches":
             self.sampler = self.kind.batch_sampler(self.dataset, config, int(getattr(hparams, "batch_size", 64)))
         else:
@@ -355,19 +387,10 @@ class Trainer:
                 raise CheckpointError(f"run {run.id}: its last checkpoint was made by '{made_by}', "
                                       f"not '{self.algorithm.name}'")
             try:
-                self.algorithm.load_state_dict(payload["state"])
-                self.algorithm.load_optimizer_state(payload.get("optimizer") or {})
+                self._restore_from_payload(payload)
             except (RuntimeError, KeyError, ValueError) as exc:
                 raise CheckpointError(f"run {run.id}: the last checkpoint does not fit the model: "
                                       f"{' '.join(str(exc).split())[:300]}") from None
-            restore_rng_state(payload.get("rng") or {}, self.sampler.generator)
-            self.step = int(payload["step"])
-            self.best_val_score = payload.get("best_val_score", payload.get("best_val_accuracy"))
-            self.best_val_ci95 = payload.get("best_val_ci95")
-            self.best_step = payload.get("best_step")
-            self._elapsed_before = float(payload.get("elapsed_s", 0.0))
-            self.divergence.reference = payload.get("start_loss")
-            self.last_checkpoint_step = self.step
             self.resume_message = (f"resumed run {run.id} at step {self.step} of {total}" if total else
                                    f"resumed run {run.id} at step {self.step}, to train until its time budget")
         else:
@@ -378,6 +401,19 @@ class Trainer:
         if total and self.step >= total:
             raise WorkbenchError(f"run {run.id} already trained all {total} steps; raise training.steps "
                                  f"(--steps) above {total} to train it longer")
+
+    def _restore_from_payload(self, payload: dict) -> None:
+        """Weights, optimizer, random streams and progress from a checkpoint payload."""
+        self.algorithm.load_state_dict(payload["state"])
+        self.algorithm.load_optimizer_state(payload.get("optimizer") or {})
+        restore_rng_state(payload.get("rng") or {}, self.sampler.generator)
+        self.step = int(payload["step"])
+        self.best_val_score = payload.get("best_val_score", payload.get("best_val_accuracy"))
+        self.best_val_ci95 = payload.get("best_val_ci95")
+        self.best_step = payload.get("best_step")
+        self._elapsed_before = float(payload.get("elapsed_s", 0.0))
+        self.divergence.reference = payload.get("start_loss")
+        self.last_checkpoint_step = self.step
 
     # --- control (thread-safe) --------------------------------------------------------------------
     def pause(self) -> None:
@@ -415,8 +451,9 @@ class Trainer:
     def _next_batch(self):
         if self._trains_on_batches:
             return self.sampler.sample().to(self.device)
-        meta_batch = self.config.training.meta_batch
-        return [self.sampler.sample().to(self.device) for _ in range(meta_batch)]
+        # Every rank draws the whole meta-batch (one seeded stream) and trains on its share of it.
+        tasks = [self.sampler.sample() for _ in range(self.config.training.meta_batch)]
+        return [task.to(self.device) for task in self.dist.share_of(tasks)]
 
     def run_all(self, callback: Callable[[StepRecord], None] | None = None) -> StepRecord:
         """Train to the end; ``callback`` sees every record. Returns the final record."""
@@ -499,12 +536,14 @@ class Trainer:
         while unbounded or self.step < training.steps:
             if not self._run_event.is_set():
                 self._wait_while_paused()
-            reason = self._reason_to_stop()
+            reason = self._before_step()
             if reason is not None:
                 return reason
             started = clock()
-            self._update_schedule_clock()
-            out = self.algorithm.meta_train_step(self._next_batch())
+            with self.dist.meta_step():
+                out = self.algorithm.meta_train_step(self._next_batch())
+            if self.dist.active:
+                out = self._agree_after_step(out)
             loss = float(out["loss"])
             if not math.isfinite(loss):
                 return "diverged", self._diverged_message(self.step + 1, f"the loss became {loss}")
@@ -527,6 +566,26 @@ class Trainer:
                     return "diverged", self._diverged_message(self.step, "the weights became NaN or infinite")
                 self.run.update(steps_done=self.step)
         return "finished", ""
+
+    def _before_step(self) -> tuple[str, str] | None:
+        """A reason to stop before the next meta-step (and the schedule clock); several processes follow rank
+        0's, which alone sees stop requests and measures the time budget."""
+        reason = self._reason_to_stop()
+        self._update_schedule_clock()
+        if self.dist.active:
+            clock_ = self.algorithm.schedule_clock
+            reason, clock_.time_fraction = self.dist.from_leader((reason, clock_.time_fraction))
+        return reason
+
+    def _agree_after_step(self, out: dict[str, float]) -> dict[str, float]:
+        """The ranks keep one model: rank 0's buffers, a check that the weights agree (first step of a session and
+        each checkpoint), and the whole meta-batch's loss and metric for every rank's records and decisions."""
+        step = self.step + 1
+        modules = list(self.algorithm.modules().values())
+        self.dist.share_buffers(modules)
+        if step == self._session_first_step + 1 or step % self.config.training.checkpoint_interval == 0:
+            self.dist.check_in_step(modules, step, self.algorithm.name)
+        return self.dist.mean_of(out)
 
     def _step_record(self, out: dict[str, float], loss: float, started: float) -> StepRecord:
         training = self.config.training
@@ -631,7 +690,7 @@ class Trainer:
             recorder.record(self.algorithm, self.step)
 
     def _validate(self) -> StepRecord | None:
-        if self.val_episodes is None:
+        if self.val_episodes is None or not self.dist.is_leader:  # rank 0 validates while the others wait
             return None
 
         def cancel_on_stop(done: int, total: int, message: str) -> None:
@@ -681,18 +740,22 @@ class Trainer:
                     return False
         return True
 
+    def _payload(self) -> dict[str, Any]:
+        elapsed = self._elapsed_before + (self._active_elapsed() if self._started else 0.0)
+        return make_payload(self.algorithm, self.config, self.dataset.spec, step=self.step,
+                            best_val_accuracy=self.best_val_score, rng=rng_state(self.sampler.generator),
+                            extra={"best_val_ci95": self.best_val_ci95, "best_step": self.best_step,
+                                   "elapsed_s": float(elapsed), "metric": self.metric.key,
+                                   "start_loss": self.divergence.reference},
+                            config_dict=self.config_dict)
+
     def _save_checkpoint(self, kind: str) -> bool:
-        """Write a checkpoint unless the weights are NaN/inf (then keep the old one and return False)."""
+        """Write a checkpoint unless the weights are NaN/inf (then keep the old one and return False). Every rank
+        checks the weights (they agree); rank 0 writes."""
         if not self._weights_finite():
             return False
-        elapsed = self._elapsed_before + (self._active_elapsed() if self._started else 0.0)
-        payload = make_payload(self.algorithm, self.config, self.dataset.spec, step=self.step,
-                               best_val_accuracy=self.best_val_score, rng=rng_state(self.sampler.generator),
-                               extra={"best_val_ci95": self.best_val_ci95, "best_step": self.best_step,
-                                      "elapsed_s": float(elapsed), "metric": self.metric.key,
-                                      "start_loss": self.divergence.reference},
-                               config_dict=self.config_dict)
-        self.run.save_checkpoint(payload, kind)
+        if self.dist.is_leader:
+            self.run.save_checkpoint(self._payload(), kind)
         if kind == "last":
             self.last_checkpoint_step = self.step
         return True
