@@ -7,7 +7,6 @@ value is reported as ``section.field: what is wrong; what is allowed``.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from workbench.core.data import dataset_info, dataset_names, datasets_for_kind
 from workbench.core.data.episodes import EPISODE_DOMAINS
 from workbench.core.device import DEVICE_CHOICES
 from workbench.core.errors import ConfigError
+from workbench.core.fileio import parse_toml, read_toml
 from workbench.core.hparams import build, hparam, to_dict
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.core.recipes import find_recipe
@@ -186,20 +186,11 @@ class ExperimentConfig:
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> "ExperimentConfig":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(source, f"not valid TOML: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_toml(text, source))
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read the config file: {exc.strerror or exc}") from None
-        return cls.from_toml(text, source=str(path))
+        return cls.from_dict(read_toml(path, "config file"))
 
     def replace(self, **sections: dict[str, Any]) -> "ExperimentConfig":
         """A copy with some fields changed, e.g. ``replace(training={"steps": 10})``; validated."""

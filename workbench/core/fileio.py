@@ -32,3 +32,27 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def parse_toml(text: str, source: str) -> dict:
+    """A TOML document as a dict; a syntax error is a ConfigError naming ``source``."""
+    import tomllib
+
+    from workbench.core.errors import ConfigError
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"not valid TOML: {exc}") from None
+
+
+def read_toml(path: str | Path, what: str = "file") -> dict:
+    """A TOML file as a dict; an unreadable or invalid file is a ConfigError naming it (``what``: "config file")."""
+    from workbench.core.errors import ConfigError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read the {what}: {exc.strerror or exc}") from None
+    return parse_toml(text, str(path))

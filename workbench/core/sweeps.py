@@ -40,13 +40,13 @@ import math
 import multiprocessing
 import os
 import time
-import tomllib
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from workbench.core.errors import ConfigError, WorkbenchError
+from workbench.core.fileio import parse_toml, read_toml
 from workbench.core.hparams import HParamSpec, hparam, specs
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -271,23 +271,20 @@ class SweepSpec:
 
     @classmethod
     def from_toml(cls, text: str, source: str = "study file") -> "SweepSpec":
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(source, f"not valid TOML: {exc}") from None
+        return cls.from_dict(parse_toml(text, source), source)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SweepSpec":
+        return cls.from_dict(read_toml(path, "study file"), str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "study file") -> "SweepSpec":
+        """A study file's contents: the experiment config with a [sweep] table."""
+        data = dict(data)
         sweep = data.pop("sweep", None)
         if not isinstance(sweep, dict):
             raise ConfigError(source, "no [sweep] table: add one with name, sampler, trials and [sweep.parameters]")
         return cls(data, SweepSettings.from_dict(sweep))
-
-    @classmethod
-    def load(cls, path: str | Path) -> "SweepSpec":
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(str(path), f"cannot read the study file: {exc.strerror or exc}") from None
-        return cls.from_toml(text, str(path))
 
     def to_json(self) -> str:
         return json.dumps({"base": self.base, "settings": self.settings.to_dict()})
