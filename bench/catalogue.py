@@ -199,6 +199,12 @@ NOTES: dict[Any, str] = {
                                   "5-way it takes a few hundred steps to leave chance, at 20-way longer",
     ("snail", "omniglot", "20w1s"): "barely off chance (5%): 933 steps, best validation at the last one, as on "
                                     "glyphs 20-way",
+    # Measured in the glyphs 20-way runs of 2026-12-07 (3 CPU-min, one thread, 250 test episodes); longer budgets
+    # not tried.
+    ("reptile", "glyphs", "20w1s"): "budget-bound: its best validation came at its last step (504 steps of 5 "
+                                    "tasks), still rising, against the 100,000 steps of its paper recipe",
+    ("meta-lstm", "glyphs", "20w1s"): "budget-bound: one episode per meta-step (the paper's setting), so it met 240 "
+                                      "training tasks in the budget; best validation at its last step, still rising",
 }
 
 
