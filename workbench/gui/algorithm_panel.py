@@ -6,11 +6,12 @@ names its default one (``default_algorithm``).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QFont, QStandardItem, QStandardItemModel
-from PySide6.QtWidgets import (QComboBox, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+from PySide6.QtWidgets import (QComboBox, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
                                QVBoxLayout, QWidget)
 
 from workbench.core.algorithms import algorithms_by_family, get_algorithm
@@ -22,6 +23,11 @@ from workbench.gui.hparam_form import HParamForm, narrow_combo, tooltip
 
 # Dataset fields whose training override ("train_ways", ...) means something only when the kind has the field.
 EPISODE_FIELDS = ("ways", "shots", "queries")
+PROCESSES_TIP = ("Train in this many processes at once (a launch setting, not part of the experiment): each takes "
+                 "its share of every meta-batch and their gradients are averaged, so the steps are the same as one "
+                 "process with the whole meta-batch. The meta-batch must divide by the processes. At most the CPU "
+                 "cores, or the GPUs when training on CUDA (one each). Pause is not available while several "
+                 "processes train; Stop saves the run.")
 
 
 class AlgorithmCombo(QComboBox):
@@ -87,6 +93,7 @@ def device_choices() -> list[tuple[str, str, str]]:
 
 class AlgorithmPanel(QWidget):
     changed = Signal()
+    processes_changed = Signal(int)  # the launch setting (not part of the config)
     # A recipe the user picked (or the recommended one of a newly chosen algorithm): this panel fills its own
     # fields; the window fills the dataset and kind fields the recipe sets.
     recipe_applied = Signal(object)
@@ -174,6 +181,11 @@ class AlgorithmPanel(QWidget):
             self.device_combo.addItem(label, value)
             self.device_combo.setItemData(self.device_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.device_combo.setToolTip(next(s.help for s in fields["training"] if s.name == "device"))
+        self.processes_spin = QSpinBox()
+        self.processes_spin.setObjectName("processes")
+        self.processes_spin.setRange(1, 1)
+        self.processes_spin.setToolTip(PROCESSES_TIP)
+        self._update_process_limit()
         self.training_form = HParamForm(fields["training"], exclude=("device",))
         self.training_form.setObjectName("trainingForm")
         self.training_reset = QPushButton("Reset to defaults")
@@ -183,6 +195,7 @@ class AlgorithmPanel(QWidget):
         training_layout = QVBoxLayout(training_box)
         self.training_form.insert_row(0, "Run name", self.name_edit)
         self.training_form.insert_row(1, "Device", self.device_combo)
+        self.training_form.insert_row(2, "Processes", self.processes_spin)
         training_layout.addWidget(self.training_form)
         reset_row2 = QHBoxLayout()
         reset_row2.addStretch(1)
@@ -206,6 +219,9 @@ class AlgorithmPanel(QWidget):
         self.training_form.changed.connect(self._emit_changed)
         self.evaluation_form.changed.connect(self._emit_changed)
         self.device_combo.currentIndexChanged.connect(self._emit_changed)
+        self.device_combo.currentIndexChanged.connect(lambda _: self._update_process_limit())
+        self.processes_spin.valueChanged.connect(self.processes_changed)
+        self.processes_spin.valueChanged.connect(self._emit_changed)
         self.name_edit.textChanged.connect(self._emit_changed)
         self.reset_button.clicked.connect(self.hparam_form.reset_defaults)
         self.training_reset.clicked.connect(self._reset_training)
@@ -213,6 +229,24 @@ class AlgorithmPanel(QWidget):
     def _emit_changed(self, *_) -> None:
         if not self._silent:
             self.changed.emit()
+
+    def _update_process_limit(self) -> None:
+        """Up to one process per GPU on CUDA, per core on the CPU; one elsewhere (MPS)."""
+        devices = detect_devices()
+        device = self.device_combo.currentData() or "auto"
+        kind = devices[0].kind if device == "auto" else device
+        if kind.startswith("cuda"):
+            limit = sum(d.kind.startswith("cuda") for d in devices)
+        else:
+            limit = (os.cpu_count() or 1) if kind == "cpu" else 1
+        self.processes_spin.setMaximum(max(1, limit))
+
+    def processes(self) -> int:
+        """How many processes train a run (a launch setting, kept in the app's settings, not in the config)."""
+        return self.processes_spin.value()
+
+    def set_processes(self, count: int) -> None:
+        self.processes_spin.setValue(count)  # clamped to this machine's limit
 
     def _reset_training(self) -> None:
         self.training_form.reset_defaults()

@@ -251,6 +251,7 @@ class MainWindow(QMainWindow):
             self._size_docks()  # again: the kind's height is known now
         if restore:
             self._restore_settings()
+        self.algorithm_panel.processes_changed.connect(self.settings.save_processes)
         self._revalidate_timer = QTimer(self)
         self._revalidate_timer.setSingleShot(True)
         self._revalidate_timer.setInterval(0)  # coalesce a burst of field changes into one check
@@ -573,6 +574,7 @@ class MainWindow(QMainWindow):
                 # An experiment from an older version: start from defaults and say so.
                 self.statusBar().showMessage(f"The last experiment could not be restored ({exc}); using defaults.",
                                              10000)
+        self.algorithm_panel.set_processes(self.settings.processes())  # after the device, which bounds it
 
     def save_settings(self) -> None:
         if not self.is_ready:
@@ -750,7 +752,7 @@ class MainWindow(QMainWindow):
                 reason = "the dataset is not loaded yet"
             else:
                 episode_problem = self._episode_problem(config)
-                reason = episode_problem
+                reason = episode_problem or self._parallel_problem(config, self.algorithm_panel.processes())
         panel.show_episode_problem(episode_problem)
         self.algorithm_panel.show_recipe_changes(recipe_changes(config) if config is not None else [])
         self._update_tabs()
@@ -785,11 +787,26 @@ class MainWindow(QMainWindow):
                 return prefix + str(exc)
         return None
 
+    @staticmethod
+    def _parallel_problem(config: ExperimentConfig, nproc: int) -> str | None:
+        """Why ``config`` cannot train in ``nproc`` processes (told before any starts), or None."""
+        from workbench.core.training.distributed import check_parallel
+
+        try:
+            check_parallel(config, nproc, per_host=nproc)
+        except WorkbenchError as exc:
+            return f"{exc} (Processes: {nproc})"
+        return None
+
     def _update_actions(self) -> None:
         state = self.controller.state
         busy = state != "idle"
         self.run_action.setEnabled(not busy and self.run_blocked_reason is None)
-        self.pause_action.setEnabled(state in ("running", "paused", "loading"))
+        can_pause = self.controller.can_pause
+        self.pause_action.setEnabled(state in ("running", "paused", "loading") and can_pause)
+        self.pause_action.setToolTip("Pause or resume training (Ctrl+P)" if can_pause else
+                                     f"Pause is not available while {self.controller.processes} processes train "
+                                     "together; Stop saves the run, and Resume in the Runs tab continues it")
         self.stop_action.setEnabled(busy and state != "stopping")
         paused = state == "paused"
         self.pause_action.setText("&Resume" if paused else "&Pause")
@@ -851,12 +868,17 @@ class MainWindow(QMainWindow):
             return None
         return self._start_job(None, run_id, f"Resuming {name}: " + self._job_title(config), config, history)
 
-    def _start_job(self, config, resume: str | None, title: str, shown_config=None, history=None) -> int:
+    def _start_job(self, config, resume: str | None, title: str, shown_config=None, history=None) -> int | None:
         from workbench.core.kinds import get_kind_class
 
         home = getattr(self.store, "home", None)
-        job_id = self.controller.start(config, home, resume=resume)
         shown = config or shown_config
+        nproc = self.algorithm_panel.processes()
+        problem = self._parallel_problem(shown, nproc)
+        if problem:
+            self.report_error("Cannot train in several processes", problem)
+            return None
+        job_id = self.controller.start(config, home, resume=resume, nproc=nproc)
         total = shown.training.steps
         self._show_run_of(shown, "trained")
         self.training_view.begin_job(job_id, title, total, history=history,

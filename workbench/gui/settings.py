@@ -1,5 +1,5 @@
-"""What survives a restart: window geometry and dock layout, the experiment kind, the last experiment and the
-theme.
+"""What survives a restart: window geometry and dock layout, the experiment kind, the last experiment, the number
+of training processes and the theme.
 
 Stored with QSettings in INI format (organization "MetaLearningWorkbench", application "workbench").
 Tests and the screenshot tour redirect it with ``QSettings.setPath(IniFormat, UserScope, folder)`` or with
@@ -84,6 +84,16 @@ class Settings:
 
     def save_folder(self, kind: str, folder: str) -> None:
         self._q.setValue(f"folders/{kind}", folder)
+
+    def processes(self) -> int:
+        """How many processes train a run (a launch setting of this machine, never part of an experiment)."""
+        try:
+            return max(1, int(self._q.value("training/processes", 1)))
+        except (TypeError, ValueError):
+            return 1
+
+    def save_processes(self, count: int) -> None:
+        self._q.setValue("training/processes", max(1, int(count)))
 
     # --- appearance -------------------------------------------------------------------------
     def theme(self) -> str:

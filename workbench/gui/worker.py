@@ -6,6 +6,10 @@ tensors, at most about 20 times a second: the step records in between are batche
 is lost. Every signal carries the job id; :class:`TrainingController` drops whatever an old job still sends.
 
 Pause and stop go straight to the Trainer (thread-safe), so they act within one meta-step.
+
+A job of several processes (``nproc`` > 1) launches them from the worker thread and follows rank 0's run folder
+(:class:`~workbench.core.training.launched.LaunchedTraining`, which acts as the Trainer here); its stop is a request
+rank 0 sees before its next step, and it has no pause.
 """
 
 from __future__ import annotations
@@ -150,6 +154,17 @@ def default_trainer_factory(config, store_home: Path | None, progress, resume: s
     return Trainer(config, RunStore(store_home), resume=resume, reserve_gui_core=True, progress=progress)
 
 
+def launched_trainer_factory(nproc: int) -> Callable:
+    """A factory of runs trained by ``nproc`` processes this thread launches and follows."""
+
+    def factory(config, store_home: Path | None, progress, resume: str | None = None):
+        from workbench.core.training.launched import LaunchedTraining
+
+        return LaunchedTraining(config, store_home, nproc=nproc, resume=resume, progress=progress)
+
+    return factory
+
+
 class TrainingWorker(QObject):
     """Runs one training job. Lives in its own QThread; ``pause``/``resume``/``stop`` may be called from any thread."""
 
@@ -161,13 +176,17 @@ class TrainingWorker(QObject):
 
     def __init__(self, job_id: int, config, store_home: Path | None = None,
                  trainer_factory: Callable | None = None, emit_interval_s: float = EMIT_INTERVAL_S,
-                 resume: str | None = None):
+                 resume: str | None = None, nproc: int = 1):
         super().__init__()
         self.job_id = job_id
         self.config = config  # None when resuming a run with its saved config
         self.resume_run_id = resume
         self.store_home = store_home
-        self.trainer_factory = trainer_factory or default_trainer_factory
+        self.nproc = nproc
+        if nproc > 1:
+            self.trainer_factory = launched_trainer_factory(nproc)
+        else:
+            self.trainer_factory = trainer_factory or default_trainer_factory
         self.emit_interval_s = emit_interval_s
         self._lock = threading.Lock()
         self._trainer = None
@@ -242,6 +261,7 @@ class TrainingWorker(QObject):
                 "algorithm": config.algorithm.name,
                 "dataset": config.dataset.name,
                 "kind": str(getattr(config, "kind", "") or ""),
+                "processes": self.nproc,
                 "message": str(getattr(trainer, "resume_message", "") or ""),
             })
             final = self._iterate(trainer)
@@ -348,19 +368,31 @@ class TrainingController(QObject):
     def is_paused(self) -> bool:
         return self._state == "paused"
 
+    @property
+    def processes(self) -> int:
+        """How many processes train the current job (1 when idle)."""
+        return self._worker.nproc if self._worker is not None else 1
+
+    @property
+    def can_pause(self) -> bool:
+        """A job of several processes cannot pause: they step together."""
+        return self.processes == 1
+
     def _set_state(self, state: str) -> None:
         if state != self._state:
             self._state = state
             self.state_changed.emit(state)
 
     # --- control ----------------------------------------------------------------------------
-    def start(self, config, store_home: Path | None = None, resume: str | None = None) -> int:
-        """Start training ``config`` (or resume the run ``resume`` with its saved config); returns the job id."""
+    def start(self, config, store_home: Path | None = None, resume: str | None = None, nproc: int = 1) -> int:
+        """Start training ``config`` (or resume the run ``resume`` with its saved config), in ``nproc`` processes
+        when above 1 (checked there before they start); returns the job id."""
         if self.is_running:
             raise RuntimeError("a training job is already running; stop it first")
         self._next_job_id += 1
         job_id = self._next_job_id
-        worker = TrainingWorker(job_id, config, store_home, self.trainer_factory, self.emit_interval_s, resume)
+        worker = TrainingWorker(job_id, config, store_home, self.trainer_factory, self.emit_interval_s, resume,
+                                nproc)
         thread = QThread()
         thread.setObjectName(f"training-job-{job_id}")
         worker.moveToThread(thread)
@@ -378,7 +410,7 @@ class TrainingController(QObject):
         return job_id
 
     def pause(self) -> None:
-        if self._worker is not None and self._state in ("running", "loading"):
+        if self._worker is not None and self._state in ("running", "loading") and self.can_pause:
             self._worker.pause()
             self._set_state("paused")
 

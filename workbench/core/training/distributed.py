@@ -342,7 +342,7 @@ def check_parallel(config: Any, world_size: int, per_host: int = 0) -> None:
     if meta_batch % world_size:
         fit = max(world_size, math.ceil(meta_batch / world_size) * world_size)
         raise ConfigError("training.meta_batch", f"{meta_batch} tasks per step cannot be split evenly over "
-                          f"{world_size} processes; use a multiple of {world_size} (e.g. --meta-batch {fit})")
+                          f"{world_size} processes; use a multiple of {world_size} (e.g. a meta-batch of {fit})")
 
 
 # --- launching ---------------------------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ SKIPPED_FILE = "skipped_files.txt"  # in the run folder: the dataset's unreadabl
 # Metrics are appended in batches: after this many records or this many seconds.
 FLUSH_RECORDS = 200
 FLUSH_SECONDS = 5.0
+# A file in the run folder by which another process (a GUI following a multi-process run) asks it to stop.
+STOP_REQUEST = "stop-requested"
 # Settings a resumed run may change; anything else would make it a different experiment.
 RESUMABLE_CHANGES = {"name", "dataset.root", "dataset.download", "training.steps", "training.max_minutes",
                      "training.device", "training.threads", "training.checkpoint_interval",
@@ -215,6 +217,8 @@ class Trainer:
     its share of every meta-batch; rank 0 alone opens the run (``store``, ``resume``) and the others take its
     config and starting state, write nothing and stop when it does.
     """
+
+    flush_seconds = FLUSH_SECONDS  # a process following the run from its metrics file may want it sooner
 
     def __init__(self, config: ExperimentConfig | None = None, store: RunStore | None = None, *,
                  resume: str | None = None, reserve_gui_core: bool = False,
@@ -506,11 +510,20 @@ class Trainer:
     def _reason_to_stop(self) -> tuple[str, str] | None:
         """Checked before each meta-step: a stop request or a spent time budget."""
         training = self.config.training
-        if self._stop_event.is_set():
+        if self._stop_requested():
             return "stopped", f"stopped by the user after {self.step} steps"
         if training.max_minutes and self._active_elapsed() >= training.max_minutes * 60.0:
             return "budget", f"time budget of {training.max_minutes:g} min spent after {self.step} steps"
         return None
+
+    def _stop_requested(self) -> bool:
+        """stop() was called, or another process left a stop request in the run folder (taken here)."""
+        if not self._stop_event.is_set() and self.run.path is not None:
+            request = self.run.path / STOP_REQUEST
+            if request.exists():
+                request.unlink(missing_ok=True)
+                self._stop_event.set()
+        return self._stop_event.is_set()
 
     @property
     def planned_steps(self) -> int:
@@ -606,7 +619,7 @@ class Trainer:
         record = StepRecord(self.step, self.planned_steps, loss, score, self._current_lr(), self._elapsed_before + active,
                             rate, eta, "step", best_val_score=self.best_val_score, extras=extras, metric=metric)
         self._pending.append(record)
-        if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= FLUSH_SECONDS:
+        if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= self.flush_seconds:
             self._flush_metrics()
         return record
 
@@ -694,7 +707,7 @@ class Trainer:
             return None
 
         def cancel_on_stop(done: int, total: int, message: str) -> None:
-            if self._stop_event.is_set():
+            if self._stop_requested():
                 raise Cancelled("validation cancelled")
 
         try:
