@@ -580,3 +580,18 @@ def test_long_notes_and_result_names_never_widen_the_view(qtbot, view):
     QApplication.processEvents()  # layouts recompute their hints on the next turn of the event loop
     assert view.result_panel.confusion.minimumSizeHint().width() <= max(before, 800)
     assert view.saved_combo.minimumSizeHint().width() <= 300 and view.dataset_combo.minimumSizeHint().width() <= 300
+
+
+def test_a_kind_without_shots_is_asked_for_none_and_described_without_them(view):
+    """Optimizee problems have no shots: the request leaves the field out (the kind refuses it) and the result's
+    setting and saved-results line say nothing of shots."""
+    from workbench.gui.evaluation.results import ResultData, describe_saved
+
+    request = view._request("some-run", "learning-to-optimize")
+    assert "shots" not in request and "ways" not in request
+    assert view._request("some-run", "classification")["shots"] == view.shots_spin.value()
+    entry = {"kind": "learning-to-optimize", "final_loss": 0.01, "ci95": 0.002, "episodes": 5, "seed": 7,
+             "checkpoint": "best"}
+    assert "None" not in describe_saved(entry) and "-shot" not in describe_saved(entry)
+    setting = ResultData(None, entry).setting()
+    assert "None" not in setting and setting.startswith("5 test tasks, seed 7")

@@ -28,6 +28,49 @@ def test_a_short_run_shrinks_a_pre_training_phase_but_no_inner_loop():
     assert (maml.training.steps, maml.training.val_interval, maml.training.val_episodes) == (30, 10, 4)
 
 
+def test_a_short_run_shrinks_an_evaluation_longer_than_the_recipe_and_validates_as_few_tasks_as_it_asks():
+    from workbench.core.hparams import specs
+    from workbench.core.kinds import get_kind_class
+
+    def recipe_of(kind, algorithm):
+        return recommended_recipe(get_algorithm(algorithm), kind, get_kind_class(kind).default_dataset)
+
+    def default(kind, option):
+        return next(spec.default for spec in specs(get_kind_class(kind).Options) if spec.name == option)
+
+    # DARTS retrains its candidates for twice its search's steps: the short run's evaluation retrains for less.
+    search = recipe_of("architecture-search", "darts")
+    darts = tour.short_config("architecture-search", "darts", 30, 10, 20)
+    planned, retrain = search.training["steps"], default("architecture-search", "retrain_steps")
+    assert retrain > planned
+    assert darts.task["retrain_steps"] == round(retrain * 30 / planned) < retrain
+    # A test horizon shorter than the run is what the evaluation measures: kept.
+    l2o = tour.short_config("learning-to-optimize", "lstm-optimizer", 30, 10, 20)
+    assert l2o.task["eval_steps"] == default("learning-to-optimize", "eval_steps")
+    # Each of DADA's validation tasks trains networks from scratch: its recipe asks for few, and gets them.
+    dada = tour.short_config("augmentation", "dada", 30, 10, 20)
+    assert dada.training.val_episodes == recipe_of("augmentation", "dada").training["val_episodes"] < 20
+    assert tour.short_config("classification", "maml", 30, 10, 20).training.val_episodes == 20
+
+
+def test_the_race_and_evaluations_parts_find_their_kinds_from_the_declarations():
+    from workbench.core.kinds import DEFAULT_KIND, get_kind_class, kind_names
+
+    assert {"race", "evaluations"} <= set(tour.PARTS)
+    assert tour._parser().parse_args(["--out", "unused", "--parts", "race,evaluations"]).parts == ("race",
+                                                                                                   "evaluations")
+    racing = tour.race_feeders()
+    assert racing == [(kind, get_kind_class(kind).default_algorithm) for kind in kind_names()
+                      if get_kind_class(kind).try_task == "race"]
+    assert ("learning-to-optimize", "lstm-optimizer") in racing
+    evaluated = tour.evaluation_feeders()
+    assert DEFAULT_KIND not in {kind for kind, _ in evaluated}
+    assert {("learning-to-optimize", "lstm-optimizer"), ("distillation", "dataset-distillation"),
+            ("architecture-search", "darts"), ("augmentation", "dada")} <= set(evaluated)
+    args = tour._parser().parse_args(["--out", "unused", "--algorithms", "darts,dada"])
+    assert sorted(name for _, name in tour._chosen(args, evaluated)) == ["dada", "darts"]
+
+
 def test_the_tour_finds_the_feeders_of_the_new_views_from_the_declarations():
     inspection = tour.feeders_by_kind("inspection")
     assert inspection and inspection[0][0] == "classification"

@@ -6,7 +6,9 @@ Later parts find their algorithms in the declarations: a short run of each algor
 the Mechanism view on each record; a short run of each sample-weighting algorithm and its Sample weights view; and
 the accuracy against an attack's budget ε of a run trained against attacks and a gradient-based run trained without,
 compared in the Evaluation tab; the Sweep dialog and the Studies tab with a tiny study (four short trials, two at a
-time, in processes of their own). ``--parts`` picks the parts to shoot.
+time, in processes of their own); a race of a short learned-optimizer run on its "Try a task" page; and the
+Evaluation tab of each kind but the default one, on a short run of its default algorithm evaluated on a few test
+tasks. ``--parts`` picks the parts to shoot.
 
 It uses its own temporary settings and run store unless ``--home`` is given, so a user's settings and runs
 are never touched.
@@ -25,11 +27,13 @@ from typing import Callable
 # main: the panels, two short runs of the default experiment, the Runs tab, the analysis views, the other theme
 # and the dialogs; regression: the Fit view and "Try a task" on points; mechanism: each inspection record;
 # weights: the Sample weights view of each weighting algorithm; robustness: accuracy against an attack's budget;
-# studies: the Sweep dialog and a tiny study run from it, in the Studies tab.
-PARTS = ("main", "regression", "mechanism", "weights", "robustness", "studies")
+# studies: the Sweep dialog and a tiny study run from it, in the Studies tab; race: "Try a task" of the kinds that
+# race a learned optimizer; evaluations: the Evaluation tab of each kind but the default one.
+PARTS = ("main", "regression", "mechanism", "weights", "robustness", "studies", "race", "evaluations")
 # The screenshots of the later views continue the numbers after the regression ones, whichever parts run.
 LATER_FIRST_NUMBER = 21
 EPSILONS = (0.0, 0.01, 0.02, 0.05, 0.1)  # attack budgets in pixel units of a 0-1 scale
+RACE_SEED = 7  # the seed of the test problem raced on
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench tour", description="Save screenshots of every panel and view "
@@ -44,15 +48,18 @@ def _parser() -> argparse.ArgumentParser:
                         help="Theme of the main screenshots; the other theme gets one screenshot too.")
     parser.add_argument("--home", help="Run store to use (default: a temporary one).")
     parser.add_argument("--short-steps", type=int, default=30,
-                        help="Steps of each short run behind the Mechanism, sample-weighting and robustness "
-                        "screenshots, validated three times (default 30).")
+                        help="Steps of each short run behind the Mechanism, sample-weighting, robustness, race "
+                        "and evaluation screenshots, validated three times (default 30).")
     parser.add_argument("--attack-episodes", type=int, default=50,
                         help="Test episodes of the accuracy-against-ε comparison (default 50).")
+    parser.add_argument("--eval-episodes", type=int, default=5,
+                        help="Test tasks of each kind's evaluation in the evaluations part: episodes, problems, "
+                        "networks or seeds, as the kind counts them (default 5).")
     parser.add_argument("--parts", type=_parts, default=PARTS,
                         help=f"Parts of the tour to shoot, comma-separated (default all): {', '.join(PARTS)}.")
     parser.add_argument("--algorithms", type=_names, default=None, metavar="A,B,...",
-                        help="Only these algorithms in the mechanism and weights parts (default: every one that "
-                        "feeds them).")
+                        help="Only these algorithms in the mechanism, weights, race and evaluations parts "
+                        "(default: every one that feeds them).")
     parser.add_argument("--timeout", type=float, default=1200.0, help="Give up after this many seconds.")
     return parser
 
@@ -154,39 +161,61 @@ REGRESSION_FIRST_NUMBER = 19
 REGRESSION_STEPS = 1000  # about 15 s on two idle cores: enough for the meta-learned start to look like the tasks
 
 
+def _planned_steps(recipe) -> int:
+    from workbench.core.config import TrainingConfig
+
+    return int((recipe.training if recipe else {}).get("steps") or TrainingConfig().steps)
+
+
+def _step_counts(fields_cls, given: dict):
+    """(spec, value) of each declared integer that counts steps (its name ends in "steps")."""
+    from workbench.core.hparams import specs
+
+    for spec in specs(fields_cls):
+        if spec.type is int and spec.name.endswith("steps"):
+            yield spec, given.get(spec.name, spec.default)
+
+
 def _shrunk_phases(cls, recipe, steps: int) -> dict:
     """Hyperparameters counting the training steps of a phase (a pre-training, say: a step count at least a quarter
     of the recipe's run, unlike an inner loop's) shrunk in proportion to a short run of ``steps``, so the run still
     reaches the algorithm's own method."""
-    from workbench.core.config import TrainingConfig
-    from workbench.core.hparams import specs
+    planned = _planned_steps(recipe)
+    return {spec.name: max(int(spec.low or 0), min(steps - 1, round(value * steps / planned)))
+            for spec, value in _step_counts(cls.HParams, dict(recipe.hparams) if recipe else {})
+            if planned and 4 * value >= planned >= steps}
 
-    planned = int((recipe.training if recipe else {}).get("steps") or TrainingConfig().steps)
-    given = dict(recipe.hparams) if recipe else {}
-    shrunk = {}
-    for spec in specs(cls.HParams):
-        value = given.get(spec.name, spec.default)
-        if spec.type is int and spec.name.endswith("steps") and planned and 4 * value >= planned >= steps:
-            shrunk[spec.name] = max(int(spec.low or 0), min(steps - 1, round(value * steps / planned)))
-    return shrunk
+
+def _shrunk_options(kind_cls, recipe, steps: int) -> dict:
+    """Kind options counting more steps than the recipe's whole run (networks retrained from scratch by the test
+    evaluation, say) shrunk in proportion to a short run of ``steps``, so its evaluation stays short too. Shorter
+    ones are kept: they set what the evaluation measures (a test horizon, a judge's training)."""
+    planned = _planned_steps(recipe)
+    return {spec.name: max(int(spec.low or 1), round(value * steps / planned))
+            for spec, value in _step_counts(kind_cls.Options, dict(recipe.task) if recipe else {})
+            if value > planned >= steps}
 
 
 def short_config(kind: str, algorithm: str, steps: int, val_interval: int, val_episodes: int):
-    """A short run of an algorithm on the kind's default dataset with its recommended recipe."""
+    """A short run of an algorithm on the kind's default dataset with its recommended recipe (its long phases and
+    long evaluation settings shrunk with it), validated on ``val_episodes`` tasks or the fewer its recipe asks for
+    (where each is costly, a network trained from scratch, say)."""
     from workbench.core.algorithms import get_algorithm
     from workbench.core.config import ExperimentConfig
     from workbench.core.kinds import get_kind_class
     from workbench.core.recipes import recommended_recipe
 
-    cls = get_algorithm(algorithm)
-    dataset = get_kind_class(kind).default_dataset
+    cls, kind_cls = get_algorithm(algorithm), get_kind_class(kind)
+    dataset = kind_cls.default_dataset
     recipe = recommended_recipe(cls, kind, dataset)
+    recipe_training = dict(recipe.training) if recipe else {}
     return ExperimentConfig.from_dict({
         "name": f"tour-{algorithm}-{dataset}", "kind": kind, "dataset": {"name": dataset},
+        "task": _shrunk_options(kind_cls, recipe, steps),
         "algorithm": {"name": algorithm, "recipe": recipe.name if recipe else "",
                       "hparams": _shrunk_phases(cls, recipe, steps)},
-        "training": {"steps": steps, "val_interval": val_interval, "val_episodes": val_episodes,
-                     "checkpoint_interval": steps}})
+        "training": {"steps": steps, "val_interval": val_interval, "checkpoint_interval": steps,
+                     "val_episodes": min(val_episodes, recipe_training.get("val_episodes", val_episodes))}})
 
 
 def _train(tour: Tour, config) -> str:
@@ -306,7 +335,8 @@ def _mechanism_tour(tour: Tour, args) -> None:
     """A short run of each algorithm with inspection records, and the Mechanism view on each record at the run's
     last validation."""
     window = tour.window
-    runs = [(kind, algorithm, _short(tour, args, kind, algorithm)) for kind, algorithm in _chosen(args, feeders_by_kind("inspection"))]
+    runs = [(kind, algorithm, _short(tour, args, kind, algorithm))
+            for kind, algorithm in _chosen(args, feeders_by_kind("inspection"))]
     for kind, algorithm, run_id in runs:  # trained first: the view then draws each run while it is shown
         _use_kind(tour, kind)
         window.show_view("Mechanism")
@@ -472,6 +502,103 @@ def _studies_tour(tour: Tour, args) -> None:
     view.plot_tabs.setCurrentWidget(view.parallel_plot)
 
 
+def race_feeders() -> list[tuple[str, str]]:
+    """(kind, its default algorithm) for each kind whose "Try a task" page is the race view."""
+    from workbench.core.kinds import get_kind_class
+    from workbench.gui.try_race_view import CAPABILITY
+    from workbench.gui.view_registry import shows
+
+    return [(kind, get_kind_class(kind).default_algorithm) for kind in _kinds_default_first()
+            if shows(get_kind_class(kind), CAPABILITY)]
+
+
+def _race_tour(tour: Tour, args) -> None:
+    """A short run of each racing kind, raced on its "Try a task" page against the hand-made optimizers on the
+    problem it trained on (a test problem of a fixed seed), shot once the race has ended."""
+    from workbench.gui.try_race_view import CAPABILITY
+
+    window = tour.window
+    for kind, algorithm in _chosen(args, race_feeders()):
+        run_id = _short(tour, args, kind, algorithm)
+        _use_kind(tour, kind)
+        page = window.view(CAPABILITY)
+        window.show_view(page.view_title)
+        page.refresh_models()
+        page.select_model(run_id)
+        page.seed_box.setValue(RACE_SEED)
+        ended: list = []
+        record = ended.append
+        page.race_finished.connect(record)
+        try:
+            page.start_race()
+            tour.wait_until(lambda: bool(ended), f"the race of {algorithm}")
+        finally:
+            page.race_finished.disconnect(record)
+        if ended[-1] is None:
+            raise RuntimeError(f"the race of {algorithm} in the tour did not finish: {page.status.text()}")
+        tour.shoot(window, f"try-race-{algorithm}")
+
+
+def evaluation_feeders() -> list[tuple[str, str]]:
+    """(kind, its default algorithm) for each kind with an Evaluation view but the default kind, whose evaluation
+    the main part shoots."""
+    from workbench.core.kinds import DEFAULT_KIND, get_kind_class
+
+    return [(kind, get_kind_class(kind).default_algorithm) for kind in _kinds_default_first()
+            if kind != DEFAULT_KIND and "evaluation" in get_kind_class(kind).views]
+
+
+def _evaluate_from_runs_tab(tour: Tour, run_id: str, episodes: int) -> None:
+    """Evaluate a run as the Runs tab's Evaluate does (the window's evaluation service, in the background; the
+    result is saved with the run) on ``episodes`` test tasks."""
+    runs_view = tour.window.runs_view
+    outcome: list = []
+
+    def finished(evaluated_id: str, result) -> None:
+        if evaluated_id == run_id:
+            outcome.append(None)
+
+    def failed(job_id: int, message: str, details: str) -> None:
+        outcome.append(message)
+
+    runs_view.evaluation_finished.connect(finished)
+    runs_view.service.failed.connect(failed)
+    try:
+        runs_view.refresh()
+        runs_view.evaluate(run_id, episodes=episodes)
+        if not runs_view.service.is_running:
+            raise RuntimeError(f"the tour could not evaluate the run {run_id} from the Runs tab")
+        tour.wait_until(lambda: bool(outcome), f"the evaluation of the run {run_id}")
+    finally:
+        runs_view.evaluation_finished.disconnect(finished)
+        runs_view.service.failed.disconnect(failed)
+    if outcome[-1] is not None:
+        raise RuntimeError(f"the evaluation of the run {run_id} in the tour failed: {outcome[-1]}")
+
+
+def _evaluations_tour(tour: Tour, args) -> None:
+    """A short run of each other kind's default algorithm, evaluated on a few test tasks, and each page of the
+    Evaluation tab that its result fills (its comparison with the kind's baselines, a curve)."""
+    window = tour.window
+    if window.runs_view is None:
+        print("no Runs tab to evaluate from: no evaluation screenshots", flush=True)
+        return
+    for kind, algorithm in _chosen(args, evaluation_feeders()):
+        run_id = _short(tour, args, kind, algorithm)
+        _evaluate_from_runs_tab(tour, run_id, args.eval_episodes)
+        _use_kind(tour, kind)
+        window.show_view("Evaluation")
+        view = window.view("Evaluation")
+        view.refresh_runs()
+        view.select_run(run_id)  # shows the run's newest saved result
+        view.episodes_spin.setValue(args.eval_episodes)  # the form says what was evaluated
+        tour.wait_until(lambda: view.result is not None and view.result_panel.run_id == run_id,
+                        f"the evaluation of {algorithm} in the Evaluation tab")
+        for page in view.result_panel.accepted():
+            view.tabs.setCurrentWidget(page)
+            tour.shoot(window, f"evaluation-{kind}-{page.title.lower().replace(' ', '-')}")
+
+
 def _open_window(args):
     """The main window on its own settings (and the ``--home`` run store when given), shown at the asked size."""
     from workbench.core.runs import RunStore
@@ -626,7 +753,8 @@ def run_tour(args) -> list[Path]:
         _regression_tour(tour, args)
     tour.count = max(tour.count, LATER_FIRST_NUMBER - 1)
     for part, shoot in (("mechanism", _mechanism_tour), ("weights", _weights_tour),
-                        ("robustness", _robustness_tour), ("studies", _studies_tour)):
+                        ("robustness", _robustness_tour), ("studies", _studies_tour), ("race", _race_tour),
+                        ("evaluations", _evaluations_tour)):
         if part in parts:
             shoot(tour, args)
 

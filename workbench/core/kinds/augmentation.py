@@ -266,6 +266,7 @@ class AugmentationResult(ResultProvenance):
         out: dict[str, Any] = {
             "accuracy_by_augmentation": {ARM_TITLES[a]: stats[a][0] for a in self.arms},
             "ci95_by_augmentation": {ARM_TITLES[a]: stats[a][1] for a in self.arms},
+            "episodes_by_augmentation": {ARM_TITLES[a]: self.episodes for a in self.arms},
             "augmentation_note": (f"networks trained from scratch with each augmentation ({self.setting}); mean "
                                   "± 95% CI over seeds, each seed the same start and data for every arm")}
         for arm in self.arms[1:]:

@@ -37,9 +37,14 @@ def setting_text(kind: str | None, ways: int | None, shots: int | None) -> str:
         with_ways = "ways" in get_kind_class(kind or DEFAULT_KIND).dataset_fields
     except Exception:  # a kind whose plugin is gone: say what the record says
         with_ways = bool(ways)
+    return shots_text(ways if with_ways else None, shots)
+
+
+def shots_text(ways: int | None, shots: int | None) -> str:
+    """'5-way 1-shot', '10-shot', or '' for a result without shots (a kind whose tasks have none)."""
     if not shots:
         return ""
-    return f"{ways}-way {shots}-shot" if with_ways and ways else f"{shots}-shot"
+    return f"{ways}-way {shots}-shot" if ways else f"{shots}-shot"
 
 
 def tested_on(data: dict[str, Any]) -> dict[str, str] | None:
@@ -239,9 +244,10 @@ class ResultData:
     def setting(self) -> str:
         """'5-way 1-shot, 600 test episodes, seed 0' or '10-shot, 600 test tasks, seed 0, after 10 steps'."""
         ways, shots = self.data.get("ways"), self.data.get("shots")
-        text = f"{ways}-way {shots}-shot" if ways else f"{shots}-shot"
         noun = "episodes" if ways else "tasks"
-        text += f", {self.episodes} {self.data.get('split', 'test')} {noun}, seed {self.data.get('seed')}"
+        text = ", ".join(filter(None, [shots_text(ways, shots),
+                                       f"{self.episodes} {self.data.get('split', 'test')} {noun}"]))
+        text += f", seed {self.data.get('seed')}"
         if self.steps is not None:
             text += f", after {self.steps} step{'s' if self.steps != 1 else ''}"
         other = tested_on_text(self.data)
@@ -314,10 +320,10 @@ def shot_series(saved: list[dict[str, Any]]) -> dict[int | None, list[tuple[int,
 def describe_saved(entry: dict[str, Any]) -> str:
     """One line for a saved evaluation JSON: score, setting, checkpoint."""
     metric = metric_of(entry.get("kind"))
-    setting = (f"{entry['ways']}-way {entry.get('shots')}-shot" if entry.get("ways") else
-               f"{entry.get('shots')}-shot")
+    setting = shots_text(entry.get("ways"), entry.get("shots"))
+    setting = f"{setting}, " if setting else ""
     steps = f", {entry['steps']} steps" if entry.get("steps") is not None else ""
     other = tested_on(entry)
     data = f"on {data_title(other['dataset'])}: " if other else ""  # first, where a narrow list still shows it
-    return (f"{data}{metric.format(entry.get(metric.key), entry.get('ci95'))} · {setting}, {entry.get('episodes')} "
+    return (f"{data}{metric.format(entry.get(metric.key), entry.get('ci95'))} · {setting}{entry.get('episodes')} "
             f"ep, seed {entry.get('seed')}{steps} ({entry.get('checkpoint', '')})")

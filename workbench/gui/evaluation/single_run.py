@@ -150,7 +150,8 @@ class CurvesPage(QWidget):
         scale = data.scale(curve.metric)
         self.plot.apply_theme(theme)
         self.plot.show_curves([("", curve)], scale, "%" if scale == 100.0 else "")
-        self.note.setText(f"{curve.title} on the {data.episodes} test tasks. {curve.note}".strip())
+        note = curve.note[:1].upper() + curve.note[1:]  # notes are written as clauses
+        self.note.setText(f"{curve.title} on the {data.episodes} test tasks. {note}".strip())
 
     def apply_theme(self, theme: themes.Theme) -> None:
         self.plot.apply_theme(theme)

@@ -383,9 +383,12 @@ class EvaluationView(QWidget):
 
     # --- asking the evaluation service ---------------------------------------------------------------
     def _request(self, run_id: str, kind: str, shots: int | None = None) -> dict[str, Any]:
-        request = {"run": run_id, "shots": shots or self.shots_spin.value(), "episodes": self.episodes_spin.value(),
-                   "seed": self.seed_spin.value(), "checkpoint": self.checkpoint_combo.currentText()}
-        if "ways" in get_kind_class(kind).dataset_fields:
+        request = {"run": run_id, "episodes": self.episodes_spin.value(), "seed": self.seed_spin.value(),
+                   "checkpoint": self.checkpoint_combo.currentText()}
+        fields = get_kind_class(kind).dataset_fields
+        if "shots" in fields:  # kinds without shots (e.g. optimizee problems) refuse the field
+            request["shots"] = shots or self.shots_spin.value()
+        if "ways" in fields:
             request["ways"] = self.ways_spin.value()
         request.update(self.data_choice())
         return request
