@@ -205,6 +205,10 @@ NOTES: dict[Any, str] = {
                                     "tasks), still rising, against the 100,000 steps of its paper recipe",
     ("meta-lstm", "glyphs", "20w1s"): "budget-bound: one episode per meta-step (the paper's setting), so it met 240 "
                                       "training tasks in the budget; best validation at its last step, still rising",
+    ("reptile", "omniglot", "20w1s"): "budget-bound: its best validation came at its last step (531 steps of 5 "
+                                      "tasks), still rising, against the 100,000 steps of its paper recipe",
+    ("meta-lstm", "omniglot", "20w1s"): "budget-bound: one episode per meta-step (the paper's setting), so it met 237 "
+                                        "training tasks in the budget; best validation at step 200 of 237",
 }
 
 
