@@ -190,7 +190,7 @@ def test_shares_split_the_meta_batch_and_misfits_are_refused():
     assert (context.active, context.is_leader, context.local_rank) == (True, False, 1)
     assert context.share_of(list(range(6))) == [2, 3]
     check_parallel(_config("maml", steps=1), 2)
-    with pytest.raises(ConfigError, match="training.meta_batch: 4 tasks .* over 3 processes.*--meta-batch 6"):
+    with pytest.raises(ConfigError, match="training.meta_batch: 4 tasks .* over 3 processes.*a meta-batch of 6"):
         check_parallel(_config("maml", steps=1), 3)
     batches = tiny_dataset_config(algorithm={"name": "finetune", "hparams": {"hidden": 8}})
     with pytest.raises(ConfigError, match="algorithm.name: 'finetune' .* labelled batches"):
