@@ -220,10 +220,7 @@ class SweepSpec:
     def checked(self) -> "SweepSpec":
         """The spec with its parameters validated against the base config's declarations (SweepError or
         ConfigError naming the field otherwise)."""
-        from workbench.core.config import ExperimentConfig, with_recommended_recipe
-
-        base = with_recommended_recipe(self.base)
-        config = ExperimentConfig.from_dict(base)
+        config = self.base_config()
         settings = copy.deepcopy(self.settings)
         if not settings.name.strip():
             raise SweepError("sweep.name: give the study a name")
@@ -232,6 +229,18 @@ class SweepSpec:
         sweepable = {f.path: f for f in sweepable_fields(config)}
         settings.parameters = [p.check(sweepable, settings.sampler) for p in settings.parameters]
         return SweepSpec(self.base, settings)
+
+    def base_config(self):
+        """The base experiment as an ExperimentConfig (the recommended recipe filled in, as `workbench train`)."""
+        from workbench.core.config import ExperimentConfig, with_recommended_recipe
+
+        return ExperimentConfig.from_dict(with_recommended_recipe(self.base))
+
+    def metric(self):
+        """The kind's metric: the objective's name and direction."""
+        from workbench.core.kinds import get_kind_class
+
+        return get_kind_class(self.base_config().kind).metric
 
     def grid(self) -> list[dict[str, Any]]:
         """Every combination of the parameters' values, in order (the first parameter varies slowest)."""
@@ -336,14 +345,23 @@ def list_studies(storage: str) -> list[dict[str, Any]]:
 
 
 def load_spec(storage: str, name: str) -> SweepSpec:
-    optuna = _optuna()
+    return _load(storage, name)[1]
+
+
+def _load(storage: str, name: str):
+    """The stored Optuna study and the workbench spec kept in it."""
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
+        study = _optuna().load_study(study_name=name, storage=storage)
     except KeyError:
         raise SweepError(f"no study named '{name}' in {storage}") from None
     if SETTINGS_ATTR not in study.user_attrs:
         raise SweepError(f"study '{name}' was not made by the workbench (it has no settings)")
-    return SweepSpec.from_json(study.user_attrs[SETTINGS_ATTR])
+    return study, SweepSpec.from_json(study.user_attrs[SETTINGS_ATTR])
+
+
+def counted_trials(trials: list) -> list:
+    """Trials that count towards a study's plan: all but those cancelled or interrupted (run again on resume)."""
+    return [t for t in trials if not t.user_attrs.get("retry")]
 
 
 def delete_study(storage: str, name: str) -> None:
@@ -565,14 +583,9 @@ class StudyRunner:
         self._cancel = False  # asked (from any thread); the study's flag is set by the thread running updates()
         self._cancel_sent = False
         Path(self.home).mkdir(parents=True, exist_ok=True)
-        config = self._base_config()
+        config = self.spec.base_config()
         self._types = {f.path: f.spec.type for f in sweepable_fields(config)}
         self.study, self.metric = self._open_study(config)
-
-    def _base_config(self):
-        from workbench.core.config import ExperimentConfig, with_recommended_recipe
-
-        return ExperimentConfig.from_dict(with_recommended_recipe(self.spec.base))
 
     def _open_study(self, config):
         from workbench.core.kinds import get_kind_class
@@ -628,7 +641,7 @@ class StudyRunner:
 
     def _counted(self) -> list:
         """Trials that count towards the plan: all but those cancelled or interrupted (run again on resume)."""
-        return [t for t in self.study.get_trials(deepcopy=False) if not t.user_attrs.get("retry")]
+        return counted_trials(self.study.get_trials(deepcopy=False))
 
     def _remaining(self) -> int:
         """Trials still to start: the plan less those counted (finished, failed or running)."""
@@ -717,18 +730,14 @@ def read_study(storage: str, name: str) -> StudySnapshot:
     """A stored study as it stands, without running it (for viewers: a study run earlier, or by another process).
     ``finished``: no trial is running and the plan is done; ``cancelled``: it was cancelled and not resumed since;
     the message says what is left. Raises SweepError when there is no such workbench study."""
-    from workbench.core.config import ExperimentConfig, with_recommended_recipe
-    from workbench.core.kinds import get_kind_class
-
-    spec = load_spec(storage, name)
-    study = _optuna().load_study(study_name=name, storage=storage)
+    study, spec = _load(storage, name)
     try:
-        metric = get_kind_class(ExperimentConfig.from_dict(with_recommended_recipe(spec.base)).kind).metric.key
+        metric = spec.metric().key
     except WorkbenchError:  # e.g. its algorithm's plugin is gone: the trials still read
         metric = "value"
     trials = study.get_trials(deepcopy=False)
     running = sum(t.state.name == "RUNNING" for t in trials)
-    left = spec.planned_trials() - sum(not t.user_attrs.get("retry") for t in trials)
+    left = spec.planned_trials() - len(counted_trials(trials))
     finished = not running and left <= 0
     if finished:
         message = "finished"
