@@ -364,10 +364,6 @@ def counted_trials(trials: list) -> list:
     return [t for t in trials if not t.user_attrs.get("retry")]
 
 
-def delete_study(storage: str, name: str) -> None:
-    _optuna().delete_study(study_name=name, storage=storage)
-
-
 # --- a trial's snapshot -------------------------------------------------------------------------
 @dataclass
 class TrialInfo:
