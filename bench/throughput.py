@@ -5,23 +5,27 @@
   PIL images with a torchvision transform, its ``TaskSampler`` in a torch ``DataLoader`` with
   ``episodic_collate_fn``, Adam and cross-entropy, support and query forwarded separately
   (``process_support_set`` then ``forward``). Episodes/s for 5-way 1-shot 15-query and 20-way 1-shot 5-query.
-- MAML (second order): workbench ``MAML.meta_train_step`` against higher 0.2.1 following its
-  ``examples/maml-omniglot.py`` recipe (``innerloop_ctx`` with an SGD inner optimizer,
-  ``copy_initial_weights=False``, ``track_higher_grads=True``, backward per task, Adam outer step; data as a
-  pre-normalized float array sliced per batch like its ``OmniglotNShot``). Tasks/s, 5-way 1-shot 15-query.
+- MAML (second order): workbench ``MAML.meta_train_step`` against two peers in the same run. higher 0.2.1
+  following its ``examples/maml-omniglot.py`` recipe (``innerloop_ctx`` with an SGD inner optimizer,
+  ``copy_initial_weights=False``, ``track_higher_grads=True``, backward per task, Adam outer step). TorchOpt
+  0.7.3 following its ``examples/few-shot/maml_omniglot.py`` (``MetaSGD`` on the module, ``extract_state_dict``
+  by reference and ``recover_state_dict`` after each task, one backward of the stacked query losses' mean, Adam
+  outer step). Both get data as a pre-normalized float array sliced per batch like their ``OmniglotNShot``.
+  Tasks/s, 5-way 1-shot 15-query; the headline ratio is against the faster peer.
 
-Fairness: both sides start from the same weights (copied), see the same episodes in the same order (the
-peer replays our sampler's draws; the tensors are checked to be equal), use the same backbone (Conv-4,
+Fairness: all sides start from the same weights (copied), see the same episodes in the same order (the
+peers replay our sampler's draws; the tensors are checked to be equal), use the same backbone (Conv-4,
 64 filters, 3x3 conv + batch norm + ReLU + 2x2 max-pool; the peers get it as a plain ``nn.Sequential`` a user
-would write), the same ways/shots/queries, the same Adam lr and the same torch thread count. The two sides
-run in alternating rounds so both see the same background load; the ratio of their totals is the result.
-After the timed training, both are evaluated on the same fixed meta-test episodes.
+would write), the same ways/shots/queries, the same Adam lr, inner steps and inner lr, and the same torch
+thread count. The sides run in alternating rounds (A B C, C B A, ...) so all see the same background load; the
+ratio of their totals is the result. After the timed training, all are evaluated on the same fixed meta-test
+episodes.
 
 Differences that are each library's own design, kept on purpose: easyfsl scores with the Euclidean distance
 (ours: squared Euclidean, as in the paper) and normalizes support and query in separate batch-norm batches
 (ours: one batched forward). easyfsl's TaskSampler draws with Python's ``random``; here it replays our draws
 instead (that only removes a few microseconds of its work). The higher recipe's per-task loss is divided by
-the meta-batch as ours is, so both take the same outer step.
+the meta-batch as ours is, and TorchOpt's example takes the mean, so all take the same outer step.
 
     python bench/throughput.py                                  # Omniglot if it loads (else glyphs), all cores
     python bench/throughput.py --dataset omniglot --data-root ../shared/data/omniglot --threads 1
@@ -33,6 +37,7 @@ the meta-batch as ours is, so both take the same outer step.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -245,10 +250,114 @@ def check_identical_protonet(sampler: EpisodeSampler, peer_data, draw) -> None:
                            "the comparison would not be on identical data")
 
 
-# --- MAML vs higher ----------------------------------------------------------------------------------------------
-def bench_maml(dataset, args) -> dict:
-    import higher
+# --- MAML vs higher and TorchOpt -----------------------------------------------------------------------------------
+class MamlPeer:
+    """A peer library's second-order MAML, written as the library's own Omniglot example writes it, on a plain
+    Conv-4 that starts from our initial weights. Subclasses fill in the meta-step and the test-time adaptation."""
 
+    name = ""
+
+    def __init__(self, ours, spec, ways: int, args):
+        self.lib = importlib.import_module(self.name)
+        self.net = user_conv4(spec.channels, spec.image_size, ways=ways, track_running_stats=False,
+                              inplace_relu=True)
+        copy_weights(ours.model, self.net)
+        self.meta_opt = torch.optim.Adam(self.net.parameters(), lr=args.lr)
+        self.inner_steps, self.inner_lr, self.test_steps = (args.maml_inner_steps, args.maml_inner_lr,
+                                                            args.maml_test_steps)
+        self.prepare = to_channels_last if args.peer_channels_last else (lambda x: x)
+
+    def meta_step(self, x_spt, y_spt, x_qry, y_qry) -> int:
+        """One outer step on a batch of tasks; returns the number of tasks."""
+        raise NotImplementedError
+
+    def test_accuracy(self, episode) -> float:
+        """Query accuracy after ``test_steps`` inner steps on the support set (train-mode batch norm, as both
+        examples test)."""
+        raise NotImplementedError
+
+
+class HigherPeer(MamlPeer):
+    """higher as its ``examples/maml-omniglot.py``: ``innerloop_ctx`` with an SGD inner optimizer,
+    ``copy_initial_weights=False``, ``track_higher_grads=True``, backward per task, Adam outer step."""
+
+    name = "higher"
+
+    def meta_step(self, x_spt, y_spt, x_qry, y_qry) -> int:
+        task_num = x_spt.size(0)
+        self.net.train()
+        inner_opt = torch.optim.SGD(self.net.parameters(), lr=self.inner_lr)
+        self.meta_opt.zero_grad()
+        for i in range(task_num):
+            with self.lib.innerloop_ctx(self.net, inner_opt, copy_initial_weights=False,
+                                        track_higher_grads=True) as (fnet, diffopt):
+                for _ in range(self.inner_steps):
+                    diffopt.step(F.cross_entropy(fnet(self.prepare(x_spt[i])), y_spt[i]))
+                qry_logits = fnet(self.prepare(x_qry[i]))
+                # Divided by the meta-batch as ours is, so both take the same outer step.
+                (F.cross_entropy(qry_logits, y_qry[i]) / task_num).backward()
+                (qry_logits.argmax(dim=1) == y_qry[i]).sum().item()  # the example logs accuracy per task
+        self.meta_opt.step()
+        return task_num
+
+    def test_accuracy(self, episode) -> float:
+        self.net.train()
+        inner_opt = torch.optim.SGD(self.net.parameters(), lr=self.inner_lr)
+        with self.lib.innerloop_ctx(self.net, inner_opt, track_higher_grads=False) as (fnet, diffopt):
+            for _ in range(self.test_steps):
+                diffopt.step(F.cross_entropy(fnet(self.prepare(episode.support_x)), episode.support_y))
+            return accuracy(fnet(self.prepare(episode.query_x)).detach(), episode.query_y)
+
+
+class TorchOptPeer(MamlPeer):
+    """TorchOpt as its ``examples/few-shot/maml_omniglot.py``: ``MetaSGD`` steps the module's own parameters,
+    whose state is extracted by reference once per batch and recovered after each task; the query losses are
+    stacked and their mean takes one backward (the same outer gradient as per-task backward of loss / batch)."""
+
+    name = "torchopt"
+
+    def __init__(self, ours, spec, ways: int, args):
+        super().__init__(ours, spec, ways, args)
+        self.inner_opt = self.lib.MetaSGD(self.net, lr=self.inner_lr)  # made once, as the example does
+
+    def meta_step(self, x_spt, y_spt, x_qry, y_qry) -> int:
+        task_num = x_spt.size(0)
+        self.net.train()
+        self.meta_opt.zero_grad()
+        net_state = self.lib.extract_state_dict(self.net, by="reference", detach_buffers=True)
+        optim_state = self.lib.extract_state_dict(self.inner_opt, by="reference")
+        qry_losses = []
+        for i in range(task_num):
+            self._adapt(self.inner_opt, x_spt[i], y_spt[i], self.inner_steps)
+            qry_logits = self.net(self.prepare(x_qry[i]))
+            qry_losses.append(F.cross_entropy(qry_logits, y_qry[i]))
+            (qry_logits.argmax(dim=1) == y_qry[i]).float().mean().item()  # the example logs accuracy per task
+            self.lib.recover_state_dict(self.net, net_state)
+            self.lib.recover_state_dict(self.inner_opt, optim_state)
+        loss = torch.mean(torch.stack(qry_losses))
+        loss.backward()
+        self.meta_opt.step()
+        loss.item()  # and the mean loss per batch
+        return task_num
+
+    def test_accuracy(self, episode) -> float:
+        self.net.train()
+        inner_opt = self.lib.MetaSGD(self.net, lr=self.inner_lr)
+        net_state = self.lib.extract_state_dict(self.net, by="reference", detach_buffers=True)
+        self._adapt(inner_opt, episode.support_x, episode.support_y, self.test_steps)
+        result = accuracy(self.net(self.prepare(episode.query_x)).detach(), episode.query_y)
+        self.lib.recover_state_dict(self.net, net_state)
+        return result
+
+    def _adapt(self, inner_opt, x, y, steps: int) -> None:
+        for _ in range(steps):
+            inner_opt.step(F.cross_entropy(self.net(self.prepare(x)), y))
+
+
+MAML_PEERS = (HigherPeer, TorchOptPeer)
+
+
+def bench_maml(dataset, args) -> dict:
     from workbench.core.algorithms.maml import MAML
 
     ways, shots, queries = MAML_SETTING
@@ -260,81 +369,73 @@ def bench_maml(dataset, args) -> dict:
                                   "test_inner_steps": args.maml_test_steps, "test_inner_lr": inner_lr})
     ours = MAML(hparams, ModelSpec(spec.channels, spec.image_size, ways, split.num_classes))
     ours.configure_optimizers(args.lr, total_steps, "constant")
+    peers = [peer_class(ours, spec, ways, args) for peer_class in MAML_PEERS]
     sampler = EpisodeSampler(split, spec, ways, shots, queries, seed=args.seed)
 
-    net = user_conv4(spec.channels, spec.image_size, ways=ways, track_running_stats=False, inplace_relu=True)
-    copy_weights(ours.model, net)
-    meta_opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    prepare = to_channels_last if args.peer_channels_last else (lambda x: x)
-
-    # As OmniglotNShot: the whole split normalized once into a float array, batches sliced out of it.
+    # As OmniglotNShot, which both peers' examples use: the whole split normalized once into a float array,
+    # batches sliced out of it. Each peer replays our sampler's draws from its own iterator.
     images = spec.normalize(split.images).numpy()
     draws = common.episode_indices(split, spec, ways, shots, queries, args.seed, total_steps * meta_batch)
-    support_y = torch.arange(ways).repeat_interleave(shots).repeat(meta_batch, 1)
-    query_y = torch.arange(ways).repeat_interleave(queries).repeat(meta_batch, 1)
     check_identical_maml(sampler, images, draws[0])
-
-    def higher_batches():
-        for i in range(total_steps):
-            chunk = draws[i * meta_batch:(i + 1) * meta_batch]
-            x_spt = torch.from_numpy(images[np.stack([s.numpy() for _, s, _ in chunk])])
-            x_qry = torch.from_numpy(images[np.stack([q.numpy() for _, _, q in chunk])])
-            yield x_spt, support_y, x_qry, query_y
-
-    batches = higher_batches()
-    data_seconds = {"ours": 0.0, "higher": 0.0}
-
-    def our_step() -> int:
-        start = time.perf_counter()
-        episodes = [sampler.sample() for _ in range(meta_batch)]
-        data_seconds["ours"] += time.perf_counter() - start
-        ours.meta_train_step(episodes)
-        return meta_batch
-
-    def higher_step() -> int:
-        start = time.perf_counter()
-        x_spt, y_spt, x_qry, y_qry = next(batches)
-        data_seconds["higher"] += time.perf_counter() - start
-        task_num = x_spt.size(0)
-        net.train()
-        inner_opt = torch.optim.SGD(net.parameters(), lr=inner_lr)
-        meta_opt.zero_grad()
-        for i in range(task_num):
-            with higher.innerloop_ctx(net, inner_opt, copy_initial_weights=False,
-                                      track_higher_grads=True) as (fnet, diffopt):
-                for _ in range(inner_steps):
-                    spt_loss = F.cross_entropy(fnet(prepare(x_spt[i])), y_spt[i])
-                    diffopt.step(spt_loss)
-                qry_logits = fnet(prepare(x_qry[i]))
-                qry_loss = F.cross_entropy(qry_logits, y_qry[i])
-                (qry_loss / task_num).backward()
-                (qry_logits.argmax(dim=1) == y_qry[i]).sum().item()  # the example logs accuracy per task
-        meta_opt.step()
-        return task_num
+    data_seconds = dict.fromkeys(["ours", *(peer.name for peer in peers)], 0.0)
+    sides = {"ours": data_timed(our_maml_batches(sampler, meta_batch), our_maml_step(ours), "ours", data_seconds)}
+    for peer in peers:
+        batches = replay_maml_batches(images, draws, meta_batch, shots, queries, ways)
+        sides[peer.name] = data_timed(batches, peer.meta_step, peer.name, data_seconds)
 
     for _ in range(args.maml_warmup):
-        our_step()
-        higher_step()
-    data_seconds = dict.fromkeys(data_seconds, 0.0)
-    timings = common.interleaved({"ours": our_step, "higher": higher_step}, args.maml_rounds,
-                                 args.maml_steps_per_round)
+        for step in sides.values():
+            step()
+    data_seconds.update(dict.fromkeys(data_seconds, 0.0))
+    timings = common.interleaved(sides, args.maml_rounds, args.maml_steps_per_round)
 
     test = FixedEpisodes(dataset.split("test"), spec, ways, shots, queries, args.maml_eval_episodes, TEST_SEED,
                          split_name="test")
-    ours_acc, peer_acc = [], []
-    inner_opt = torch.optim.SGD(net.parameters(), lr=inner_lr)
+    accuracies = {name: [] for name in sides}
     for episode in test:
-        ours_acc.append(accuracy(ours.predict(ours.adapt(episode.support_x, episode.support_y, ways),
-                                              episode.query_x), episode.query_y))
-        # higher's example tests in train mode (batch statistics), without higher-order tracking.
-        with higher.innerloop_ctx(net, inner_opt, track_higher_grads=False) as (fnet, diffopt):
-            for _ in range(args.maml_test_steps):
-                diffopt.step(F.cross_entropy(fnet(prepare(episode.support_x)), episode.support_y))
-            peer_acc.append(accuracy(fnet(prepare(episode.query_x)).detach(), episode.query_y))
+        accuracies["ours"].append(accuracy(ours.predict(ours.adapt(episode.support_x, episode.support_y, ways),
+                                                        episode.query_x), episode.query_y))
+        for peer in peers:
+            accuracies[peer.name].append(peer.test_accuracy(episode))
     label = (f"{ways}-way {shots}-shot {queries}-query, meta-batch {meta_batch}, {inner_steps} inner step(s) "
              f"lr {inner_lr:g}")
-    return summarize(label, "tasks", timings, "higher", data_seconds, ours_acc, peer_acc,
-                     trained=total_steps * meta_batch)
+    return summarize_peers(label, "tasks", timings, data_seconds, accuracies, trained=total_steps * meta_batch)
+
+
+def data_timed(batches, step, name: str, data_seconds: dict):
+    """A side's step for ``common.interleaved``: fetch the next batch (timed as data) and train on it."""
+
+    def run() -> int:
+        start = time.perf_counter()
+        batch = next(batches)
+        data_seconds[name] += time.perf_counter() - start
+        return step(*batch)
+
+    return run
+
+
+def our_maml_batches(sampler: EpisodeSampler, meta_batch: int):
+    while True:
+        yield ([sampler.sample() for _ in range(meta_batch)],)
+
+
+def our_maml_step(ours):
+    def step(episodes) -> int:
+        ours.meta_train_step(episodes)
+        return len(episodes)
+
+    return step
+
+
+def replay_maml_batches(images: np.ndarray, draws, meta_batch: int, shots: int, queries: int, ways: int):
+    """Our draws as the peers' examples get them from OmniglotNShot: [tasks, images, C, H, W] float slices."""
+    support_y = torch.arange(ways).repeat_interleave(shots).repeat(meta_batch, 1)
+    query_y = torch.arange(ways).repeat_interleave(queries).repeat(meta_batch, 1)
+    for start in range(0, len(draws) - meta_batch + 1, meta_batch):
+        chunk = draws[start:start + meta_batch]
+        x_spt = torch.from_numpy(images[np.stack([s.numpy() for _, s, _ in chunk])])
+        x_qry = torch.from_numpy(images[np.stack([q.numpy() for _, _, q in chunk])])
+        yield x_spt, support_y, x_qry, query_y
 
 
 def check_identical_maml(sampler: EpisodeSampler, images: np.ndarray, draw) -> None:
@@ -342,7 +443,7 @@ def check_identical_maml(sampler: EpisodeSampler, images: np.ndarray, draw) -> N
     episode = sampler.build(class_ids, support_index, query_index)
     if not (torch.equal(episode.support_x, torch.from_numpy(images[support_index.numpy()]))
             and torch.equal(episode.query_x, torch.from_numpy(images[query_index.numpy()]))):
-        raise RuntimeError("episode tensors differ between ours and the higher recipe's data")
+        raise RuntimeError("episode tensors differ between ours and the MAML peers' data")
 
 
 # --- reporting -----------------------------------------------------------------------------------------------------
@@ -365,21 +466,47 @@ def summarize(setting, unit, timings, peer_name, data_seconds, ours_acc, peer_ac
     }
 
 
+def summarize_peers(setting, unit, timings, data_seconds, accuracies, trained) -> dict:
+    """``summarize`` against each peer; the top level is the one against the faster peer (by wall-clock rate),
+    so ``ratio`` is ours against the faster peer, and ``peers`` holds the comparison with each."""
+    by_peer = {name: summarize(setting, unit, timings, name, data_seconds, accuracies["ours"], accuracies[name],
+                               trained) for name in timings if name != "ours"}
+    faster = max(by_peer, key=lambda name: by_peer[name]["peer_per_s"])
+    return {**by_peer[faster], "faster_peer": faster, "ratio_vs_faster_peer": by_peer[faster]["ratio"],
+            "cpu_time_ratio_vs_faster_peer": by_peer[faster]["cpu_time_ratio"], "peers": by_peer}
+
+
+def _comparison_cells(r: dict) -> list:
+    """Ours against one peer: rates, ratios, data time and accuracies (the columns after the row label)."""
+    peer = r["peer"]
+    return [r["ours_per_s"], r["peer_per_s"], f"{r['ratio']:.2f}x", f"{r['cpu_time_ratio']:.2f}x",
+            f"{r['median_round_ratio']:.2f}x ({r['min_round_ratio']:.2f}-{r['max_round_ratio']:.2f})",
+            f"{r['data_ms_per_unit']['ours']:.2f} / {r['data_ms_per_unit'][peer]:.2f}",
+            f"{100 * r['ours_accuracy']:.1f} +- {100 * r['ours_ci95']:.1f}",
+            f"{100 * r['peer_accuracy']:.1f} +- {100 * r['peer_ci95']:.1f}"]
+
+
+def _comparison_headers(unit: str, peer: str) -> list[str]:
+    return [f"ours {unit}/s", f"{peer} {unit}/s", "ratio", "cpu-time ratio", "per-round ratio median (range)",
+            f"data ms/{unit[:-1]} ours/{peer}", "ours test acc %", f"{peer} test acc %"]
+
+
 def print_section(title: str, results: list[dict]) -> None:
     if not results:
         return
-    peer = results[0]["peer"]
-    unit = results[0]["unit"]
-    rows = [[r["setting"], r["ours_per_s"], r["peer_per_s"], f"{r['ratio']:.2f}x", f"{r['cpu_time_ratio']:.2f}x",
-             f"{r['median_round_ratio']:.2f}x ({r['min_round_ratio']:.2f}-{r['max_round_ratio']:.2f})",
-             f"{r['data_ms_per_unit']['ours']:.2f} / {r['data_ms_per_unit'][peer]:.2f}",
-             f"{100 * r['ours_accuracy']:.1f} +- {100 * r['ours_ci95']:.1f}",
-             f"{100 * r['peer_accuracy']:.1f} +- {100 * r['peer_ci95']:.1f}"] for r in results]
+    rows = [[r["setting"], *_comparison_cells(r)] for r in results]
     log(title)
-    headers = ["setting", f"ours {unit}/s", f"{peer} {unit}/s", "ratio", "cpu-time ratio",
-               "per-round ratio median (range)", f"data ms/{unit[:-1]} ours/{peer}", "ours test acc %",
-               f"{peer} test acc %"]
-    log(common.format_table(headers, rows))
+    log(common.format_table(["setting", *_comparison_headers(results[0]["unit"], results[0]["peer"])], rows))
+    log()
+
+
+def print_peers_section(title: str, result: dict) -> None:
+    """One row per peer (``summarize_peers``), then ours against the faster one."""
+    rows = [[name, *_comparison_cells(r)] for name, r in result["peers"].items()]
+    log(f"{title}\n{result['setting']}")
+    log(common.format_table(["peer", *_comparison_headers(result["unit"], "peer")], rows))
+    log(f"vs the faster peer ({result['faster_peer']}, {result['peer_per_s']:.2f} {result['unit']}/s): "
+        f"{result['ratio_vs_faster_peer']:.2f}x wall-clock, {result['cpu_time_ratio_vs_faster_peer']:.2f}x CPU time")
     log()
 
 
@@ -451,10 +578,10 @@ def main(argv=None) -> dict:
                       f"{args.eval_episodes} fixed meta-test episodes)", results["protonet"])
     if args.only in (None, "maml"):
         results["maml"].append(bench_maml(dataset, args))
-        print_section(f"Second-order MAML vs higher {_version('higher')} ({args.maml_rounds} rounds x "
-                      f"{args.maml_steps_per_round} meta-steps per side, after {args.maml_warmup} warm-up; accuracy "
-                      f"on {args.maml_eval_episodes} fixed meta-test episodes, {args.maml_test_steps} test steps)",
-                      results["maml"])
+        print_peers_section(f"Second-order MAML vs higher {_version('higher')} and TorchOpt {_version('torchopt')} "
+                            f"({args.maml_rounds} rounds x {args.maml_steps_per_round} meta-steps per side, after "
+                            f"{args.maml_warmup} warm-up; accuracy on {args.maml_eval_episodes} fixed meta-test "
+                            f"episodes, {args.maml_test_steps} test steps)", results["maml"][0])
     results["environment"]["load_average_1m_end"] = common.environment(threads)["load_average_1m"]
     results["elapsed_s"] = time.perf_counter() - start
     log(f"ratio = ours/peer throughput from one interleaved run; total {results['elapsed_s']:.0f} s, "
