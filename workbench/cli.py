@@ -38,6 +38,7 @@ FLAG_NAMES = {
     ("evaluation", "episodes"): "--eval-episodes",
     ("evaluation", "seed"): "--eval-seed",
 }
+PRECISION_FLAG_CHOICES = ("auto", "fp32", "bf16", "fp16")  # workbench.core.precision.PRECISION_CHOICES (tested)
 SUBCOMMANDS = ("train", "eval", "runs", "sweep", "kinds", "algorithms", "datasets", "plugins", "demo", "tour", "try")
 # Meta-Weight-Net's --setting from before experiment kinds, as kinds.
 LEGACY_SETTINGS = {"classification": "noisy-labels", "episodic": "classification"}
@@ -457,6 +458,8 @@ def _add_runs_parser(commands) -> None:
     resume.add_argument("--steps", help="Raise the planned steps to train a finished run longer.")
     resume.add_argument("--max-minutes", help="Wall-clock budget for this session in minutes.")
     resume.add_argument("--device", help="Device to continue on (auto, cpu, cuda, mps).")
+    resume.add_argument("--precision", choices=PRECISION_FLAG_CHOICES, help="Precision to continue in (auto, "
+                        "fp32, bf16, fp16).")
     resume.add_argument("--threads", help="CPU threads for torch; 0 picks automatically.")
     resume.add_argument("--data-root", help="Where the dataset lives now, if it moved.")
     resume.add_argument("--no-eval", action="store_true", help="Skip the final evaluation on the test episodes.")
@@ -479,6 +482,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="Which checkpoint to evaluate (default best).")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto).")
+    parser.add_argument("--precision", choices=PRECISION_FLAG_CHOICES, help="Number format of the backbone's "
+                        "forward pass: auto (bf16 where the hardware has bfloat16 units and the algorithm keeps its "
+                        "accuracy in it), fp32, bf16 or fp16. Default: the run's training.precision.")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch; 0 picks automatically.")
     parser.add_argument("--no-save", action="store_true", help="Do not store the result in the run.")
     parser.add_argument("--dataset", metavar="NAME", help="Test on another dataset than the run trained on (see "
@@ -552,7 +558,7 @@ def _print_start(printer: ProgressPrinter, trainer) -> None:
     if training.max_minutes:
         length += f" {'or' if training.steps else 'until'} a {training.max_minutes:g}-minute budget"
     printer.line(f"training {config.algorithm.name}{recipe} on {config.dataset.name}, {tasks}, {length} on "
-                 f"{trainer.device}")
+                 f"{trainer.device}, in {trainer.precision.name} ({trainer.precision.reason})")
     _warn_about_data(printer, trainer)
 
 
@@ -589,8 +595,11 @@ def _test_after_training(args, trainer, final, interrupted: bool, printer: Progr
 
     if final.event not in ("finished", "budget") or args.no_eval or interrupted:
         return None
-    result = evaluate_run(trainer.run, trainer.store, device=trainer.config.training.device,
-                          progress=printer.callback("test"))
+    from workbench.core.precision import compute_in
+
+    with compute_in(trainer.precision.dtype):
+        result = evaluate_run(trainer.run, trainer.store, device=trainer.config.training.device,
+                              progress=printer.callback("test"))
     printer.end()
     summary = result.to_dict()
     # The headline, its setting and the kind's own breakdowns (extras, a comparison of networks or training sets);
@@ -618,7 +627,8 @@ def _report_training(args, trainer, final, test) -> None:
                     "steps_total": config.training.steps, "metric": metric.key,
                     f"best_val_{metric.key}": trainer.best_val_score, "best_val_ci95": trainer.best_val_ci95,
                     "best_step": trainer.best_step, "elapsed_s": final.elapsed_s, "algorithm": config.algorithm.name,
-                    "dataset": config.dataset.name, "device": str(trainer.device), "test": test,
+                    "dataset": config.dataset.name, "device": str(trainer.device),
+                    "precision": trainer.precision.to_dict(), "test": test,
                     "skipped": [{"path": path, "reason": reason}
                                 for path, reason in getattr(trainer.dataset, "skipped_files", None) or []],
                     "warnings": list(getattr(trainer.dataset, "warnings", None) or []) + trainer.warnings})
@@ -736,7 +746,7 @@ def cmd_resume(args) -> int:
         return _train_and_report(args, None, resume=args.run)
     run = RunStore().get(args.run)
     training = {}
-    for name in ("steps", "max_minutes", "device", "threads"):
+    for name in ("steps", "max_minutes", "device", "precision", "threads"):
         value = getattr(args, name)
         if value is not None:
             training[name] = value
@@ -821,6 +831,7 @@ def _epsilons(text: str) -> list[float]:
 
 def cmd_eval(args) -> int:
     from workbench.core.device import configure_cpu_threads, resolve_device
+    from workbench.core.precision import compute_in
     from workbench.core.errors import ConfigError
     from workbench.core.evaluation import attack_curve, evaluate_run
     from workbench.core.runs import RunStore
@@ -835,26 +846,43 @@ def cmd_eval(args) -> int:
                           "--data-root (or evaluate on the other dataset without --adversarial)")
     if args.attack_steps < 1:
         raise ConfigError("--attack-steps", f"{args.attack_steps} is too small; use at least 1")
-    if resolve_device(args.device).type == "cpu":
+    device = resolve_device(args.device)
+    if device.type == "cpu":
         configure_cpu_threads(_eval_threads(args, run))
+    precision = _eval_precision(args, run, device)
     root = _absolute_root(args.data_root, [Path.cwd()]) if args.data_root else None
     save = not args.no_save
-    result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots, queries=args.queries,
-                          seed=args.seed, device=args.device, checkpoint=args.checkpoint,
-                          progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
-                          data_root=root, episode_domains=args.episode_domains)
-    if epsilons:  # saved once, with the curve
-        curve = attack_curve(run, result, epsilons, attack=args.attack, steps=args.attack_steps, device=args.device,
-                             store=store, progress=printer.callback("attack"))
-        result.extras.update(curve.extras())
-        if save and not is_file:
-            run.save_evaluation(result)
+    with compute_in(precision.dtype):
+        result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots,
+                              queries=args.queries, seed=args.seed, device=args.device, checkpoint=args.checkpoint,
+                              progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
+                              data_root=root, episode_domains=args.episode_domains)
+        if epsilons:  # saved once, with the curve
+            curve = attack_curve(run, result, epsilons, attack=args.attack, steps=args.attack_steps,
+                                 device=args.device, store=store, progress=printer.callback("attack"))
+            result.extras.update(curve.extras())
+            if save and not is_file:
+                run.save_evaluation(result)
     printer.end()
     if args.json:
-        _emit_json(_eval_json(result))
+        _emit_json({**_eval_json(result), "precision": precision.to_dict()})
         return EXIT_OK
     _print_evaluation(result, f"{'' if is_file else 'run '}{result.run}")
+    print(f"  precision: {precision.name} ({precision.reason})")
     return EXIT_OK
+
+
+def _eval_precision(args, run, device):
+    """--precision, else the run's training.precision, resolved for the run's algorithm on ``device``."""
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.checkpoints import payload_algorithm, read_checkpoint
+    from workbench.core.precision import resolve_precision
+
+    if isinstance(run, str):  # a checkpoint file: its algorithm, and auto unless asked
+        name, requested = payload_algorithm(read_checkpoint(Path(run).expanduser())), args.precision or "auto"
+    else:
+        name, requested = run.config.algorithm.name, args.precision or run.config.training.precision
+    return resolve_precision(requested, device, get_algorithm(name).auto_reduced_precision)
 
 
 def _runs_table(records) -> str:
@@ -1088,7 +1116,10 @@ def cmd_demo(args) -> int:
     if final.event not in ("finished", "budget"):
         _say(f"demo {final.event}: {final.message}")
         return (signalled["exit_code"] or EXIT_INTERRUPTED) if final.event == "stopped" else EXIT_USER_ERROR
-    result = evaluate_run(trainer.run, store, device=config.training.device, progress=printer.callback("test"))
+    from workbench.core.precision import compute_in
+
+    with compute_in(trainer.precision.dtype):  # tested as it trained
+        result = evaluate_run(trainer.run, store, device=config.training.device, progress=printer.callback("test"))
     printer.end()
     if args.json:
         _emit_json({"run": trainer.run.id, "path": str(trainer.run.path), **_eval_json(result)})

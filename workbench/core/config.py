@@ -19,6 +19,7 @@ from workbench.core.device import DEVICE_CHOICES
 from workbench.core.errors import ConfigError
 from workbench.core.fileio import parse_toml, read_toml
 from workbench.core.hparams import build, hparam, to_dict
+from workbench.core.precision import PRECISION_CHOICES, PRECISION_HELP
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
 from workbench.core.recipes import find_recipe
 
@@ -93,6 +94,7 @@ class TrainingConfig:
     checkpoint_interval: int = hparam(500, "Write the latest checkpoint every this many steps (a crash loses at "
                                       "most these).", low=1, high=10_000_000)
     device: str = hparam("auto", "Where to train: auto picks CUDA, then MPS, then CPU.", choices=DEVICE_CHOICES)
+    precision: str = hparam("auto", PRECISION_HELP, choices=PRECISION_CHOICES)
     threads: int = hparam(0, "CPU threads for torch; 0 picks all cores (one fewer when the GUI is open).",
                           low=0, high=512)
     seed: int = hparam(0, "Seed for weights and episode sampling; the same seed reproduces a run.",

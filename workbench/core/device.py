@@ -96,3 +96,20 @@ def tune_cpu_allocator() -> bool:
     m_trim_threshold, m_mmap_threshold = -1, -3  # mallopt parameter numbers from <malloc.h>
     # Fixed values also switch off glibc's dynamic thresholds; the largest C int means "never trim".
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+
+
+def pins_memory(device: torch.device | str) -> bool:
+    """Whether host batches bound for ``device`` go through pinned (page-locked) memory: only for CUDA, where a
+    copy from pinned memory runs asynchronously (non-blocking) and the host queues the next step meanwhile."""
+    return torch.device(device).type == "cuda"
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device`` without making the host wait: pinned first when bound for CUDA, then copied
+    non-blocking (a blocking host-to-device copy would synchronise every step)."""
+    device = torch.device(device)
+    if tensor.device == device:
+        return tensor
+    if pins_memory(device) and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)

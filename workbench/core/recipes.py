@@ -1,7 +1,8 @@
 """Recipes: complete, named training setups that an algorithm (or a plugin) declares for a kind and datasets.
 
 A recipe sets what a run needs beyond the algorithm's own defaults: the episodes (train way/shot/query), steps or
-a time budget, the schedule, and hyperparameters. Its help text says where it comes from ("the paper's setup",
+a time budget, the schedule, the precision (``training={"precision": "bf16"}``, a TrainingConfig field like the
+others), and hyperparameters. Its help text says where it comes from ("the paper's setup",
 "tuned here for 10 CPU-minutes"). The config keeps the recipe's name; fields given explicitly (flags, the form)
 override the recipe's.
 """

@@ -16,8 +16,10 @@ from PySide6.QtWidgets import (QComboBox, QGroupBox, QHBoxLayout, QLabel, QLineE
 
 from workbench.core.algorithms import algorithms_by_family, get_algorithm
 from workbench.core.config import config_fields
-from workbench.core.device import detect_devices
+from workbench.core.device import detect_devices, resolve_device
+from workbench.core.errors import ConfigError
 from workbench.core.kinds import DEFAULT_KIND, get_kind_class
+from workbench.core.precision import choices_for, detect_hardware
 from workbench.core.recipes import Recipe, recipes_for
 from workbench.gui.hparam_form import HParamForm, narrow_combo, tooltip
 
@@ -89,6 +91,14 @@ def device_choices() -> list[tuple[str, str, str]]:
         elif d.kind == "cpu":
             choices.append(("cpu", f"CPU: {d.detail}", "Train on the CPU (one core stays free for the window)."))
     return choices
+
+
+def precision_device(choice: str | None):
+    """The torch device a device-box value trains on; the CPU for a device this machine lacks."""
+    try:
+        return resolve_device(choice or "auto")
+    except ConfigError:
+        return resolve_device("cpu")
 
 
 class AlgorithmPanel(QWidget):
@@ -181,12 +191,18 @@ class AlgorithmPanel(QWidget):
             self.device_combo.addItem(label, value)
             self.device_combo.setItemData(self.device_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
         self.device_combo.setToolTip(next(s.help for s in fields["training"] if s.name == "device"))
+        self.precision_combo = narrow_combo(QComboBox(), 16)
+        self.precision_combo.setObjectName("precision")
+        self.precision_combo.setToolTip(next(s.help for s in fields["training"] if s.name == "precision"))
+        self.hardware_label = QLabel()
+        self.hardware_label.setObjectName("precisionHardware")
+        self.hardware_label.setWordWrap(True)
         self.processes_spin = QSpinBox()
         self.processes_spin.setObjectName("processes")
         self.processes_spin.setRange(1, 1)
         self.processes_spin.setToolTip(PROCESSES_TIP)
         self._update_process_limit()
-        self.training_form = HParamForm(fields["training"], exclude=("device",))
+        self.training_form = HParamForm(fields["training"], exclude=("device", "precision"))
         self.training_form.setObjectName("trainingForm")
         self.training_reset = QPushButton("Reset to defaults")
         self.training_reset.setObjectName("resetTraining")
@@ -195,7 +211,9 @@ class AlgorithmPanel(QWidget):
         training_layout = QVBoxLayout(training_box)
         self.training_form.insert_row(0, "Run name", self.name_edit)
         self.training_form.insert_row(1, "Device", self.device_combo)
-        self.training_form.insert_row(2, "Processes", self.processes_spin)
+        self.training_form.insert_row(2, "Precision", self.precision_combo)
+        self.training_form.insert_row(3, "", self.hardware_label)
+        self.training_form.insert_row(4, "Processes", self.processes_spin)
         training_layout.addWidget(self.training_form)
         reset_row2 = QHBoxLayout()
         reset_row2.addStretch(1)
@@ -220,6 +238,9 @@ class AlgorithmPanel(QWidget):
         self.evaluation_form.changed.connect(self._emit_changed)
         self.device_combo.currentIndexChanged.connect(self._emit_changed)
         self.device_combo.currentIndexChanged.connect(lambda _: self._update_process_limit())
+        self.device_combo.currentIndexChanged.connect(lambda _: self._update_precision_choices())
+        self.precision_combo.currentIndexChanged.connect(self._emit_changed)
+        self.precision_combo.currentIndexChanged.connect(lambda _: self._show_precision())
         self.processes_spin.valueChanged.connect(self.processes_changed)
         self.processes_spin.valueChanged.connect(self._emit_changed)
         self.name_edit.textChanged.connect(self._emit_changed)
@@ -241,6 +262,28 @@ class AlgorithmPanel(QWidget):
             limit = (os.cpu_count() or 1) if kind == "cpu" else 1
         self.processes_spin.setMaximum(max(1, limit))
 
+    def _update_precision_choices(self) -> None:
+        """The precision box, resolved for the chosen device and algorithm (what "auto" picks and why, which
+        formats the hardware lacks), keeping the chosen value."""
+        chosen = self.precision_combo.currentData() or "auto"
+        name = self.algorithm_name()
+        allows = bool(name) and get_algorithm(name).auto_reduced_precision
+        device = precision_device(self.device_combo.currentData())
+        self.precision_combo.blockSignals(True)
+        self.precision_combo.clear()
+        for value, label, tip in choices_for(device, allows):
+            self.precision_combo.addItem(label, value)
+            self.precision_combo.setItemData(self.precision_combo.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+        self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(chosen)))
+        self.precision_combo.blockSignals(False)
+        self._show_precision()
+
+    def _show_precision(self) -> None:
+        """The detected hardware under the box, and why the chosen precision resolves as it does."""
+        hardware = detect_hardware(precision_device(self.device_combo.currentData()))
+        reason = self.precision_combo.itemData(self.precision_combo.currentIndex(), Qt.ItemDataRole.ToolTipRole)
+        self.hardware_label.setText(f"<small>Detected {hardware.summary}.<br>{reason or ''}</small>")
+
     def processes(self) -> int:
         """How many processes train a run (a launch setting, kept in the app's settings, not in the config)."""
         return self.processes_spin.value()
@@ -251,6 +294,7 @@ class AlgorithmPanel(QWidget):
     def _reset_training(self) -> None:
         self.training_form.reset_defaults()
         self.device_combo.setCurrentIndex(max(0, self.device_combo.findData("auto")))
+        self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData("auto")))
 
     def set_kind(self, kind: str, dataset: str | None = None) -> None:
         """Offer the algorithms of ``kind`` and pick its default one (or keep the chosen one if it fits);
@@ -311,6 +355,7 @@ class AlgorithmPanel(QWidget):
         self.hparam_form.setVisible(not self.hparam_form.is_empty())
         self.reset_button.setEnabled(not self.hparam_form.is_empty())
         self._grey_unused_training_fields(cls)
+        self._update_precision_choices()  # what "auto" picks depends on the algorithm
         self._show_recipes(apply=not self._silent)  # a newly chosen algorithm starts from its recommended setup
         self._emit_changed()
 
@@ -390,9 +435,12 @@ class AlgorithmPanel(QWidget):
         self.hparam_form.set_values(sections["hparams"])
         training = dict(sections["training"])
         device = training.pop("device", None)
+        precision = training.pop("precision", None)
         self.training_form.set_values(training)
         if device is not None and self.device_combo.findData(device) >= 0:
             self.device_combo.setCurrentIndex(self.device_combo.findData(device))
+        if precision is not None and self.precision_combo.findData(precision) >= 0:
+            self.precision_combo.setCurrentIndex(self.precision_combo.findData(precision))
         self.evaluation_form.set_values(sections["evaluation"])
         self.recipe_applied.emit(recipe)
 
@@ -424,6 +472,7 @@ class AlgorithmPanel(QWidget):
     def training_values(self) -> dict[str, Any]:
         values = self.training_form.values()
         values["device"] = self.device_combo.currentData()
+        values["precision"] = self.precision_combo.currentData() or "auto"
         return values
 
     def evaluation_values(self) -> dict[str, Any]:
@@ -451,6 +500,7 @@ class AlgorithmPanel(QWidget):
                 self.device_combo.addItem(f"{config.training.device} (not detected here)", config.training.device)
                 index = self.device_combo.count() - 1
             self.device_combo.setCurrentIndex(index)
+            self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findData(config.training.precision)))
             evaluation = {spec.name: getattr(config.evaluation, spec.name) for spec in self.evaluation_form.specs()}
             self.evaluation_form.set_values(evaluation)
         finally:

@@ -89,6 +89,9 @@ class Algorithm(ABC):
     # Training settings (TrainingConfig fields) it ignores, e.g. an outer step of its own instead of training.lr;
     # the GUI greys them.
     unused_training_fields: ClassVar[tuple[str, ...]] = ()
+    # Whether training.precision = "auto" may run its backbones in bfloat16 (workbench.core.precision). Set it
+    # only after a measured comparison (bench/precision.py) showed equal accuracy; otherwise auto keeps float32.
+    auto_reduced_precision: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, model_spec: ModelSpec, device: torch.device | str = "cpu"):
         self.hparams = hparams
@@ -143,6 +146,7 @@ class Algorithm(ABC):
                 "description": cls.description, "kinds": list(cls.kinds), "capabilities": sorted(cls.capabilities),
                 "gradient_based": cls.gradient_based, "training_input": cls.training_input,
                 "adaptation_steps_hparam": cls.adaptation_steps_hparam,
+                "auto_reduced_precision": cls.auto_reduced_precision,
                 "recipes": [recipe.to_dict() for recipe in cls.recipes],
                 "hparams": [{"name": s.name, "type": s.type.__name__, "default": s.default, "help": s.help,
                              "low": s.low, "high": s.high, "choices": list(s.choices) if s.choices else None}
@@ -168,17 +172,23 @@ class Algorithm(ABC):
     def cross_entropy_step(self, episodes, query_logits) -> dict[str, float]:
         """One step of the first optimizer on the query cross-entropy averaged over ``episodes``, the metric
         methods' training step; ``query_logits(episode)`` gives an episode's query logits (the episode is already
-        on the device). Gradients accumulate episode by episode, so memory holds one episode's graph at a time."""
+        on the device). Gradients accumulate episode by episode, so memory holds one episode's graph at a time.
+        Off the CPU the values stay 0-dim device tensors: the trainer reads them without stalling the device."""
         optimizer = self.optimizers[0]
         optimizer.zero_grad(set_to_none=True)
+        on_cpu = self.device.type == "cpu"
         total_loss, total_acc = 0.0, 0.0
         for episode in episodes:
             episode = episode.to(self.device)
             logits = query_logits(episode)
             loss = F.cross_entropy(logits, episode.query_y) / len(episodes)
             loss.backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits, episode.query_y) / len(episodes)
+            if on_cpu:
+                total_loss += loss.item()
+                total_acc += accuracy(logits, episode.query_y) / len(episodes)
+            else:
+                total_loss = total_loss + loss.detach()
+                total_acc = total_acc + accuracy_tensor(logits.detach(), episode.query_y) / len(episodes)
         optimizer.step()
         self.step_schedulers()
         return {"loss": total_loss, "accuracy": total_acc}
@@ -355,4 +365,9 @@ def _check_default(cls: type[Algorithm], spec: HParamSpec) -> None:
 
 
 def accuracy(logits_or_probs: torch.Tensor, targets: torch.Tensor) -> float:
-    return float((logits_or_probs.argmax(dim=-1) == targets).float().mean())
+    return float(accuracy_tensor(logits_or_probs, targets))
+
+
+def accuracy_tensor(logits_or_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The accuracy as a 0-dim tensor on the logits' device (reading it is what synchronises a GPU)."""
+    return (logits_or_probs.argmax(dim=-1) == targets).float().mean()

@@ -70,6 +70,7 @@ class ProtoNet(Algorithm):
                          "val_interval": 500, "val_episodes": 200}),
     )
     capabilities = frozenset({"embeddings"})
+    auto_reduced_precision = True  # bf16 keeps its accuracy (bench/precision.py)
 
     def __init__(self, hparams, model_spec, device="cpu"):
         super().__init__(hparams, model_spec, device)

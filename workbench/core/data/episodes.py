@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from workbench.core.data.base import SPLIT_TITLES, ClassSplit, PreprocessSpec
+from workbench.core.device import to_device
 from workbench.core.errors import ConfigError, EpisodeError
 
 EPISODE_DOMAINS = ("any", "within")
@@ -40,8 +41,9 @@ class Episode:
     def to(self, device: torch.device) -> "Episode":
         if self.support_x.device == torch.device(device):
             return self
-        return Episode(self.support_x.to(device, non_blocking=True), self.support_y.to(device),
-                       self.query_x.to(device, non_blocking=True), self.query_y.to(device),
+        # Pinned and non-blocking on CUDA (labels too: a blocking copy would synchronise every step).
+        return Episode(to_device(self.support_x, device), to_device(self.support_y, device),
+                       to_device(self.query_x, device), to_device(self.query_y, device),
                        self.class_ids, self.class_names, self.support_index, self.query_index)
 
 
@@ -123,7 +125,7 @@ class LabeledBatch:
     y: torch.Tensor  # global class ids (or regression targets)
 
     def to(self, device) -> "LabeledBatch":
-        return LabeledBatch(self.x.to(device, non_blocking=True), self.y.to(device))
+        return LabeledBatch(to_device(self.x, device), to_device(self.y, device))
 
 
 class EpisodeSampler:

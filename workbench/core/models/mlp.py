@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workbench.core.precision import backbone_autocast
+
 
 class MLP(nn.Sequential):
     """``depth`` hidden layers of ``hidden`` ReLU units; ``out_dim`` is the feature size."""
@@ -21,6 +23,11 @@ class MLP(nn.Sequential):
             width = hidden
         super().__init__(*layers)
         self.out_dim = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with backbone_autocast(x):  # reduced precision inside a precision scope (workbench.core.precision)
+            features = super().forward(x)
+        return features if features.dtype == x.dtype else features.to(x.dtype)
 
 
 class MLPRegressor(nn.Module):

@@ -8,6 +8,7 @@ The GUI drives :meth:`Trainer.steps` from a worker thread and calls :meth:`pause
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -27,7 +28,9 @@ from workbench.core.config import ExperimentConfig
 from workbench.core.data.base import Cancelled, ProgressCallback, no_progress, write_skipped
 from workbench.core.device import configure_cpu_threads, tune_cpu_allocator
 from workbench.core.errors import CheckpointError, ConfigError, WorkbenchError
+from workbench.core.fileio import atomic_write_text
 from workbench.core.kinds import get_kind
+from workbench.core.precision import compute_in, resolve_precision
 from workbench.core import snapshots
 from workbench.core.runs import Run, RunStore
 from workbench.core.training.distributed import DetachedRun, DistributedContext, check_parallel, trains_on_batches
@@ -44,8 +47,10 @@ FLUSH_SECONDS = 5.0
 STOP_REQUEST = "stop-requested"
 # Settings a resumed run may change; anything else would make it a different experiment.
 RESUMABLE_CHANGES = {"name", "dataset.root", "dataset.download", "training.steps", "training.max_minutes",
-                     "training.device", "training.threads", "training.checkpoint_interval",
+                     "training.device", "training.precision", "training.threads", "training.checkpoint_interval",
                      "training.val_interval"}
+# In the run folder: the precision asked for, the one used (and why) and the hardware found, per session.
+PRECISION_FILE = "precision.json"
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -163,6 +168,40 @@ def _flatten(config_dict: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def values_lag(device: torch.device, distributed: bool) -> int:
+    """How many meta-steps the trainer may queue before reading a step's numbers: one on CUDA (see PendingStep), so
+    the host never waits for the step it has just queued; none elsewhere, and none when several processes average
+    the numbers on the host at every step anyway."""
+    return 1 if device.type == "cuda" and not distributed else 0
+
+
+class PendingStep:
+    """A meta-step's numbers on their way to the host. On CUDA the 0-dim tensors an algorithm returns are copied to
+    pinned memory without blocking, behind the step's work, and read once that copy is done: the trainer reads them
+    after queueing the next step, so the GPU never idles while the host waits. Elsewhere they are read at once."""
+
+    def __init__(self, step: int, started: float, out: dict[str, Any]):
+        self.step, self.started, self._out = step, started, out
+        self._keys = [key for key, value in out.items()
+                      if isinstance(value, torch.Tensor) and value.dim() == 0 and value.device.type == "cuda"]
+        self._event = None
+        if self._keys:
+            stacked = torch.stack([out[key].detach().float() for key in self._keys])
+            self._host = torch.empty(len(self._keys), pin_memory=True)
+            self._host.copy_(stacked, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def values(self) -> dict[str, Any]:
+        """The step's numbers as Python floats (other values as they are); waits for this step only."""
+        out = dict(self._out)
+        if self._event is not None:
+            self._event.synchronize()
+            out.update(zip(self._keys, self._host.tolist()))
+        return {key: float(value) if isinstance(value, torch.Tensor) and value.dim() == 0 else value
+                for key, value in out.items()}
+
+
 class DivergenceWatch:
     """Flags a loss that stays far above where training started: a blow-up that stays finite (2e10) slips past
     the NaN checks. The reference is the run's first loss, that of the initial weights (a blow-up can start at
@@ -268,6 +307,7 @@ class Trainer:
         else:
             self.run = self.store.create(config)
         self.skipped_note = self._write_skipped_files()
+        self._write_precision()
         if self.algorithm.has("run_folder"):  # where an algorithm may mirror view data (weight history)
             self.algorithm.set_run_folder(self.run.path)
 
@@ -279,6 +319,11 @@ class Trainer:
         payload = self.dist.from_leader(self._payload() if self.dist.is_leader else None)
         if not self.dist.is_leader:
             self._restore_from_payload(payload)
+
+    def _write_precision(self) -> None:
+        """The precision asked for and used, why, and the hardware found (rewritten by each resumed session)."""
+        record = {"device": str(self.device), **self.precision.to_dict()}
+        atomic_write_text(self.run.path / PRECISION_FILE, json.dumps(record, indent=1))
 
     def _write_skipped_files(self) -> str:
         """The dataset's unreadable files, listed in the run folder (GUI and CLI runs alike); returns where."""
@@ -320,6 +365,8 @@ class Trainer:
         self.val_episodes = self._make_validation_tasks()
         self.model_spec = self.kind.model_spec(self.dataset, config)
         self.algorithm = algorithm_cls(hparams, self.model_spec, self.device)
+        self.precision = resolve_precision(training.precision, self.device, algorithm_cls.auto_reduced_precision)
+        self._values_lag = values_lag(self.device, self.dist.active)
         if self.algorithm.has("training_data"):  # algorithms that build their own problem (Meta-Weight-Net)
             self.algorithm.attach_training_data(self.dataset, config)
         self.algorithm.configure_optimizers(training.lr, training.steps, training.lr_schedule)
@@ -351,6 +398,7 @@ class Trainer:
         self._paused_total = 0.0
         self._last_loss = float("nan")
         self._last_score = float("nan")
+        self._last_record_at = 0.0
         self._steps_per_s = 0.0
         self._snapshot_recorders: list | None = None
         self.final_record: StepRecord | None = None
@@ -546,39 +594,65 @@ class Trainer:
         """Meta-steps until the end, a stop or a budget; returns (final event, message)."""
         training = self.config.training
         unbounded = training.steps == 0
+        pending: deque[PendingStep] = deque()  # steps queued whose numbers are not read yet (CUDA)
         while unbounded or self.step < training.steps:
             if not self._run_event.is_set():
+                ended = yield from self._settle(pending)  # every record out before the pause
+                if ended is not None:
+                    return ended
                 self._wait_while_paused()
             reason = self._before_step()
             if reason is not None:
-                return reason
-            started = clock()
-            with self.dist.meta_step():
-                out = self.algorithm.meta_train_step(self._next_batch())
-            if self.dist.active:
-                out = self._agree_after_step(out)
-            loss = float(out["loss"])
-            if not math.isfinite(loss):
-                return "diverged", self._diverged_message(self.step + 1, f"the loss became {loss}")
-            self.step += 1
-            yield self._step_record(out, loss, started)
-            if self.divergence.observe(loss):
-                what = self.divergence.describe(loss)
-                if training.on_divergence == "stop":
-                    return "diverged", self._diverged_message(self.step, what)
-                yield self._warning_record(f"warning: training may be diverging at step {self.step}: {what}; "
-                                           f"training goes on (training.on_divergence = \"warn\")")
-            if training.val_interval and self.step % training.val_interval == 0:
+                return (yield from self._settle(pending)) or reason
+            pending.append(self._meta_step())
+            validate = bool(training.val_interval) and self.step % training.val_interval == 0
+            checkpoint = self.step % training.checkpoint_interval == 0 and (unbounded or self.step < training.steps)
+            at_end = not unbounded and self.step >= training.steps
+            # Before a validation, a checkpoint or the end, every loss is checked; otherwise the last may wait.
+            ended = yield from self._settle(pending, 0 if validate or checkpoint or at_end else self._values_lag)
+            if ended is not None:
+                return ended
+            if validate:
                 validation = self._validate()
                 if validation is not None:
                     yield validation
-            if self.step % training.checkpoint_interval == 0 and (unbounded or self.step < training.steps):
+            if checkpoint:
                 # Metrics first: after a crash they then cover every step up to the checkpoint.
                 self._flush_metrics()
                 if not self._save_checkpoint("last"):
                     return "diverged", self._diverged_message(self.step, "the weights became NaN or infinite")
                 self.run.update(steps_done=self.step)
         return "finished", ""
+
+    def _meta_step(self) -> PendingStep:
+        """One meta-step, its backbones in the run's precision."""
+        started = clock()
+        with self.dist.meta_step(), compute_in(self.precision.dtype):
+            out = self.algorithm.meta_train_step(self._next_batch())
+        if self.dist.active:
+            out = self._agree_after_step(out)
+        self.step += 1
+        return PendingStep(self.step, started, out)
+
+    def _settle(self, pending: deque[PendingStep], keep: int = 0):
+        """Read the numbers of queued steps (all but the last ``keep``) and yield their records; returns (final
+        event, message) when a loss turned NaN or infinite or training diverged, else None."""
+        training = self.config.training
+        while len(pending) > keep:
+            item = pending.popleft()
+            out = item.values()
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                self.step = item.step - 1  # the last step whose loss was finite
+                return "diverged", self._diverged_message(item.step, f"the loss became {loss}")
+            yield self._step_record(out, loss, item)
+            if self.divergence.observe(loss):
+                what = self.divergence.describe(loss)
+                if training.on_divergence == "stop":
+                    return "diverged", self._diverged_message(item.step, what)
+                yield self._warning_record(f"warning: training may be diverging at step {item.step}: {what}; "
+                                           f"training goes on (training.on_divergence = \"warn\")")
+        return None
 
     def _before_step(self) -> tuple[str, str] | None:
         """A reason to stop before the next meta-step (and the schedule clock); several processes follow rank
@@ -600,15 +674,17 @@ class Trainer:
             self.dist.check_in_step(modules, step, self.algorithm.name)
         return self.dist.mean_of(out)
 
-    def _step_record(self, out: dict[str, float], loss: float, started: float) -> StepRecord:
+    def _step_record(self, out: dict[str, Any], loss: float, item: PendingStep) -> StepRecord:
         training = self.config.training
         now = clock()
-        duration = max(now - started, 1e-9)
+        # From the step's start, or, when steps overlap (numbers read a step late), from the previous record.
+        duration = max(now - max(item.started, self._last_record_at), 1e-9)
+        self._last_record_at = now
         # Smoothed rate: steady for the ETA, yet follows a change of pace.
         rate = self._steps_per_s
         self._steps_per_s = rate = 1.0 / duration if rate == 0.0 else 0.9 * rate + 0.1 / duration
         active = now - self._session_start - self._paused_total
-        eta = (training.steps - self.step) / rate if training.steps else float("inf")
+        eta = (training.steps - item.step) / rate if training.steps else float("inf")
         if training.max_minutes:
             eta = min(eta, max(0.0, training.max_minutes * 60.0 - active))
         metric = self.metric.key
@@ -616,8 +692,9 @@ class Trainer:
         self._last_loss, self._last_score = loss, score
         extras = {k: float(v) for k, v in out.items()
                   if k not in ("loss", metric, "score") and isinstance(v, (int, float))} if len(out) > 2 else {}
-        record = StepRecord(self.step, self.planned_steps, loss, score, self._current_lr(), self._elapsed_before + active,
-                            rate, eta, "step", best_val_score=self.best_val_score, extras=extras, metric=metric)
+        record = StepRecord(item.step, self.planned_steps, loss, score, self._current_lr(),
+                            self._elapsed_before + active, rate, eta, "step", best_val_score=self.best_val_score,
+                            extras=extras, metric=metric)
         self._pending.append(record)
         if len(self._pending) >= FLUSH_RECORDS or now - self._last_flush >= self.flush_seconds:
             self._flush_metrics()
@@ -711,7 +788,7 @@ class Trainer:
                 raise Cancelled("validation cancelled")
 
         try:
-            with preserved_rng(self.device):
+            with preserved_rng(self.device), compute_in(self.precision.dtype):
                 torch.manual_seed(self.config.training.seed + 1)  # stochastic adaptation: same every time
                 result = self.kind.evaluate(self.algorithm, self.val_episodes, self.device, cancel_on_stop,
                                             split="val")
@@ -759,7 +836,8 @@ class Trainer:
                             best_val_accuracy=self.best_val_score, rng=rng_state(self.sampler.generator),
                             extra={"best_val_ci95": self.best_val_ci95, "best_step": self.best_step,
                                    "elapsed_s": float(elapsed), "metric": self.metric.key,
-                                   "start_loss": self.divergence.reference},
+                                   "start_loss": self.divergence.reference,
+                                   "precision": self.precision.to_dict()},
                             config_dict=self.config_dict)
 
     def _save_checkpoint(self, kind: str) -> bool:
