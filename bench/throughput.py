@@ -37,6 +37,7 @@ the meta-batch as ours is, and TorchOpt's example takes the mean, so all take th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -518,6 +519,9 @@ def parse_args(argv=None):
     parser.add_argument("--data-root", default=None, help="Omniglot folder (default ../shared/data/omniglot)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides; 0 = all cores")
     parser.add_argument("--only", choices=("protonet", "maml"), default=None)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="our side's precision, as `workbench train --precision` (default auto: what the app "
+                        "uses for each algorithm on this machine); the peers run float32 as their examples do")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam (outer) learning rate, both sides")
     parser.add_argument("--protonet-hparams", type=json.loads, default={}, metavar="JSON",
@@ -571,14 +575,17 @@ def main(argv=None) -> dict:
                      "malloc_tuned": malloc_tuned,
                      "protonet": [], "maml": []}
     if args.only in (None, "protonet"):
-        for ways, shots, queries in PROTONET_SETTINGS:
-            results["protonet"].append(bench_protonet(dataset, ways, shots, queries, args))
-        print_section(f"ProtoNet meta-training vs easyfsl {_version('easyfsl')} ({args.rounds} rounds x "
+        with our_precision("protonet", args.precision, results):
+            for ways, shots, queries in PROTONET_SETTINGS:
+                results["protonet"].append(bench_protonet(dataset, ways, shots, queries, args))
+        print_section(f"ProtoNet ({results['precision']['protonet']}) meta-training vs easyfsl "
+                      f"{_version('easyfsl')} ({args.rounds} rounds x "
                       f"{args.episodes_per_round} episodes per side, after {args.warmup} warm-up; accuracy on "
                       f"{args.eval_episodes} fixed meta-test episodes)", results["protonet"])
     if args.only in (None, "maml"):
-        results["maml"].append(bench_maml(dataset, args))
-        print_peers_section(f"Second-order MAML vs higher {_version('higher')} and TorchOpt {_version('torchopt')} "
+        with our_precision("maml", args.precision, results):
+            results["maml"].append(bench_maml(dataset, args))
+        print_peers_section(f"Second-order MAML ({results['precision']['maml']}) vs higher {_version('higher')} and TorchOpt {_version('torchopt')} "
                             f"({args.maml_rounds} rounds x {args.maml_steps_per_round} meta-steps per side, after "
                             f"{args.maml_warmup} warm-up; accuracy on {args.maml_eval_episodes} fixed meta-test "
                             f"episodes, {args.maml_test_steps} test steps)", results["maml"][0])
@@ -588,6 +595,19 @@ def main(argv=None) -> dict:
         f"load average at end {results['environment']['load_average_1m_end']}")
     common.write_json(results, args.json)
     return results
+
+
+@contextlib.contextmanager
+def our_precision(algorithm: str, requested: str, results: dict):
+    """Our side's backbones compute in the precision the app would use (the peers' plain modules are unaffected)."""
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.precision import compute_in, resolve_precision
+
+    precision = resolve_precision(requested, "cpu", get_algorithm(algorithm).auto_reduced_precision)
+    results.setdefault("precision", {})[algorithm] = precision.name
+    log(f"our {algorithm}: {precision.reason}")
+    with compute_in(precision.dtype):
+        yield
 
 
 def _version(package: str) -> str:

@@ -595,11 +595,9 @@ def _test_after_training(args, trainer, final, interrupted: bool, printer: Progr
 
     if final.event not in ("finished", "budget") or args.no_eval or interrupted:
         return None
-    from workbench.core.precision import compute_in
-
-    with compute_in(trainer.precision.dtype):
-        result = evaluate_run(trainer.run, trainer.store, device=trainer.config.training.device,
-                              progress=printer.callback("test"))
+    # evaluate_run computes in the run's precision, as training did
+    result = evaluate_run(trainer.run, trainer.store, device=trainer.config.training.device,
+                          progress=printer.callback("test"))
     printer.end()
     summary = result.to_dict()
     # The headline, its setting and the kind's own breakdowns (extras, a comparison of networks or training sets);
@@ -852,11 +850,11 @@ def cmd_eval(args) -> int:
     precision = _eval_precision(args, run, device)
     root = _absolute_root(args.data_root, [Path.cwd()]) if args.data_root else None
     save = not args.no_save
-    with compute_in(precision.dtype):
-        result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots,
-                              queries=args.queries, seed=args.seed, device=args.device, checkpoint=args.checkpoint,
-                              progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
-                              data_root=root, episode_domains=args.episode_domains)
+    result = evaluate_run(run, store, episodes=args.episodes, ways=args.ways, shots=args.shots,
+                          queries=args.queries, seed=args.seed, device=args.device, checkpoint=args.checkpoint,
+                          progress=printer.callback("eval"), save=save and not epsilons, dataset=args.dataset,
+                          data_root=root, episode_domains=args.episode_domains, precision=precision.requested)
+    with compute_in(precision.dtype):  # the attack's forward passes, in the same precision
         if epsilons:  # saved once, with the curve
             curve = attack_curve(run, result, epsilons, attack=args.attack, steps=args.attack_steps,
                                  device=args.device, store=store, progress=printer.callback("attack"))

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from workbench.core import data
+from workbench.core.algorithms import get_algorithm
 from workbench.core.data.base import PreprocessSpec, ProgressCallback, no_progress
 from workbench.core.device import resolve_device
 from workbench.core.errors import CheckpointError, ConfigError
 from workbench.core.kinds import get_kind
+from workbench.core.precision import compute_in, resolve_precision
 from workbench.core.runs import Run, RunStore, load_model, now_iso
 
 __all__ = ["evaluate_run", "evaluated_on", "evaluation_dataset_config"]
@@ -128,7 +130,7 @@ def evaluate_run(run_or_id: "Run | str", store: "RunStore | None" = None, *, epi
                  ways: int | None = None, shots: int | None = None, queries: int | None = None,
                  seed: int | None = None, device: str = "auto", checkpoint: str = "best",
                  progress: ProgressCallback = no_progress, save: bool = True, dataset: str | None = None,
-                 data_root: str | None = None, episode_domains: str | None = None):
+                 data_root: str | None = None, episode_domains: str | None = None, precision: str | None = None):
     """Evaluate a run's checkpoint on its kind's fixed test tasks (defaults from the run's config) and save it.
 
     ``run_or_id`` may also be a .pt checkpoint file; its embedded config names the dataset and the
@@ -136,7 +138,8 @@ def evaluate_run(run_or_id: "Run | str", store: "RunStore | None" = None, *, epi
     are the support points, queries the query points of each task). ``dataset`` / ``data_root`` test on another
     dataset (see the module docstring); the episode count then defaults to that dataset's standard one.
     ``episode_domains`` ("any" or "within") overrides how the test episodes pick their classes (default: the
-    run's own setting), e.g. to test a model on within-alphabet episodes and on random ones.
+    run's own setting), e.g. to test a model on within-alphabet episodes and on random ones. ``precision`` (auto,
+    fp32, bf16, fp16) defaults to the run's ``training.precision``, so a test computes as the training did.
     """
     if checkpoint not in ("best", "last"):
         raise ConfigError("checkpoint", f"'{checkpoint}' is not a checkpoint; use 'best' or 'last'")
@@ -154,7 +157,10 @@ def evaluate_run(run_or_id: "Run | str", store: "RunStore | None" = None, *, epi
     seed = config.evaluation.seed if seed is None else seed
     _check_counts(ways=ways, shots=shots, queries=queries, episodes=count, seed=seed)
     tasks = kind.fixed_tasks(test_data, eval_config, "test", count, seed, ways=ways, shots=shots, queries=queries)
-    result = kind.evaluate(loaded.algorithm, tasks, torch_device, progress, split="test")
+    used_precision = resolve_precision(precision or config.training.precision, torch_device,
+                                       get_algorithm(config.algorithm.name).auto_reduced_precision)
+    with compute_in(used_precision.dtype):
+        result = kind.evaluate(loaded.algorithm, tasks, torch_device, progress, split="test")
     result.checkpoint = used_checkpoint
     result.run = run.id if run is not None else str(run_or_id)
     result.dataset = eval_config.dataset.name

@@ -47,6 +47,7 @@ from workbench.core.hparams import hparam
 from workbench.core.inspection import InspectionSpec, image_thumbnails
 from workbench.core.models.conv4 import (can_fold_batch_norm, conv_block, conv_with_folded_batch_norm,
                                          to_channels_last)
+from workbench.core.precision import backbone_autocast
 from workbench.core.recipes import Recipe
 
 PAPER = "Requeima et al. 2019"
@@ -151,7 +152,11 @@ class FilmConv4(nn.Module):
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor, film: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-        x = to_channels_last(x)
+        with backbone_autocast(x):
+            features = self._blocks(to_channels_last(x), film)
+        return features.to(x.dtype)
+
+    def _blocks(self, x: torch.Tensor, film) -> torch.Tensor:
         for index, (conv, norm, relu, pool) in enumerate(self.blocks):
             affine = norm if film is None else film_affine(norm, *film[index])
             if can_fold_batch_norm(x, conv, norm):

@@ -42,6 +42,7 @@ from workbench.core.algorithms.meta_sgd import rate_key, scaled_sgd_step, trace_
 from workbench.core.hparams import hparam
 from workbench.core.inspection import InspectionSpec
 from workbench.core.models.conv4 import conv4_feature_dim, to_channels_last
+from workbench.core.precision import backbone_autocast
 from workbench.core.recipes import Recipe
 
 
@@ -83,11 +84,12 @@ class PerStepConv4(nn.Module):
         self.out_dim = conv4_feature_dim(image_size, hidden)
 
     def forward(self, x: torch.Tensor, step: int = 0) -> torch.Tensor:
-        x = to_channels_last(x)
-        for conv, norm in zip(self.convs, self.norms):
-            # Pooling before the ReLU gives the same values (max-pool commutes with a monotonic function), cheaper.
-            x = F.relu(F.max_pool2d(norm(conv(x), step), 2))
-        return x.flatten(1)
+        with backbone_autocast(x):
+            features = to_channels_last(x)
+            for conv, norm in zip(self.convs, self.norms):
+                # Pooling before the ReLU gives the same values (max-pool commutes with a monotonic function).
+                features = F.relu(F.max_pool2d(norm(conv(features), step), 2))
+        return features.flatten(1).to(x.dtype)
 
 
 class PerStepConv4Classifier(nn.Module):

@@ -52,6 +52,7 @@ from workbench.core.algorithms.base import Algorithm, Family, accuracy
 from workbench.core.hparams import hparam
 from workbench.core.inspection import InspectionSpec, image_thumbnails as thumbnails
 from workbench.core.models.conv4 import ConvBlock, to_channels_last
+from workbench.core.precision import backbone_autocast
 from workbench.core.recipes import Recipe
 
 PAPER = "Sung et al. 2018"
@@ -117,7 +118,9 @@ class EmbeddingModule(nn.Module):
         authors_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(to_channels_last(x))  # [B, filters, side, side]
+        with backbone_autocast(x):
+            maps = self.blocks(to_channels_last(x))  # [B, filters, side, side]
+        return maps.to(x.dtype)
 
 
 class RelationModule(nn.Module):
