@@ -284,12 +284,13 @@ def run_reference(argv: list[str], algorithm: str, which: str, budget_s: float, 
         steps += 1
     train_s = time.perf_counter() - start
     reference.model.load_state_dict(best_state)
-    test = evaluate_episodes(reference, episodes_of(config, dataset, "test", config.evaluation.episodes))
+    test_count = config.eval_episodes()  # what the CLI's test uses (the dataset's standard count unless set)
+    test = evaluate_episodes(reference, episodes_of(config, dataset, "test", test_count))
     result = {"train_s": train_s, "steps": steps, "setting": setting.__dict__, "accuracy": test.accuracy,
               "ci95": test.ci95, "episodes": test.episodes, "per_episode": test.per_episode_accuracy.tolist(),
               "validation": curve, "best_val": best}
     if also_20way:
-        test20 = evaluate_episodes(reference, episodes_of(config, dataset, "test", config.evaluation.episodes, 20))
+        test20 = evaluate_episodes(reference, episodes_of(config, dataset, "test", test_count, 20))
         result["20way"] = {"accuracy": test20.accuracy, "ci95": test20.ci95, "episodes": test20.episodes}
     return result
 
@@ -349,6 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--also-20way", action="store_true", help="also test both on 20-way 1-shot")
     parser.add_argument("--test-episodes", type=int, default=0, help="fewer test episodes (a quick check; "
                         "default: the CLI's 1,000)")
+    parser.add_argument("--ours-from", metavar="JSON", help="take our side from an earlier report of this script "
+                        "(same arguments) and run only the reference")
     parser.add_argument("--json", metavar="PATH", help="write the full report (with per-episode accuracies)")
     args = parser.parse_args(argv)
     budget = args.budget_s or DEFAULT_BUDGET_S[args.algorithm]
@@ -356,13 +359,15 @@ def main(argv=None) -> int:
     threads = args.threads if args.threads is not None else (1 if together else 0)
     home = tempfile.mkdtemp(prefix="wb-bench-")  # keep bench runs apart from the user's
     argv_ours = train_argv(args.algorithm, args.data_root, budget, threads, args.recipe, args.test_episodes)
-    jobs = [("ours", {"home": home, "argv": argv_ours, "also_20way": args.also_20way})]
+    jobs = [] if args.ours_from else [("ours", {"home": home, "argv": argv_ours, "also_20way": args.also_20way})]
     if not args.no_reference:
         jobs.append(("reference", {"home": home, "argv": argv_ours, "algorithm": args.algorithm,
                                    "which": args.reference_recipe, "budget_s": budget, "threads": threads,
                                    "also_20way": args.also_20way}))
     load = os.getloadavg()[0]
     sides = run_sides(jobs, not together)
+    if args.ours_from:
+        sides["ours"] = json.loads(Path(args.ours_from).read_text())["ours"]
     report = {"algorithm": args.algorithm, "budget_s": budget, "threads_per_side": threads or "all",
               "together": together, "reference_recipe": args.reference_recipe, "load_at_start": load,
               "torch": torch.__version__, **sides}
