@@ -289,7 +289,7 @@ def run_reference(argv: list[str], algorithm: str, which: str, budget_s: float, 
     result = {"train_s": train_s, "steps": steps, "setting": setting.__dict__, "accuracy": test.accuracy,
               "ci95": test.ci95, "episodes": test.episodes, "per_episode": test.per_episode_accuracy.tolist(),
               "validation": curve, "best_val": best}
-    if also_20way:
+    if also_20way and algorithm == "protonet":  # the reference MAML's head has 5 outputs: no 20-way test
         test20 = evaluate_episodes(reference, episodes_of(config, dataset, "test", test_count, 20))
         result["20way"] = {"accuracy": test20.accuracy, "ci95": test20.ci95, "episodes": test20.episodes}
     return result

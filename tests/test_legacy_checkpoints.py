@@ -22,7 +22,9 @@ EXPECTED = json.loads((LEGACY / "expected.json").read_text())
 def test_format_1_checkpoint_evaluates_to_the_same_accuracy(name):
     path = LEGACY / f"format1-{name}.pt"
     assert read_checkpoint(path)["format"] == 1
-    result = evaluate_run(str(path), episodes=EXPECTED[name]["episodes"], seed=EXPECTED[name]["seed"], device="cpu")
+    # The expected accuracies were measured in float32 (before the precision setting); `auto` may choose bf16 here.
+    result = evaluate_run(str(path), episodes=EXPECTED[name]["episodes"], seed=EXPECTED[name]["seed"], device="cpu",
+                          precision="fp32")
     assert result.accuracy == pytest.approx(EXPECTED[name]["accuracy"], abs=1e-6)
     assert result.ci95 == pytest.approx(EXPECTED[name]["ci95"], abs=1e-6)
 
