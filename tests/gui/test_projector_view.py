@@ -16,7 +16,7 @@ from conftest import tiny_dataset_config
 from workbench.core import probes
 from workbench.core.runs import RunStore
 from workbench.core.training import Trainer
-from workbench.gui.projector_view import RELOAD_SECONDS, ProjectorView, project_frames
+from workbench.gui.projector_view import RELOAD_SECONDS, RELOAD_SHARE, ProjectorView, project_frames
 
 TIMEOUT_MS = 60_000
 
@@ -177,6 +177,15 @@ def test_the_view_follows_a_training_run_live(qtbot, make_window, gui, workbench
     run_id = view.run_combo.currentData()
     assert "every 5 steps" in view.status_label.text()
 
+    # Behind the Training tab (Run shows it) the view reads no snapshots; shown, it catches up.
+    assert window.tabs.currentWidget().title == "Training" and not view.isVisible()
+    snapshots = RunStore(workbench_home).get(run_id).path / probes.PROBE_FILE
+    qtbot.waitUntil(snapshots.is_file, timeout=gui.TRAIN_TIMEOUT_MS)
+    with qtbot.waitSignal(window.training_records, timeout=gui.TRAIN_TIMEOUT_MS):
+        pass  # records after the snapshot: the view checks for it
+    assert view._live_stale and not loads and not view.live_task.is_running and view.data is None
+    window.show_view("Embeddings")
+
     # Frames arrive while training runs, the scrubber grows and stays on the newest.
     qtbot.waitUntil(lambda: len({n for n, running in loads if running}) >= 2, timeout=gui.TRAIN_TIMEOUT_MS)
     assert window.controller.is_running
@@ -205,3 +214,15 @@ def test_the_view_follows_a_training_run_live(qtbot, make_window, gui, workbench
     qtbot.waitUntil(lambda: view.live_run_id is None and not view.live_task.is_running, timeout=10_000)
     history = probes.ProbeHistory.load(RunStore(workbench_home).get(run_id).path)
     assert view.data["steps"] == history.steps
+
+
+def test_slow_live_reads_are_spaced_out(view):
+    """A re-read of a growing history that took long waits longer before the next one (it holds the GIL the
+    training thread needs); the first read, which also loads the images, does not count."""
+    view._last_live_check = time.monotonic() - 0.5
+    view._on_live_loaded(big_frame_data())  # nothing shown yet: a first read
+    assert view._reload_seconds == RELOAD_SECONDS
+    view._on_loaded(big_frame_data())
+    view._last_live_check = time.monotonic() - 0.5  # a re-read of the run shown that took half a second
+    view._on_live_loaded(big_frame_data())
+    assert view._reload_seconds >= 0.5 / RELOAD_SHARE > RELOAD_SECONDS

@@ -1,6 +1,6 @@
 """The Training tab's curves: debiased EMA smoothing, growing arrays, stale records, saved runs, overlays,
-export (CSV, PNG, SVG), labels that follow the run's metric (accuracy, MSE) and a 100,000-step run that stays
-responsive."""
+export (CSV, PNG, SVG), labels that follow the run's metric (accuracy, MSE), ranges that hold still while a run
+trains and a 100,000-step run that stays responsive."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from workbench.gui.training_view import GrowingArray, TrainingView, debiased_ema
+from workbench.gui.training_view import LIVE_HEADROOM, GrowingArray, TrainingView, debiased_ema, steady_range
 
 
 def reference_ema(values, weight):
@@ -203,3 +203,34 @@ def test_a_100000_step_run_stays_responsive(view, qtbot):
     assert elapsed < 0.5, f"an update with 100k points took {elapsed:.3f}s"
     # Peak downsampling keeps what is drawn far smaller than the data once the view has its range.
     qtbot.waitUntil(lambda: len(view.loss_smooth.curve.getData()[0]) < 20_000, timeout=10_000)
+
+
+def test_steady_range_holds_until_the_data_leave_or_shrink():
+    assert steady_range((0, 100), (0, 80), 0.0, 0.25) is None  # inside and filling most of it: kept
+    assert steady_range((-2, 102), (0, 120), 0.0, 0.25) == (0, 150)  # out on the right: headroom there only
+    assert steady_range((-2, 102), (0, 120), 0.1, 0.25) == (-12, 162)  # padding on both sides
+    assert steady_range((0, 1), (-1, 0.5), 0.0, 0.5) == (-1.75, 0.5)  # out below: headroom below
+    assert steady_range((0, 100), (10, 40), 0.0, 0.25) == (10, 40)  # the data fill less than half: fitted again
+
+
+def test_live_ranges_move_in_steps_and_fit_the_data_at_the_end(view, qtbot):
+    """While a run trains, the axes (their ticks, labels and grid) change a few times, not at every redraw; the
+    newest point is always in view; when the run ends the plots fit its curves."""
+    view.begin_job(1, total_steps=1000)
+    box = view.loss_plot.getViewBox()
+    changes = []
+    box.sigXRangeChanged.connect(lambda *_: changes.append(box.viewRange()[0]))
+    updates = 0
+    for start in range(1, 601, 3):
+        view.append(1, payload(range(start, start + 3), loss=np.linspace(2, 1.9, 3) - start / 1000, total=1000))
+        view.flush()
+        view.plots.viewport().repaint()  # ranges follow the data when painted
+        updates += 1
+        assert box.viewRange()[0][1] >= start + 2 and box.viewRange()[1][0] <= view.loss.y.data.min()
+    assert 3 <= len(changes) <= updates // 10
+    last = payload([603], loss=[1.2], total=1000)
+    last["events"] = [{"event": "finished", "step": 603, "message": ""}]
+    view.append(1, last)
+    view.plots.viewport().repaint()
+    low, high = box.viewRange()[0]
+    assert high < 603 * (1 + LIVE_HEADROOM / 2) and low < 1  # fitted, with pyqtgraph's small padding

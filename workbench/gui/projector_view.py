@@ -5,8 +5,9 @@ when umap-learn is installed) on request, in a child process that Cancel termina
 
 While a run trains the view follows it: on the window's throttled training records it re-reads probes.npz when
 the file changed (at most once a second, in a background task that also projects the new frames), and the time
-scrubber grows and stays on the newest frame unless it was moved back. Everything is read from the run folder,
-so it works the same after a restart."""
+scrubber grows and stays on the newest frame unless it was moved back. A hidden view reads nothing (the reads
+and the redraws would slow training down) and catches up when it is shown. Everything is read from the run
+folder, so it works the same after a restart."""
 
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ KINDS = ("support", "query", "prototype")
 HOVER_RADIUS_PX = 10
 STAGES = {"": "before adaptation", "adapted_": "after adaptation"}
 RELOAD_SECONDS = 1.0  # while training, probes.npz is checked (and re-read if it changed) at most this often
+# ... and at most this share of the time goes to reading it: the read holds the GIL the training thread needs, and
+# it grows with the snapshots (up to probes.MAX_SNAPSHOTS of them), so slow reads space the next ones out.
+RELOAD_SHARE = 0.05
 UMAP_MISSING = "UMAP needs the optional package umap-learn, which is not installed (pip install umap-learn)."
 
 
@@ -168,7 +172,9 @@ class ProjectorView(QWidget):
         self.live_val_interval: int | None = None
         self._live_mtime: tuple[int, int] | None = None
         self._live_pending = False
+        self._live_stale = False  # the snapshots may have changed while the view was hidden
         self._last_live_check = -RELOAD_SECONDS
+        self._reload_seconds = RELOAD_SECONDS  # the least time between two checks (see RELOAD_SHARE)
         self._follow_newest = True
         self._live_timer = QTimer(self)
         self._live_timer.setSingleShot(True)
@@ -380,7 +386,7 @@ class ProjectorView(QWidget):
         return self.data is None or (self.data.get("run") == self.live_run_id and self.data.get("source") == "history")
 
     def _schedule_live_check(self) -> None:
-        wait = self._last_live_check + RELOAD_SECONDS - time.monotonic()
+        wait = self._last_live_check + self._reload_seconds - time.monotonic()
         if wait <= 0:
             self._check_live()
         elif not self._live_timer.isActive():
@@ -392,6 +398,11 @@ class ProjectorView(QWidget):
             return
         if not self.is_following:  # the user looks at another run: nothing to reload
             self._finish_following_if_done()
+            return
+        if not self.isVisible():  # read when shown (showEvent)
+            self._live_stale = True
+            if force:
+                self._live_mtime = None
             return
         if self.task.is_running:  # the user loads something: try again later
             if not self._live_timer.isActive():
@@ -415,7 +426,16 @@ class ProjectorView(QWidget):
         self._live_pending = False
         self.live_task.start(load_history, self.store, self.live_run_id, self.data)
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt's name)
+        super().showEvent(event)
+        if self._live_stale:
+            self._live_stale = False
+            self._check_live()
+
     def _on_live_loaded(self, data: dict[str, Any]) -> None:
+        spent = time.monotonic() - self._last_live_check  # the read, since it was started
+        reread = self.data is not None and self.data.get("run") == data.get("run")  # the first also loads images
+        self._reload_seconds = max(RELOAD_SECONDS, spent / RELOAD_SHARE) if reread else RELOAD_SECONDS
         if self.is_following and data.get("run") == self.live_run_id:
             if data["steps"]:
                 self._apply_data(data)

@@ -2,9 +2,12 @@
 experiment kind reports, named in the records) with its validation value and 95% CI.
 
 Data is kept in growing float64 numpy arrays; curves clip to the view and downsample ("peak"), so a
-100,000-step run stays smooth. A smoothing slider applies TensorBoard's debiased EMA to the raw data, with
-the raw curve drawn faintly underneath. The same widget shows a saved run (``load_metrics``) and overlays of
-other runs (``add_overlay`` / ``clear_overlays``) for the Runs tab.
+100,000-step run stays smooth. While a run trains, the curves are redrawn at most twice a second and only when
+the tab is shown, and the plots' ranges grow in steps (SteadyViewBox), so the axes are not redrawn each time:
+painting runs in the GUI thread and holds the GIL the training thread needs. A smoothing slider applies
+TensorBoard's debiased EMA to the raw data, with the raw curve drawn faintly underneath. The same widget shows
+a saved run (``load_metrics``) and overlays of other runs (``add_overlay`` / ``clear_overlays``) for the Runs
+tab.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,17 +23,20 @@ import numpy as np
 import pyqtgraph as pg
 import pyqtgraph.exporters  # noqa: F401  (registers the exporters)
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QSlider, QToolButton,
-                               QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QFileDialog, QGraphicsItem, QHBoxLayout, QLabel, QMenu, QProgressBar, QSlider,
+                               QToolButton, QVBoxLayout, QWidget)
 
 from workbench.core.kinds import ACCURACY, MetricSpec
 from workbench.gui.theme import LIGHT, Theme, blend, with_alpha
 from workbench.gui.svg_export import export_svg
 from workbench.gui.view_registry import register_view
-from workbench.gui.worker import RecordBatch
+from workbench.gui.worker import FINAL_EVENTS, RecordBatch
 
-# Curves are redrawn at most this often: painting holds the GIL part of the time and would slow training.
-REDRAW_INTERVAL_MS = 200
+# Curves are redrawn at most this often, and only when shown: painting holds the GIL part of the time, which the
+# training thread then waits for, and delays other events (bench/gui_responsiveness.py).
+REDRAW_INTERVAL_MS = 500
+# While a run trains, the plots' ranges grow by a quarter of the data's span at a time (see SteadyViewBox).
+LIVE_HEADROOM = 0.25
 DEFAULT_SMOOTHING = 0.8  # per-episode values are noisy; TensorBoard's 0.6 leaves them jagged
 
 # Longer series are filtered by scipy's lfilter (in C); shorter ones, like the few points of a live update, by a
@@ -147,6 +154,53 @@ class SmoothedSeries:
         self._state = (0.0, 0, math.nan)
 
 
+def steady_range(current: tuple[float, float], data: tuple[float, float], padding: float, headroom: float,
+                 fill: float = 0.5) -> tuple[float, float] | None:
+    """The range to show while live data arrive: None (keep ``current``) while it holds the ``data``'s range and
+    the data fill at least ``fill`` of it; otherwise the data's range with ``padding`` of its span on each side,
+    plus ``headroom`` on each side the data left ``current`` through, so the next change is a while away."""
+    (c0, c1), (d0, d1) = current, data
+    if c0 <= d0 and d1 <= c1 and (d1 - d0) >= fill * (c1 - c0):
+        return None
+    span = (d1 - d0) or abs(d1) or 1.0
+    return (d0 - span * (padding + (headroom if d0 < c0 else 0.0)),
+            d1 + span * (padding + (headroom if d1 > c1 else 0.0)))
+
+
+class SteadyViewBox(pg.ViewBox):
+    """A ViewBox whose auto-range, while ``headroom`` > 0, moves in steps (see :func:`steady_range`) instead of
+    at every new point. A range change regenerates the axes, their grid and tick labels: most of a redraw's
+    cost, and painting holds the GIL the training thread needs. With ``headroom`` 0 it fits the data exactly."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.headroom = 0.0
+
+    def setRange(self, rect=None, xRange=None, yRange=None, padding=None, update=True,  # noqa: N802 (Qt's name)
+                 disableAutoRange=True):  # noqa: N803 (pyqtgraph's name)
+        if not disableAutoRange and rect is None and self.headroom > 0:  # an auto-range update
+            xRange = self._steady(0, xRange)
+            yRange = self._steady(1, yRange)
+            if xRange is None and yRange is None:
+                return
+        super().setRange(rect, xRange, yRange, padding, update, disableAutoRange)
+
+    def _steady(self, axis: int, wanted) -> tuple[float, float] | None:
+        """``wanted``: the data's range widened by the padding updateAutoRange adds, which is taken off again."""
+        if wanted is None:
+            return None
+        padding = self.suggestPadding(axis)
+        span = (wanted[1] - wanted[0]) / (1 + 2 * padding)
+        data = (wanted[0] + padding * span, wanted[1] - padding * span)
+        return steady_range(tuple(self.viewRange()[axis]), data, padding, self.headroom)
+
+    def set_headroom(self, headroom: float) -> None:
+        """Steady (> 0) while a run trains; 0 fits the data exactly again at once."""
+        changed, self.headroom = headroom != self.headroom, headroom
+        if changed and headroom == 0 and any(self.state["autoRange"]):
+            self.updateAutoRange()
+
+
 def _curve(**kwargs) -> pg.PlotDataItem:
     item = pg.PlotDataItem(**kwargs)
     item.setClipToView(True)
@@ -219,6 +273,7 @@ class TrainingView(QWidget):
         self.last: dict[str, Any] = {}
         self._overlays: list[dict[str, Any]] = []
         self._dirty = False
+        self._drawn_validations = 0  # validation points given to the curves
         self._main_in_legend = True
         self._redraw_timer = QTimer(self)
         self._redraw_timer.setSingleShot(True)
@@ -301,8 +356,8 @@ class TrainingView(QWidget):
         """The loss plot above the metric plot (x axes linked) and their curves."""
         self.plots = pg.GraphicsLayoutWidget()
         self.plots.setObjectName("trainingPlots")
-        self.loss_plot = self.plots.addPlot(row=0, col=0)
-        self.acc_plot = self.plots.addPlot(row=1, col=0)
+        self.loss_plot = self.plots.addPlot(row=0, col=0, viewBox=SteadyViewBox())
+        self.acc_plot = self.plots.addPlot(row=1, col=0, viewBox=SteadyViewBox())
         self.loss_plot.setTitle("Meta-train loss")
         self.loss_plot.setLabel("left", "loss")
         for plot in (self.loss_plot, self.acc_plot):
@@ -313,6 +368,9 @@ class TrainingView(QWidget):
             plot.getAxis("left").setWidth(56)  # same width in both plots, so their x axes line up
             for axis in ("left", "bottom"):
                 plot.getAxis(axis).setStyle(maxTickLevel=0)  # major grid lines only: minor ones cost paint time
+                # An axis draws its grid over the whole plot: kept as a pixmap, a redraw of the curves does not
+                # replay its lines and labels (they change only with the range, see SteadyViewBox).
+                plot.getAxis(axis).setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
         self.acc_plot.setXLink(self.loss_plot)
         self._show_metric()
         self.legend = self.acc_plot.addLegend(offset=(-10, -10))  # bottom right: curves rise from the bottom left
@@ -412,10 +470,11 @@ class TrainingView(QWidget):
         self.job_id = job_id
         self.clear()
         self.set_metric(metric)
+        self._set_live(True)
         if history:
             batch = RecordBatch(self.run_metric.key)
             for record in history:
-                if record.get("event", "step") not in ("finished", "stopped", "budget", "diverged"):
+                if record.get("event", "step") not in FINAL_EVENTS:
                     batch.add(dict(record))
             self._add_payload(batch.payload())
             self._redraw()
@@ -440,9 +499,11 @@ class TrainingView(QWidget):
             return False
         self._add_payload(payload)
         self._dirty = True
+        if any(event.get("event") in FINAL_EVENTS for event in payload.get("events") or []):
+            self._set_live(False)  # the finished curves fill the plots
         if payload.get("events"):  # validation results and the end of a run show at once
             self.flush()
-        elif not self._redraw_timer.isActive():
+        elif not self._redraw_timer.isActive() and self.isVisible():  # a hidden view catches up in showEvent
             self._redraw_timer.start()
         return True
 
@@ -452,7 +513,7 @@ class TrainingView(QWidget):
         if not self._dirty or not self.isVisible():
             return  # a hidden view catches up in showEvent
         self._dirty = False
-        self._redraw()
+        self._redraw(live=True)
         self._refresh_progress()
         self._refresh_summary()
 
@@ -493,6 +554,7 @@ class TrainingView(QWidget):
         self.job_id = None
         self.clear()
         self.set_metric(metric)
+        self._set_live(False)
         batch = RecordBatch(self.run_metric.key)
         for record in records:
             batch.add(dict(record))
@@ -504,6 +566,12 @@ class TrainingView(QWidget):
         self._refresh_summary()
         self.loss_plot.enableAutoRange()
         self.acc_plot.enableAutoRange(axis="x")
+
+    def _set_live(self, live: bool) -> None:
+        for plot in (self.loss_plot, self.acc_plot):
+            plot.getViewBox().set_headroom(LIVE_HEADROOM if live else 0.0)
+        if live:  # the steps axis is the loss plot's (the metric plot follows it), else the two would take turns
+            self.acc_plot.enableAutoRange(axis="x", enable=False)
 
     def has_data(self) -> bool:
         return len(self.loss) > 0
@@ -578,7 +646,9 @@ class TrainingView(QWidget):
     def smoothing(self) -> float:
         return self.smoothing_slider.value() / 100
 
-    def _redraw(self) -> None:
+    def _redraw(self, live: bool = False) -> None:
+        """Give the curves their data; ``live``: only new steps arrived, so the validation curves are set only
+        when they have new points (each setData costs GUI-thread time while training)."""
         self._dirty = False
         x = self.loss.x.data
         show_raw = self.smoothing_slider.value() > 0
@@ -587,11 +657,13 @@ class TrainingView(QWidget):
         self.loss_smooth.setData(x, self.loss.smoothed.data)
         self.acc_smooth.setData(x, self.score.smoothed.data)
         vx, vy, ci = self.val_steps.data, self.val_score.data, self.val_ci95.data
-        ci = np.nan_to_num(ci, nan=0.0)
-        self.val_curve.setData(vx, vy)
-        self.val_upper.setData(vx, vy + ci)
-        self.val_lower.setData(vx, vy - ci)
-        self.val_band.setVisible(len(vx) > 0)  # an emptied band would keep its old outline
+        if not live or len(vx) != self._drawn_validations:
+            ci = np.nan_to_num(ci, nan=0.0)
+            self.val_curve.setData(vx, vy)
+            self.val_upper.setData(vx, vy + ci)
+            self.val_lower.setData(vx, vy - ci)
+            self.val_band.setVisible(len(vx) > 0)  # an emptied band would keep its old outline
+            self._drawn_validations = len(vx)
         self._sync_legend()
 
     def _sync_legend(self) -> None:
@@ -617,7 +689,7 @@ class TrainingView(QWidget):
         self.progress.setRange(0, total)
         self.progress.setValue(min(step, total))
         event = last.get("event", "step")
-        if event in ("finished", "stopped", "budget", "diverged"):
+        if event in FINAL_EVENTS:
             self.progress.setFormat(f"{event} at step {step:,} of {total:,}")
         else:
             self.progress.setFormat(self.progress_text())
@@ -665,16 +737,30 @@ class TrainingView(QWidget):
         self.flush()
         if kind == "csv":
             self.export_csv(path)
-        elif kind == "svg":
-            self._export_svg(path)
-        elif kind == "png":
-            exporter = pg.exporters.ImageExporter(self.plots.scene())
-            exporter.parameters()["width"] = max(800, int(self.plots.width()))
-            exporter.export(str(path))
+        elif kind in ("svg", "png"):
+            with self._axes_uncached():  # drawn afresh at the export's size, as vectors in an SVG
+                if kind == "svg":
+                    self._export_svg(path)
+                else:
+                    exporter = pg.exporters.ImageExporter(self.plots.scene())
+                    exporter.parameters()["width"] = max(800, int(self.plots.width()))
+                    exporter.export(str(path))
         else:
             raise ValueError(f"cannot export curves as {kind!r}; use png, svg or csv")
         self.exported.emit(str(path))
         return path
+
+    @contextmanager
+    def _axes_uncached(self):
+        axes = [plot.getAxis(name) for plot in (self.loss_plot, self.acc_plot) for name in ("left", "bottom")]
+        modes = [axis.cacheMode() for axis in axes]
+        for axis in axes:
+            axis.setCacheMode(QGraphicsItem.CacheMode.NoCache)
+        try:
+            yield
+        finally:
+            for axis, mode in zip(axes, modes):
+                axis.setCacheMode(mode)
 
     def _export_svg(self, path: Path) -> None:
         export_svg(self.plots.scene(), path)

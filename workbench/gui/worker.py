@@ -2,8 +2,10 @@
 
 A :class:`TrainingWorker` (a QObject moved to a QThread) builds the core's Trainer inside that thread (loading
 a dataset can take seconds) and iterates ``Trainer.steps()``. It sends plain floats and numpy arrays, never
-tensors, at most about 20 times a second: the step records in between are batched into arrays, so no data
-is lost. Every signal carries the job id; :class:`TrainingController` drops whatever an old job still sends.
+tensors, about 4 times a second (validations, warnings and the end at once): the step records in between are
+batched into arrays, so no data is lost. Each batch wakes the GUI thread, whose Python work then holds the GIL
+the training thread needs. Every signal carries the job id; :class:`TrainingController` drops whatever an old
+job still sends.
 
 Pause and stop go straight to the Trainer (thread-safe), so they act within one meta-step.
 
@@ -27,7 +29,7 @@ from PySide6.QtCore import QObject, QThread, Qt, Signal, Slot
 from workbench.core.data.base import Cancelled
 from workbench.core.errors import WorkbenchError
 
-EMIT_INTERVAL_S = 0.05  # about 20 updates per second
+EMIT_INTERVAL_S = 0.25  # about 4 updates per second (the Training view redraws at most twice a second)
 DEFAULT_METRIC = "accuracy"  # what records without a "metric" key hold (runs from before experiment kinds)
 FINAL_EVENTS = ("finished", "stopped", "budget", "diverged")
 
