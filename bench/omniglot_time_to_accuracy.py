@@ -241,10 +241,6 @@ class MAMLReference(ReferenceBase):
         return F.softmax(adapted(query_x), dim=-1)
 
 
-def reference_state(reference) -> dict:
-    return copy.deepcopy(reference.model.state_dict())
-
-
 def validate(reference, episodes) -> float:
     rng = torch.get_rng_state()
     accuracy = evaluate_episodes(reference, episodes).accuracy
@@ -277,7 +273,7 @@ def run_reference(argv: list[str], algorithm: str, which: str, budget_s: float, 
             accuracy = validate(reference, val_episodes)
             curve.append((round(time.perf_counter() - start, 1), accuracy))
             if accuracy > best:
-                best, best_state = accuracy, reference_state(reference)
+                best, best_state = accuracy, copy.deepcopy(reference.model.state_dict())
             if spent >= budget_s:
                 break
         reference.train_step([sampler.sample() for _ in range(setting.meta_batch)])
