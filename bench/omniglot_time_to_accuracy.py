@@ -33,7 +33,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 import multiprocessing
 import os
 import sys
