@@ -56,6 +56,22 @@ def test_history_appends_thins_and_round_trips(tmp_path, monkeypatch):
     assert len(loaded) <= 4 and loaded.steps[0] == 0 and loaded.steps[-1] == 100
 
 
+def test_a_reader_holding_earlier_snapshots_reads_only_the_new_ones(tmp_path):
+    history = probes.ProbeHistory(tmp_path)
+    meta = {"support_y": np.arange(3, dtype=np.int16)}
+    for step in (10, 20, 30, 40):
+        history.append(step, {"support": np.full((3, 4), step, np.float16)}, meta, ways=3)
+    history.save()
+    path = tmp_path / probes.PROBE_FILE
+    again = probes.ProbeHistory.load(path, known_steps=[10, 20])
+    assert again.reused == 2 and again.steps == [10, 20, 30, 40]
+    assert again.snapshots[0] == {} and again.snapshots[1] == {}  # left unread
+    assert float(again.snapshots[2]["support"][0, 0]) == 30 and list(again.meta["support_y"]) == [0, 1, 2]
+    # Steps that no longer begin the history (thinned, or another run): everything is read.
+    thinned = probes.ProbeHistory.load(path, known_steps=[10, 15])
+    assert thinned.reused == 0 and float(thinned.snapshots[0]["support"][0, 0]) == 10
+
+
 @pytest.mark.usefixtures("use_synthetic_data")
 def test_trainer_records_probe_snapshots_at_each_validation():
     store = RunStore()

@@ -226,3 +226,31 @@ def test_slow_live_reads_are_spaced_out(view):
     view._last_live_check = time.monotonic() - 0.5  # a re-read of the run shown that took half a second
     view._on_live_loaded(big_frame_data())
     assert view._reload_seconds >= 0.5 / RELOAD_SHARE > RELOAD_SECONDS
+
+
+def test_a_live_reload_projects_only_new_snapshots_and_matches_a_full_load(use_synthetic_data, monkeypatch):
+    from workbench.gui import projector_view
+
+    store = RunStore()
+    run_id = train(store)  # snapshots at steps 3, 6 and 9
+    path = store.get(run_id).path / probes.PROBE_FILE
+    full = probes.ProbeHistory.load(path)
+    assert full.steps == [3, 6, 9]
+    first = probes.ProbeHistory(path)
+    first.info, first.meta = dict(full.info, steps=full.steps[:2]), full.meta
+    first.snapshots = full.snapshots[:2]
+    first.save()
+    progress = lambda *args: None  # noqa: E731
+    earlier = projector_view.load_history(progress, store, run_id)
+    full.save()  # the run went on: one more snapshot
+    projected = []
+    real_pca = probes.pca_2d
+    monkeypatch.setattr(probes, "pca_2d", lambda *a: projected.append(1) or real_pca(*a))
+    grown = projector_view.load_history(progress, store, run_id, earlier)
+    stages = [prefix for prefix in projector_view.STAGES if prefix + "support" in full.snapshots[-1]]
+    assert grown["steps"] == [3, 6, 9] and len(projected) == len(stages)  # one new frame per stage
+    monkeypatch.undo()
+    fresh = projector_view.load_history(progress, store, run_id)
+    for prefix in stages:
+        for mine, theirs in zip(grown["stages"][prefix], fresh["stages"][prefix]):
+            assert np.allclose(mine["xy"], theirs["xy"], atol=1e-5)

@@ -183,22 +183,29 @@ class ProbeHistory:
         self.info: dict[str, Any] = {"steps": []}
         self.meta: dict[str, np.ndarray] = {}
         self.snapshots: list[dict[str, np.ndarray]] = []
+        self.reused = 0  # leading snapshots left unread by load(known_steps=...)
 
     @classmethod
-    def load(cls, path: Path | str) -> "ProbeHistory":
+    def load(cls, path: Path | str, known_steps: list[int] | None = None) -> "ProbeHistory":
+        """The saved history. ``known_steps``: the steps a reader already holds; when the file's steps still
+        begin with them, those snapshots are left empty (not decompressed) and ``reused`` says how many, so a
+        view that re-reads a growing history pays only for the new snapshots."""
         history = cls(path)
         if not history.path.is_file():
             return history
         with np.load(history.path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        history.info = json.loads(str(arrays.pop("info")))
-        history.meta = {key[5:]: value for key, value in arrays.items() if key.startswith("meta_")}
-        history.snapshots = [{} for _ in history.info.get("steps", [])]
-        for key, value in arrays.items():
-            if key.startswith("s") and "_" in key and key[1:key.index("_")].isdigit():
-                k = int(key[1:key.index("_")])
-                if k < len(history.snapshots):
-                    history.snapshots[k][key[key.index("_") + 1:]] = value
+            history.info = json.loads(str(npz["info"]))
+            steps = list(history.info.get("steps", []))
+            if known_steps and steps[:len(known_steps)] == list(known_steps):
+                history.reused = len(known_steps)
+            history.snapshots = [{} for _ in steps]
+            for key in npz.files:
+                if key.startswith("meta_"):
+                    history.meta[key[5:]] = npz[key]
+                elif key.startswith("s") and "_" in key and key[1:key.index("_")].isdigit():
+                    k = int(key[1:key.index("_")])
+                    if history.reused <= k < len(history.snapshots):
+                        history.snapshots[k][key[key.index("_") + 1:]] = npz[key]
         return history
 
     @property

@@ -59,7 +59,8 @@ def project_frames(snapshots: list[dict[str, np.ndarray]], meta: dict[str, np.nd
 
     stages: dict[str, list[dict[str, Any]]] = {}
     for prefix in STAGES:
-        if not snapshots or prefix + "support" not in snapshots[0]:
+        # The last snapshot: leading ones may be left unread when their frames are known.
+        if not snapshots or prefix + "support" not in snapshots[-1]:
             continue
         frames = list((known or {}).get(prefix, []))[:len(snapshots)]
         previous = frames[-1]["components"] if frames else None
@@ -87,13 +88,17 @@ def load_history(progress, store, run_id: str, previous: dict[str, Any] | None =
     from workbench.core.probes import PROBE_FILE, ProbeHistory
 
     run = store.get(run_id)
-    history = ProbeHistory.load(run.path / PROBE_FILE)
+    same_run = bool(previous and previous.get("run") == run_id and previous.get("source") == "history")
+    old_steps = list(previous.get("steps") or []) if same_run else []
+    # Snapshots whose frames are all known stay unread (decompressing them all dominated a live reload).
+    complete = same_run and bool(previous.get("stages")) and all(
+        len(frames) == len(old_steps) for frames in previous["stages"].values())
+    history = ProbeHistory.load(run.path / PROBE_FILE, known_steps=old_steps if complete else None)
     if not len(history):
         return {"run": run_id, "steps": [], "stages": {}, "info": {}, "thumbs": {}, "source": "history"}
     rows = np.concatenate([history.meta["support_row"], history.meta["query_row"]])
     known, thumbs = None, None
-    if previous and previous.get("run") == run_id and previous.get("source") == "history":
-        old_steps = list(previous.get("steps") or [])
+    if same_run:
         if old_steps and history.steps[:len(old_steps)] == old_steps:
             known = previous.get("stages")
         if set(previous.get("thumbs") or {}) >= {int(r) for r in rows if r >= 0}:
