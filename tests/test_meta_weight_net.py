@@ -80,6 +80,82 @@ def test_long_tail_counts_and_noisy_problem_split():
         make_noisy_problem(dataset.split("train"), 5, 6, 6, 0.5, "uniform", 1.0, seed=1)
 
 
+def test_a_generated_dataset_draws_new_instances_up_to_images_per_class():
+    from workbench.core.data import glyphs
+    from workbench.core.data.base import rotate_classes
+
+    params = glyphs.GlyphParams(num_alphabets=5, characters_per_alphabet=4, samples_per_class=6,
+                                split_alphabets=(3, 1, 1))
+    dataset = glyphs.make_glyphs(params, 16, use_cache=False)
+    split = dataset.split("train")
+    problem = make_noisy_problem(split, 4, 2, 5, 0.4, "uniform", 1.0, seed=3, images_per_class=30, val_per_class=3)
+    # 6 images per class in the split; 2 + 3 + 5 held out and 30 for training need 34 new drawings per class.
+    assert problem.drawn_per_class == 34
+    assert len(problem.train_labels) == 4 * 30 and len(problem.val_labels) == 4 * 3
+    assert len(problem.meta_labels) == 4 * 2 and len(problem.test_labels) == 4 * 5
+    assert problem.train_true_labels.bincount().tolist() == [30] * 4
+    drawn = split.more_images(0, 3)
+    assert drawn.shape == (3, 1, 16, 16) and drawn.dtype == torch.uint8
+    assert torch.equal(drawn, split.more_images(0, 3))  # deterministic
+    assert not any(torch.equal(image, own) for image in drawn for own in split.images[split.labels == 0])
+    assert drawn.float().std() > 10  # a drawing, not a blank page
+    again = make_noisy_problem(split, 4, 2, 5, 0.4, "uniform", 1.0, seed=3, images_per_class=30, val_per_class=3)
+    assert torch.equal(problem.train_images, again.train_images) and torch.equal(problem.train_labels,
+                                                                                 again.train_labels)
+    # Rotation classes draw the same new instances, turned.
+    rotated = rotate_classes(split)
+    first = split.num_classes
+    assert torch.equal(rotated.more_images(first + 0, 2), torch.rot90(split.more_images(0, 2), 1, dims=(2, 3)))
+
+
+def test_a_dataset_of_files_caps_images_per_class_at_what_it_has():
+    dataset = synthetic_dataset(train_classes=8, per_class=12, image_size=16)
+    problem = make_noisy_problem(dataset.split("train"), 5, 2, 3, 0.4, "uniform", 1.0, seed=1, images_per_class=500,
+                                 val_per_class=2)
+    assert problem.drawn_per_class == 0
+    assert len(problem.train_labels) == 5 * (12 - 2 - 2 - 3) and len(problem.val_labels) == 10
+    capped = make_noisy_problem(dataset.split("train"), 5, 2, 3, 0.4, "uniform", 1.0, seed=1, images_per_class=3)
+    assert len(capped.train_labels) == 5 * 3 and capped.val_images is None
+
+
+def test_history_report_gives_the_end_and_the_best_validation():
+    from workbench.core.algorithms.meta_weight_net import history_report
+
+    history = {"steps": np.array([1, 50, 100, 150]), "clean_mean": np.array([0.5, 0.4, 0.3, 0.3]),
+               "noisy_mean": np.array([0.5, 0.1, 0.03, 0.06]), "test_accuracy": np.array([0.1, 0.8, 0.85, 0.7]),
+               "val_accuracy": np.array([0.1, 0.82, 0.9, 0.75])}
+    report = history_report(history, 10)
+    weights = report["weights"]
+    assert weights["step"] == 150 and weights["noisy_mean"] == pytest.approx(0.06)
+    assert weights["noisy_to_clean"] == pytest.approx(0.2)
+    assert weights["at_best_validation"]["step"] == 100
+    assert weights["at_best_validation"]["noisy_to_clean"] == pytest.approx(0.1)
+    assert report["classification"] == pytest.approx({"test_accuracy": 0.7, "classes": 10, "best_validation_step": 100,
+                                                      "val_accuracy_at_best": 0.9,
+                                                      "test_accuracy_at_best_validation": 0.85})
+    history["val_accuracy"] = np.full(4, np.nan)  # a run without a validation set: the end only
+    report = history_report(history, 10)
+    assert "at_best_validation" not in report["weights"] and "best_validation_step" not in report["classification"]
+    assert history_report({"steps": np.zeros(0)}, 10) == {}
+
+
+def test_validation_picks_checkpoints_on_the_clean_held_out_images():
+    from workbench.core.kinds import get_kind
+
+    dataset = synthetic_dataset(train_classes=8, per_class=14, image_size=16)
+    algorithm = make_algorithm(dataset, val_per_class=3)
+    for _ in range(3):
+        algorithm.meta_train_step(None)
+    correct = algorithm.validation_correct()
+    assert correct.shape == (6 * 3,) and set(np.unique(correct)) <= {0.0, 1.0}
+    kind = get_kind("noisy-labels")
+    result = kind.evaluate(algorithm, None, split="val")
+    assert result.split == "val" and result.value == pytest.approx(correct.mean()) and result.queries == 18
+    assert algorithm.classifier.training  # validation leaves the classifier's mode as it was
+    # Without a validation set the kind falls back to few-shot episodes.
+    assert make_algorithm(dataset).validation_correct() is None
+
+
 # --- hyperparameters ------------------------------------------------------------------------------------
 def test_hparam_validation_names_the_field():
     cls = get_algorithm("meta-weight-net")
@@ -172,20 +248,35 @@ def test_cli_label_noise_flag_trains_and_eval_reports_weights(capsys, noisy_data
     flags = ["--image-size", "16", "--ways", "3", "--shots", "1", "--queries", "2", "--steps", "6",
              "--val-interval", "3", "--val-episodes", "3", "--checkpoint-interval", "3", "--eval-episodes", "3",
              "--device", "cpu", "--threads", "1"]
+    # On glyphs the recommended recipe holds out 10 validation and 25 test images per class: too many here.
     code = cli.main(["train", "--algorithm", "meta-weight-net", "--label-noise", "0.3", *flags, "--hparam",
                      "hidden=8", "--hparam", "num_classes=5", "--hparam", "history_interval=2", "--json", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code != 0 and "test_per_class" in err and "has 12 images" in err
+    code = cli.main(["train", "--algorithm", "meta-weight-net", "--label-noise", "0.3", *flags, "--hparam",
+                     "hidden=8", "--hparam", "num_classes=5", "--hparam", "history_interval=2", "--hparam",
+                     "test_per_class=3", "--hparam", "val_per_class=2", "--json", "--quiet"])
     out, err = capsys.readouterr()
     assert code == 0, err
     result = json.loads(out)
     run = RunStore().get(result["run"])
     assert run.config.algorithm.hparams["label_noise"] == pytest.approx(0.3)
+    assert run.config.algorithm.recipe == "noisy-glyphs"
+    # Validation scored the 5 x 2 clean validation images, not few-shot episodes.
+    validations = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()
+                   if '"validation"' in line]
+    assert validations and all(round(v["val_accuracy"] * 10, 6) == round(v["val_accuracy"] * 10) for v in validations)
     history = np.load(run.path / "weight_history.npz")
     assert history["steps"].tolist() == [1, 2, 4, 6] and float(history["label_noise"]) == pytest.approx(0.3)
     code = cli.main(["eval", result["run"], "--episodes", "2", "--device", "cpu", "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    weights = json.loads(out)["weights"]
+    report = json.loads(out)
+    weights = report["weights"]
     assert 0 < weights["clean_mean"] < 1 and 0 < weights["noisy_mean"] < 1
+    assert weights["noisy_to_clean"] == pytest.approx(weights["noisy_mean"] / weights["clean_mean"])
+    best = weights["at_best_validation"]
+    assert best["step"] in (1, 2, 4, 6) and best["val_accuracy"] == report["classification"]["val_accuracy_at_best"]
     code = cli.main(["train", "--algorithm", "protonet", "--label-noise", "0.3", *flags, "--quiet"])
     out, err = capsys.readouterr()
     assert code != 0 and "label_noise" in err

@@ -179,6 +179,69 @@ def test_live_records_reload_the_history(qtbot, mwn_run, monkeypatch):
     assert view.slider.maximum() == 4 and view.slider.value() == 4  # follows the newest snapshot
 
 
+def constructed_history(val_accuracy) -> dict[str, np.ndarray]:
+    """Four snapshots of a falling weight curve; clean losses near 0.5, noisy ones near 4.5."""
+    grid = np.linspace(0.0, 10.0, 101, dtype=np.float32)
+    curves = np.stack([np.exp(-grid * k) for k in (0.1, 0.5, 1.0, 1.5)]).astype(np.float16)
+    hist_clean = np.zeros((4, 40), np.int32)
+    hist_noisy = np.zeros((4, 40), np.int32)
+    hist_clean[:, 2] = 60  # the bin [0.5, 0.75): centre 0.625
+    hist_noisy[:, 18] = 40  # the bin [4.5, 4.75): centre 4.625
+    return {"steps": np.array([1, 100, 200, 300]), "curves": curves, "loss_grid": grid, "hist_clean": hist_clean,
+            "hist_noisy": hist_noisy, "clean_mean": np.array([0.9, 0.6, 0.5, 0.45]),
+            "noisy_mean": np.array([0.9, 0.2, 0.05, 0.02]), "test_accuracy": np.array([0.1, 0.8, 0.9, 0.85]),
+            "val_accuracy": np.asarray(val_accuracy, np.float64), "caption": np.str_("40% uniform label noise")}
+
+
+def test_curve_markers_and_mean_weights_over_training_tell_the_story(qtbot, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    history = constructed_history([0.1, 0.82, 0.93, 0.88])
+    np.savez(folder / "weight_history.npz", **history)
+    view = WeightsView()
+    qtbot.addWidget(view)
+    view.resize(1100, 700)
+    view.show_run(folder)
+    assert not view.showing_explanation and view.slider.value() == 3
+    # The curve is marked where the clean and the noisy samples sit, with the weight it gives them there.
+    (clean_x,), (clean_y,) = view.clean_marker.getData()
+    (noisy_x,), (noisy_y,) = view.noisy_marker.getData()
+    assert clean_x == pytest.approx(0.625) and noisy_x == pytest.approx(4.625)
+    assert clean_y == pytest.approx(np.exp(-1.5 * 0.625), abs=2e-3)
+    assert noisy_y == pytest.approx(np.exp(-1.5 * 4.625), abs=2e-3)
+    assert "weight 0.39" in view.clean_marker_text.toPlainText()
+    assert "noisy labels" in view.noisy_marker_text.toPlainText()
+    # Mean weights over training, with the shown snapshot and the best validation marked and the values written.
+    steps, clean = view.clean_means.getData()
+    assert steps.tolist() == [1, 100, 200, 300] and np.allclose(clean, history["clean_mean"])
+    assert np.allclose(view.noisy_means.getData()[1], history["noisy_mean"])
+    assert view.now_line.value() == 300 and view.best_line.isVisible() and view.best_line.value() == 200
+    assert "93.0%" in view.best_line.label.toPlainText()
+    assert "clean 0.450, noisy 0.020" in view.means_text.toPlainText()
+    assert "At the best clean validation (step 200, 93.0%)" in view.summary.text()
+    view.slider.setValue(1)
+    assert view.now_line.value() == 100 and "clean 0.600, noisy 0.200" in view.means_text.toPlainText()
+    (clean_x,), (clean_y,) = view.clean_marker.getData()
+    assert clean_y == pytest.approx(np.exp(-0.5 * 0.625), abs=2e-3)
+    out = os.environ.get("WEIGHTS_VIEW_PNG")
+    if out:
+        view.grab().save(out.replace(".png", "-markers.png"))
+
+
+def test_a_history_without_validation_shows_no_best_line(qtbot, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    history = constructed_history([np.nan] * 4)
+    history["hist_noisy"][:] = 0  # no noisy samples: no noisy marker
+    np.savez(folder / "weight_history.npz", **history)
+    view = WeightsView()
+    qtbot.addWidget(view)
+    view.show_run(folder)
+    assert not view.best_line.isVisible() and "best clean validation" not in view.summary.text()
+    assert view.noisy_marker.getData()[0].size == 0 and view.noisy_marker_text.toPlainText() == ""
+    assert view.clean_marker.getData()[0].size == 1
+
+
 def test_main_window_has_the_tab(make_window):
     window = make_window()
     view = window.view("Sample weights")

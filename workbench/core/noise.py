@@ -56,7 +56,8 @@ def long_tail_counts(available: list[int], ratio: float) -> list[int]:
 
 @dataclass
 class NoisyProblem:
-    """A classification problem with corrupted training labels, a clean meta set and a clean test set.
+    """A classification problem with corrupted training labels, a clean meta set, a clean validation set (to
+    select checkpoints on) and a clean test set.
 
     Images stay uint8 (normalize per batch); labels are 0..num_classes-1 over ``class_names``.
     """
@@ -70,6 +71,9 @@ class NoisyProblem:
     meta_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
+    drawn_per_class: int = 0  # new instances drawn per class beyond the split's images (generated datasets)
 
     @property
     def num_classes(self) -> int:
@@ -82,10 +86,15 @@ class NoisyProblem:
 
 def make_noisy_problem(split: ClassSplit, num_classes: int, meta_per_class: int, test_per_class: int,
                        label_noise: float, noise_kind: str, imbalance: float, seed: int,
-                       where: str = "algorithm.hparams") -> NoisyProblem:
-    """Pick ``num_classes`` classes of ``split`` (fixed by ``seed``) and divide each class's images.
+                       where: str = "algorithm.hparams", *, images_per_class: int = 0,
+                       val_per_class: int = 0) -> NoisyProblem:
+    """Pick ``num_classes`` classes of ``split`` (fixed by ``seed``) and divide each class's images into meta,
+    validation, test and training images.
 
-    Raises DatasetError naming the setting to change when the split has too few classes or images.
+    ``images_per_class`` (0: all) caps the training images per class; where the split has fewer and can draw
+    more instances (``split.more_images``: glyphs), new ones are drawn up to it, so a classifier can be given
+    more images than it can memorise. Raises DatasetError naming the setting to change when the split has too
+    few classes or images.
     """
     available = split.num_classes
     if available < num_classes:
@@ -93,26 +102,45 @@ def make_noisy_problem(split: ClassSplit, num_classes: int, meta_per_class: int,
                            f"{num_classes}; lower num_classes to at most {available}")
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(available, generator=generator)[:num_classes].sort().values.tolist()
-    need = meta_per_class + test_per_class + 1
-    parts: dict[str, list[torch.Tensor]] = {"train": [], "meta": [], "test": []}
+    held_out = meta_per_class + val_per_class + test_per_class
+    by_class = split.indices_by_class()
+    drawn = 0
+    if images_per_class and split.more_images is not None:
+        drawn = max(0, held_out + images_per_class - min(len(by_class[c]) for c in chosen))
+    parts: dict[str, list[torch.Tensor]] = {"train": [], "meta": [], "val": [], "test": []}
+    labels: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
     train_per_class: list[torch.Tensor] = []
     for new_label, class_id in enumerate(chosen):
-        rows = torch.nonzero(split.labels == class_id).flatten()
-        if len(rows) < need:
-            raise DatasetError(f"class '{split.class_names[class_id]}' has {len(rows)} images; {where} needs "
-                               f"meta_per_class + test_per_class + 1 = {need}; lower meta_per_class or "
-                               f"test_per_class")
-        rows = rows[torch.randperm(len(rows), generator=generator)]
-        parts["meta"].append(rows[:meta_per_class])
-        parts["test"].append(rows[meta_per_class:meta_per_class + test_per_class])
-        train_per_class.append(rows[meta_per_class + test_per_class:])
-    kept = long_tail_counts([len(rows) for rows in train_per_class], imbalance)
-    parts["train"] = [rows[:count] for rows, count in zip(train_per_class, kept)]
-    remap = torch.full((available,), -1, dtype=torch.long)
-    remap[torch.tensor(chosen)] = torch.arange(num_classes)
-    rows = {name: torch.cat(chunks) for name, chunks in parts.items()}
-    labels = {name: remap[split.labels[index].long()] for name, index in rows.items()}
+        images = split.images[by_class[class_id]]
+        if drawn:
+            images = torch.cat([images, split.more_images(class_id, drawn)])
+        if len(images) < held_out + 1:
+            raise DatasetError(f"class '{split.class_names[class_id]}' has {len(images)} images; {where} needs "
+                               f"meta_per_class + val_per_class + test_per_class + 1 = {held_out + 1}; lower "
+                               f"meta_per_class, val_per_class or test_per_class")
+        images = images[torch.randperm(len(images), generator=generator)]
+        start = 0
+        for name, count in (("meta", meta_per_class), ("val", val_per_class), ("test", test_per_class)):
+            parts[name].append(images[start:start + count])
+            start += count
+        rest = images[start:]
+        train_per_class.append(rest[:images_per_class] if images_per_class else rest)
+    kept = long_tail_counts([len(images) for images in train_per_class], imbalance)
+    parts["train"] = [images[:count] for images, count in zip(train_per_class, kept)]
+    for name, chunks in parts.items():
+        labels[name] = torch.cat([torch.full((len(chunk),), label, dtype=torch.long)
+                                  for label, chunk in enumerate(chunks)])
+    images = {name: torch.cat(chunks) for name, chunks in parts.items()}
     noisy_labels, noisy = corrupt_labels(labels["train"], num_classes, label_noise, noise_kind, seed + 1)
-    return NoisyProblem([split.class_names[c] for c in chosen], split.images[rows["train"]], noisy_labels,
-                        labels["train"], noisy, split.images[rows["meta"]], labels["meta"],
-                        split.images[rows["test"]], labels["test"])
+    return NoisyProblem([split.class_names[c] for c in chosen], images["train"], noisy_labels, labels["train"],
+                        noisy, images["meta"], labels["meta"], images["test"], labels["test"],
+                        images["val"] if val_per_class else None, labels["val"] if val_per_class else None,
+                        drawn)
+
+
+def problem_from_hparams(split: ClassSplit, hparams, seed: int) -> NoisyProblem:
+    """The noisy problem that a weighting method's hyperparameters describe (the same for every method, so a
+    comparison trains on the same classes, corrupted labels and held-out sets)."""
+    return make_noisy_problem(split, hparams.num_classes, hparams.meta_per_class, hparams.test_per_class,
+                              hparams.label_noise, hparams.noise_kind, hparams.imbalance, seed,
+                              images_per_class=hparams.images_per_class, val_per_class=hparams.val_per_class)

@@ -31,7 +31,7 @@ HISTORY_FILE = "weight_history.npz"  # the name the weighting algorithms write (
 CAPABILITY = "sample_weights"
 # Entries of the history that are data, not a description of the run's setting.
 HISTORY_ARRAYS = {"steps", "curves", "loss_grid", "hist_clean", "hist_noisy", "clean_mean", "noisy_mean",
-                  "test_accuracy", "thumbnails", "thumb_weights", "thumb_noisy", "thumb_losses", "setting", "caption",
+                  "test_accuracy", "val_accuracy", "thumbnails", "thumb_weights", "thumb_noisy", "thumb_losses", "setting", "caption",
                   "sample_losses", "sample_weights", "sample_noisy", "algorithm", "weight_label"}
 DEFAULT_WEIGHT_LABEL = "learned weight"  # histories from before ``weight_label`` are of a learned weighting
 RELOAD_SECONDS = 1.0
@@ -96,6 +96,22 @@ def finite_max(*arrays: np.ndarray | None) -> float | None:
     values = np.concatenate(values) if values else np.zeros(0, np.float32)
     values = values[np.isfinite(values)]
     return float(values.max()) if values.size else None
+
+
+def histogram_mean(counts: np.ndarray, edges: np.ndarray) -> float:
+    """The mean loss of a snapshot's histogram (bin centres; NaN when empty): where its samples sit on the curve."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    return float((counts * (edges[:-1] + edges[1:]) / 2).sum() / total) if total > 0 else float("nan")
+
+
+def best_validation_index(history: dict[str, np.ndarray]) -> int | None:
+    """The snapshot with the best clean validation accuracy, when the history records one."""
+    validation = history.get("val_accuracy")
+    if validation is None or len(validation) != len(history["steps"]):
+        return None
+    validation = np.asarray(validation, np.float64)
+    return int(np.nanargmax(validation)) if np.isfinite(validation).any() else None
 
 
 def read_history(path: str | Path) -> dict[str, np.ndarray] | None:
@@ -219,10 +235,42 @@ class WeightsView(QWidget):
         self.hist_legend = self.hist_plot.addLegend(offset=(-10, 10))
         self.clean_hist = self.hist_plot.plot([], [], stepMode="center", fillLevel=0, name="clean labels")
         self.noisy_hist = self.hist_plot.plot([], [], stepMode="center", fillLevel=0, name="noisy labels")
+        # Where the clean and the noisy samples sit on the curve: at their mean loss, with the weight written.
+        self.clean_marker = pg.ScatterPlotItem(size=13, symbol="o")
+        self.noisy_marker = pg.ScatterPlotItem(size=13, symbol="s")
+        self.clean_marker_text = pg.TextItem(anchor=(0, 1))
+        self.noisy_marker_text = pg.TextItem(anchor=(0, 0))
+        for item in (self.clean_marker, self.noisy_marker, self.clean_marker_text, self.noisy_marker_text):
+            self.curve_plot.addItem(item)
+        self.means_plot = self._build_means_plot()
+        side = QSplitter(Qt.Orientation.Vertical)
+        side.addWidget(self.hist_plot)
+        side.addWidget(self.means_plot)
         plots = QSplitter(Qt.Orientation.Horizontal)
         plots.addWidget(self.curve_plot)
-        plots.addWidget(self.hist_plot)
+        plots.addWidget(side)
+        plots.setSizes([560, 440])
         return plots
+
+    def _build_means_plot(self) -> pg.PlotWidget:
+        """Mean weight of clean and of noisy samples over training, the shown snapshot marked, values written."""
+        plot = pg.PlotWidget()
+        plot.setLabel("bottom", "training step")
+        plot.setLabel("left", "mean weight")
+        plot.setMouseEnabled(x=False, y=False)
+        plot.getAxis("left").enableAutoSIPrefix(False)
+        self.means_legend = plot.addLegend(offset=(-10, 10))
+        self.clean_means = plot.plot([], [], name="clean labels")
+        self.noisy_means = plot.plot([], [], name="noisy labels")
+        self.now_line = pg.InfiniteLine(angle=90, movable=False)
+        self.best_line = pg.InfiniteLine(angle=90, movable=False, label="best validation",
+                                         labelOpts={"position": 0.5, "anchors": [(1, 0.5), (1, 0.5)]})
+        plot.addItem(self.now_line)
+        plot.addItem(self.best_line)
+        self.means_text = pg.TextItem(anchor=(0, 0))
+        self.means_text.setParentItem(plot.getPlotItem().vb)  # fixed in the corner, whatever the ranges
+        self.means_text.setPos(8, 4)
+        return plot
 
     def _build_scrubber(self) -> QHBoxLayout:
         self.slider = QSlider(Qt.Orientation.Horizontal)
@@ -266,7 +314,7 @@ class WeightsView(QWidget):
 
     def apply_theme(self, theme: Theme) -> None:
         self.theme = theme
-        for plot in (self.curve_plot, self.hist_plot):
+        for plot in (self.curve_plot, self.hist_plot, self.means_plot):
             plot.setBackground(theme.plot_background)
             plot.showGrid(x=True, y=True, alpha=theme.grid_alpha)
             for axis in ("left", "bottom"):
@@ -285,7 +333,19 @@ class WeightsView(QWidget):
         noisy.setAlpha(140)
         self.clean_samples.setBrush(pg.mkBrush(clean))
         self.noisy_samples.setBrush(pg.mkBrush(noisy))
-        for legend in (self.curve_legend, self.hist_legend):
+        solid_clean, solid_noisy = QColor(theme.ok_text), QColor(theme.error_text)
+        for marker, colour in ((self.clean_marker, solid_clean), (self.noisy_marker, solid_noisy)):
+            marker.setBrush(pg.mkBrush(colour))
+            marker.setPen(pg.mkPen(theme.plot_foreground, width=1.5))
+        self.clean_marker_text.setColor(solid_clean)
+        self.noisy_marker_text.setColor(solid_noisy)
+        self.clean_means.setPen(pg.mkPen(solid_clean, width=2))
+        self.noisy_means.setPen(pg.mkPen(solid_noisy, width=2))
+        self.now_line.setPen(pg.mkPen(theme.plot_foreground, width=1))
+        self.best_line.setPen(pg.mkPen(theme.muted_text, width=1, style=Qt.PenStyle.DashLine))
+        self.best_line.label.setColor(theme.muted_text)
+        self.means_text.setColor(theme.plot_foreground)
+        for legend in (self.curve_legend, self.hist_legend, self.means_legend):
             legend.setLabelTextColor(theme.plot_foreground)
             for _, label in legend.items:  # pyqtgraph recolours a label only when its text is set again
                 label.setText(label.text)
@@ -394,6 +454,7 @@ class WeightsView(QWidget):
         self.stack.setCurrentIndex(1)
         self.curve_plot.setLabel("left", history_text(history, "weight_label") or DEFAULT_WEIGHT_LABEL)
         self._fit_loss_range(history)
+        self._draw_means(history)
         self.slider.blockSignals(True)
         self.slider.setMaximum(max(0, count - 1))
         if at_end:
@@ -422,6 +483,43 @@ class WeightsView(QWidget):
         high = max(0.05, 1.05 * top)
         self.curve_plot.setYRange(0.0, high if top > 1.0 else min(1.0, high), padding=0.02)
 
+    def _draw_means(self, history: dict[str, np.ndarray]) -> None:
+        """The mean weights of clean and noisy samples over all snapshots, and where validation was best."""
+        steps = history["steps"].astype(np.float64)
+        clean = history["clean_mean"].astype(np.float64)
+        noisy = history["noisy_mean"].astype(np.float64)
+        self.clean_means.setData(steps, clean, connect="finite")
+        self.noisy_means.setData(steps, noisy, connect="finite")
+        top = finite_max(clean, noisy)
+        # Headroom above the lines for the values written in the corner.
+        self.means_plot.setYRange(0.0, max(0.05, 1.45 * (top or 1.0)), padding=0.02)
+        self.means_plot.setXRange(0.0, max(1.0, float(steps[-1])), padding=0.02)
+        best = best_validation_index(history)
+        self.best_line.setVisible(best is not None)
+        if best is not None:
+            self.best_line.setValue(float(steps[best]))
+            accuracy = float(history["val_accuracy"][best])
+            self.best_line.label.setFormat(f"best validation {100 * accuracy:.1f}%")
+
+    def _draw_markers(self, index: int, grid: np.ndarray, curve: np.ndarray, edges: np.ndarray) -> None:
+        """Mark the curve at the mean loss of the clean and of the noisy samples, with the weight it gives there."""
+        history = self.history
+        for kind, marker, text in (("clean", self.clean_marker, self.clean_marker_text),
+                                   ("noisy", self.noisy_marker, self.noisy_marker_text)):
+            loss = histogram_mean(history[f"hist_{kind}"][index], edges)
+            if not math.isfinite(loss):
+                marker.clear()
+                text.setText("")
+                continue
+            weight = float(np.interp(loss, grid, curve))
+            marker.setData([loss], [weight])
+            text.setText(f"{kind} labels: mean loss {loss:.2f}, weight {weight_text(weight)}")
+            text.setPos(loss, weight)
+            # Above the marker (a weight near 0 leaves no room below) and towards the middle of the plot, so it
+            # never runs off an edge.
+            x_low, x_high = self.curve_plot.getViewBox().viewRange()[0]
+            text.setAnchor((1.0 if loss > (x_low + x_high) / 2 else 0.0, 1.1))
+
     def _on_slider(self, index: int) -> None:
         if self.history is None:
             return
@@ -442,7 +540,9 @@ class WeightsView(QWidget):
         edges = np.linspace(float(grid[0]), float(grid[-1]), history["hist_clean"].shape[1] + 1)
         self.clean_hist.setData(edges, history["hist_clean"][index].astype(float))
         self.noisy_hist.setData(edges, history["hist_noisy"][index].astype(float))
+        self._draw_markers(index, grid, curves[index], edges)
         step = int(history["steps"][index])
+        self.now_line.setValue(float(step))
         self.step_label.setText(f"step {step:,} ({index + 1}/{count})")
 
         def percent(key):
@@ -459,9 +559,19 @@ class WeightsView(QWidget):
             samples = "support samples (weights of inner steps 1 and later)"
         else:
             accuracy, samples = f"clean test accuracy <b>{100 * test:.1f}%</b>", "samples"
+        self.means_text.setText(f"step {step:,}: clean {percent('clean_mean')}, noisy {percent('noisy_mean')}"
+                                + (f"\nnoisy / clean {noisy / clean:.2f}" if ratio else ""))
+        best = best_validation_index(history)
+        at_best = ""
+        if best is not None:
+            best_clean, best_noisy = float(history["clean_mean"][best]), float(history["noisy_mean"][best])
+            at_best = (f" At the best clean validation (step {int(history['steps'][best]):,}, "
+                       f"{100 * float(history['val_accuracy'][best]):.1f}%): weights {weight_text(best_clean)} clean vs "
+                       f"{weight_text(best_noisy)} noisy, test {100 * float(history['test_accuracy'][best]):.1f}%.")
         self.summary.setText(
             f"At step {step:,}: mean weight of clean {samples} <b>{percent('clean_mean')}</b>, of noisy ones "
-            f"<b>{percent('noisy_mean')}</b>{ratio}; {accuracy}. Dashed: the curve at the first snapshot.{dots}")
+            f"<b>{percent('noisy_mean')}</b>{ratio}; {accuracy}.{at_best} Dashed: the curve at the first snapshot."
+            f"{dots}")
         thumbnails = history.get("thumbnails")
         if thumbnails is not None and thumbnails.ndim == 4 and len(thumbnails):
             self.strip.setPixmap(thumbnail_strip(thumbnails, history["thumb_weights"][index].astype(np.float32),

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,6 +46,7 @@ HOOKS = {
     "training_data": "attach_training_data",  # builds its own problem from the training data before training
     "run_folder": "set_run_folder",  # mirrors view data (histories) into the run folder
     "evaluation_extras": "evaluation_extras",  # adds its own numbers to an evaluation
+    "own_validation": "validation_correct",  # scores its own clean held-out set: validation picks checkpoints on it
     "inspection": "inspect",  # records of its mechanism (learned rates, gates, ...): the Mechanism view
     "descriptors": "adapt_from_descriptors",  # classes given by attribute vectors (zero-shot): evaluation, try a task
 }
@@ -267,6 +269,12 @@ class Algorithm(ABC):
     def evaluation_extras(self, tasks: Any) -> dict[str, Any]:
         """[evaluation_extras] Algorithm-specific numbers added to an evaluation on ``tasks``."""
         return {}
+
+    def validation_correct(self) -> np.ndarray | None:
+        """[own_validation] 1.0 / 0.0 per image of the algorithm's own clean validation set (a noisy-label problem's
+        held-out images), or None when it has none; the trainer's validation then scores this instead of
+        few-shot episodes, so the best checkpoint is the one that classifies clean images best."""
+        return None
 
     def inspect(self) -> dict[str, dict[str, Any]]:
         """[inspection] One record per declared :class:`InspectionSpec` (by name): named numpy arrays as its

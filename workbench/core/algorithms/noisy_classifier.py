@@ -23,13 +23,15 @@ from torch import nn
 from workbench.core.algorithms.base import Algorithm, accuracy, make_scheduler
 from workbench.core.algorithms.meta_weight_net import (HISTOGRAM_BINS, HISTORY_FILE, LOSS_GRID, MAX_SNAPSHOTS,
                                                        PROBE_SIZE, SNAPSHOT_KEYS, THUMBNAILS, Classifier,
-                                                       _empty_history, _thumbnail_fields)
+                                                       _empty_history, _thumbnail_fields, clean_accuracy,
+                                                       complete_history, history_report,
+                                                       validation_correct_of)
 from workbench.core.algorithms.protonet import class_means, pairwise_logits
 from workbench.core.data.base import PreprocessSpec
 from workbench.core.errors import WorkbenchError
 from workbench.core.fileio import atomic_write_bytes
 from workbench.core.hparams import hparam
-from workbench.core.noise import NOISE_KINDS, NoisyProblem, make_noisy_problem
+from workbench.core.noise import NOISE_KINDS, NoisyProblem, problem_from_hparams
 
 HISTOGRAM_EDGES = np.linspace(LOSS_GRID[0], LOSS_GRID[-1], HISTOGRAM_BINS + 1)
 
@@ -46,7 +48,12 @@ class NoisyClassifierHParams:
     imbalance: float = hparam(1.0, "Ratio of training images of the most to the least frequent class "
                               "(long-tailed); 1 keeps classes balanced.", low=1.0, high=200.0)
     meta_per_class: int = hparam(2, "Clean images per class held out as the meta set.", low=1, high=100)
-    test_per_class: int = hparam(4, "Clean images per class held out to measure test accuracy.", low=1, high=100)
+    test_per_class: int = hparam(4, "Clean images per class held out to measure test accuracy.", low=1, high=1000)
+    val_per_class: int = hparam(0, "Clean images per class held out for validation (weights and accuracies at the "
+                                "best validation accuracy are reported beside the final ones).", low=0, high=1000)
+    images_per_class: int = hparam(0, "Training images per class (0: all the split has); glyphs draw new instances "
+                                   "up to this number, datasets of files use at most the images they have.", low=0,
+                                   high=20000)
     batch_size: int = hparam(64, "Training images per step (Meta-Weight-Net's default, so the methods compare).",
                              low=2, high=1024)
     optimizer: str = hparam("sgd", "Optimizer of the classifier (sgd: momentum 0.9, weight decay 5e-4), as "
@@ -61,7 +68,8 @@ class NoisyClassifier(Algorithm):
     """Base of the weighting baselines on the noisy-labels kind (registered only through subclasses)."""
 
     kinds = ("noisy-labels",)
-    capabilities = frozenset({"sample_weights", "training_data", "run_folder", "evaluation_extras", "embeddings"})
+    capabilities = frozenset({"sample_weights", "training_data", "run_folder", "evaluation_extras", "embeddings",
+                              "own_validation"})
     training_input = "episodes"  # ignored: the kind feeds small batches, the problem's own batches are drawn here
     extra_snapshot_keys: tuple[str, ...] = ()  # a subclass's own per-snapshot arrays (thinned with the rest)
 
@@ -99,8 +107,7 @@ class NoisyClassifier(Algorithm):
         hp, seed = self.hparams, config.training.seed
         self.spec = dataset.spec
         self.generator = torch.Generator().manual_seed(seed + 2)
-        self.problem = make_noisy_problem(dataset.split("train"), hp.num_classes, hp.meta_per_class,
-                                          hp.test_per_class, hp.label_noise, hp.noise_kind, hp.imbalance, seed)
+        self.problem = problem_from_hparams(dataset.split("train"), hp, seed)
         count = len(self.problem.train_labels)
         self.probe_rows = torch.randperm(count, generator=torch.Generator().manual_seed(seed + 3))[:PROBE_SIZE]
         # As many noisy as clean thumbnails where possible, so the strip shows both.
@@ -116,6 +123,10 @@ class NoisyClassifier(Algorithm):
         self.run_folder = Path(folder)
         if self.history["steps"].size:
             self.write_history()
+
+    def validation_correct(self) -> np.ndarray | None:
+        """Per clean validation image of the problem, whether the classifier gets it right."""
+        return None if self.problem is None else validation_correct_of(self.classifier, self.images, self.problem)
 
     def require_problem(self) -> NoisyProblem:
         if self.problem is None or self.spec is None:
@@ -159,16 +170,14 @@ class NoisyClassifier(Algorithm):
             losses = torch.cat([F.cross_entropy(self.classifier(self.images(problem.train_images[chunk])),
                                                 problem.train_labels[chunk].to(self.device), reduction="none")
                                 for chunk in self.probe_rows.split(256)]).cpu()
-            correct = 0
-            for start in range(0, len(problem.test_labels), 256):
-                logits = self.classifier(self.images(problem.test_images[start:start + 256]))
-                correct += int((logits.argmax(-1).cpu() == problem.test_labels[start:start + 256]).sum())
+            test_accuracy = clean_accuracy(self.classifier, self.images, problem.test_images, problem.test_labels)
+            val_accuracy = clean_accuracy(self.classifier, self.images, problem.val_images, problem.val_labels)
         finally:
             self.classifier.train(was_training)
         position = {int(row): i for i, row in enumerate(self.probe_rows.tolist())}
         return {"losses": losses, "labels": problem.train_labels[self.probe_rows],
                 "noisy": problem.train_noisy[self.probe_rows],
-                "test_accuracy": correct / max(1, len(problem.test_labels)),
+                "test_accuracy": test_accuracy, "val_accuracy": val_accuracy,
                 "thumb_index": torch.tensor([position[int(r)] for r in self.thumb_rows.tolist()], dtype=torch.long)}
 
     def snapshot_weights(self, measured: dict[str, Any]) -> dict[str, Any]:
@@ -192,7 +201,7 @@ class NoisyClassifier(Algorithm):
         entry = {"steps": self.steps_done,
                  "hist_clean": np.histogram(clipped[~noisy], HISTOGRAM_EDGES)[0].astype(np.int32),
                  "hist_noisy": np.histogram(clipped[noisy], HISTOGRAM_EDGES)[0].astype(np.int32),
-                 "test_accuracy": measured["test_accuracy"],
+                 "test_accuracy": measured["test_accuracy"], "val_accuracy": measured["val_accuracy"],
                  "thumb_losses": measured["losses"][measured["thumb_index"]].numpy().astype(np.float16)}
         entry.update(self.snapshot_weights(measured))
         entry["curves"] = np.asarray(entry["curves"], np.float16)
@@ -225,18 +234,10 @@ class NoisyClassifier(Algorithm):
     def evaluation_extras(self, episodes) -> dict[str, Any]:
         """Mean weight of clean and noisy training samples and clean test accuracy at the last snapshot (merged
         into `workbench eval --json`), as Meta-Weight-Net reports them."""
-        history = self.history
-        if history["steps"].size == 0:
-            return {}
-
-        def last(key):
-            value = float(history[key][-1])
-            return value if np.isfinite(value) else None
-
-        return {"weights": {"clean_mean": last("clean_mean"), "noisy_mean": last("noisy_mean"),
-                            "step": int(history["steps"][-1]), "label_noise": self.hparams.label_noise,
-                            "method": self.name},
-                "classification": {"test_accuracy": last("test_accuracy"), "classes": self.hparams.num_classes}}
+        report = history_report(self.history, self.hparams.num_classes)
+        if report:
+            report["weights"].update(label_noise=self.hparams.label_noise, method=self.name)
+        return report
 
     # --- checkpoints -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -251,6 +252,7 @@ class NoisyClassifier(Algorithm):
         if saved:
             self.history = self.empty_history()
             self.history.update({key: value.numpy() for key, value in saved.items()})
+            complete_history(self.history)
         progress = state.get("progress")
         if progress:
             self.steps_done = int(progress["steps_done"])

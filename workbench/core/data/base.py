@@ -67,6 +67,9 @@ class ClassSplit:
     # [num_classes, len(fields)] values or a function computing them on first use (glyphs measure theirs only then).
     descriptor_fields: tuple = ()
     descriptors: Any = field(default=None, repr=False)
+    # Datasets that draw their images (glyphs) can draw more instances of a class than the split holds:
+    # ``more_images(class_index, count)`` -> uint8 [count, C, H, W], new images (not the split's), deterministic.
+    more_images: Any = field(default=None, repr=False)
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -183,10 +186,14 @@ def rotate_classes(split: ClassSplit) -> ClassSplit:
     names = list(split.class_names)
     groups = list(split.class_groups) if split.class_groups else None
     n = split.num_classes
+    more = None
+    if split.more_images is not None:
+        def more(class_index: int, count: int) -> torch.Tensor:
+            return torch.rot90(split.more_images(class_index % n, count), class_index // n, dims=(2, 3))
     for k in (1, 2, 3):
         images.append(torch.rot90(split.images, k, dims=(2, 3)))
         labels.append(split.labels + k * n)
         names.extend(f"{c} (rot{90 * k})" for c in split.class_names)
         if groups is not None:
             groups.extend(split.class_groups)
-    return ClassSplit(torch.cat(images), torch.cat(labels), names, groups)
+    return ClassSplit(torch.cat(images), torch.cat(labels), names, groups, more_images=more)

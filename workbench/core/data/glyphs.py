@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -383,6 +383,19 @@ def render_glyph(class_id: int, sample_index: int, size: int = DEFAULT_IMAGE_SIZ
     return render_class(params, class_id, size, np.array([sample_index]))[0]
 
 
+def render_more(params: GlyphParams, class_ids: tuple[int, ...], size: int, class_index: int,
+                count: int) -> torch.Tensor:
+    """``count`` new drawings of the split's class ``class_index`` (global id ``class_ids[class_index]``), by
+    drawers beyond the dataset's ``samples_per_class``: the same character, never one of the split's images.
+    uint8 [count, 1, size, size]; the same for the same arguments (``ClassSplit.more_images``)."""
+    if count <= 0:
+        return torch.zeros((0, 1, size, size), dtype=torch.uint8)
+    first = params.samples_per_class
+    more_drawers = replace(params, samples_per_class=first + count)
+    images = render_class(more_drawers, class_ids[class_index], size, np.arange(first, first + count))
+    return torch.from_numpy(images).unsqueeze(1)
+
+
 def render_all(params: GlyphParams, size: int = DEFAULT_IMAGE_SIZE,
                progress: ProgressCallback = no_progress) -> np.ndarray:
     """uint8 [classes, samples, size, size] for every class, reporting progress every few classes."""
@@ -497,7 +510,8 @@ def make_glyphs(params: GlyphParams = DEFAULT_PARAMS, size: int = DEFAULT_IMAGE_
         names = [class_name(params, c) for c in ids]
         groups = [alphabet_name(class_alphabet(params, c)) for c in ids]
         splits[split_name] = ClassSplit(block, labels, names, groups, descriptor_fields=GLYPH_FIELDS,
-                                        descriptors=partial(glyph_descriptors, params, tuple(ids)))
+                                        descriptors=partial(glyph_descriptors, params, tuple(ids)),
+                                        more_images=partial(render_more, params, tuple(ids), size))
     if rotations:
         splits["train"] = rotate_classes(splits["train"])
         ids = tuple(params.split_class_ranges()["train"])
