@@ -250,6 +250,9 @@ class WeightsView(QWidget):
         plots.addWidget(self.curve_plot)
         plots.addWidget(side)
         plots.setSizes([560, 440])
+        # Three plots' preferred heights would make the tab scroll; they take the height that is there instead.
+        plots.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
+        plots.setMinimumHeight(320)
         return plots
 
     def _build_means_plot(self) -> pg.PlotWidget:
