@@ -164,7 +164,9 @@ class MetaWeightNet(Algorithm):
                "classes with 200 newly drawn training images each, more than it can memorise in the run, and 40% "
                "uniform label noise; SGD with momentum 0.9 at 0.05 and a cosine decay, the weighting net's Adam at "
                "1e-3 as in the paper; 1,500 steps; 10 clean images per class pick the checkpoint, 25 per class "
-               "measure it. See the README for the 3-seed table against weighting=false.", kind="noisy-labels",
+               "measure it. 97.1% clean test accuracy weighted vs 87.5% with weighting=false at the best checkpoint "
+               "(80.6% at the end), noisy samples weighted 0.005-0.045 of clean ones (3 seeds, about 7 CPU minutes "
+               "a run on the reference machine).", kind="noisy-labels",
                datasets=("glyphs",), recommended=True, training={"steps": 1500, "val_interval": 100},
                hparams={"label_noise": 0.4, "images_per_class": 200, "val_per_class": 10, "test_per_class": 25}),
         Recipe("noisy-40", "The README's earlier setting (a): 40 classes with the images the dataset has (glyphs: "
