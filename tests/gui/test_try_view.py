@@ -80,7 +80,10 @@ def two_class_task(view: TryView, tmp_path: Path) -> tuple[list[Path], list[Path
 
 
 def test_demo_model_is_preselected_and_waits_for_support(view, qtbot):
-    assert view.model_source() == "protonet-glyphs"
+    assert view.model_source() == "protonet-omniglot"
+    # Every bundled model is offered, the Omniglot ones first; the glyph models stay available.
+    offered = [view.model_combo.itemData(i) for i in range(view.model_combo.count())]
+    assert offered == ["protonet-omniglot", "protonet-glyphs", "maml-glyphs"]
     assert view.task.class_names() == ["class 1", "class 2"]
     settle(qtbot, view)
     assert view.result is None and "at least two classes" in view.status.text()

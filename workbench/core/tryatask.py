@@ -4,7 +4,10 @@ task" view and ``workbench try`` both use it, so they give the same probabilitie
 
 Images are preprocessed exactly as the model's training data (its PreprocessSpec: size, channels,
 normalization), and drawings are turned the right way round: a light-on-dark image is inverted when the model
-was trained on dark strokes on a light background (and vice versa).
+was trained on dark strokes on a light background (and vice versa). A model trained on handwriting (a dataset in
+STROKE_FRAMES) also gets its strokes framed as in its training images (:func:`frame_strokes`): ink found on any
+background (sketch-pad drawings, photos and scans of ink on paper, either way round, any size), cleaned,
+centred, scaled and drawn at the training data's stroke width.
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ def _demo_dir() -> Path:
 
 
 DEMO_DIR = _demo_dir()
-# Bundled models, by the name the CLI and the GUI accept; "demo" is the first.
-DEMO_MODELS = {"protonet-glyphs": "protonet-glyphs.pt", "maml-glyphs": "maml-glyphs.pt"}
-DEFAULT_DEMO = "protonet-glyphs"
+# Bundled models, by the name the CLI and the GUI accept (resources/demo/README.md says how each was made).
+# "demo" is the default: trained on Omniglot's background alphabets, it reads real handwriting far better than
+# the glyph-trained models, which stay available by name.
+DEMO_MODELS = {"protonet-omniglot": "protonet-omniglot.pt", "protonet-glyphs": "protonet-glyphs.pt",
+               "maml-glyphs": "maml-glyphs.pt"}
+DEFAULT_DEMO = "protonet-omniglot"
 DEFAULT_SEED = 0
 TASK_FILE = "task.json"
 TASK_FORMAT = 1
@@ -114,9 +120,17 @@ class TaskImage:
         assert self.path is not None
         return self.path.read_bytes()
 
-    def load(self, spec: PreprocessSpec) -> np.ndarray:
-        """uint8 [H, W, C] at the spec's size and channels, the right way round; ImageLoadError on failure."""
+    def load(self, spec: PreprocessSpec, frame: "StrokeFrame | None" = None) -> np.ndarray:
+        """uint8 [H, W, C] at the spec's size and channels, the right way round; ImageLoadError on failure.
+        With a ``frame`` (see :func:`stroke_frame`) the strokes are found, centred and scaled like the training
+        data's first."""
         source = self.data if self.data is not None else self.path
+        if frame is not None and spec.channels == 1 and spec.foreground in ("dark", "light"):
+            gray = load_image(source, 1, None, name=self.label)[:, :, 0]
+            framed = frame_strokes(gray, frame, spec.image_size)
+            if framed.min() == 255:
+                raise ImageLoadError(self.label, "no strokes found: the image is blank or has too little contrast")
+            return (framed if spec.foreground == "dark" else 255 - framed)[:, :, None]
         pixels = load_image(source, spec.channels, spec.image_size, name=self.label)
         return orient(pixels, spec.foreground, drawn=self.drawn)
 
@@ -133,6 +147,180 @@ def orient(pixels: np.ndarray, foreground: str, drawn: bool = False) -> np.ndarr
     light_background = float(np.median(border)) >= 128
     if (wanted == "dark") != light_background:
         return (255 - pixels).astype(np.uint8)
+    return pixels
+
+
+# --- strokes framed as in the training data ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StrokeFrame:
+    """How the strokes sit in a handwriting dataset's images, as fractions of the image side at ``resolution``
+    (the side its binary drawings have before the model's resize): the median longer side of the ink's bounding
+    box, and the median stroke width (:func:`stroke_width`). Measured by
+    ``bench/demo_models.py frames``."""
+
+    extent: float
+    width: float
+    resolution: int
+
+
+# By the dataset a checkpoint was trained on (its config). Omniglot: 600 background drawings at 105 px, extent
+# p10-p90 0.46-0.81, width p10-p90 4.7-5.0 px, bounding boxes centred within 2%. Glyphs (rendered at 105 px)
+# fill their images.
+STROKE_FRAMES = {
+    "omniglot": StrokeFrame(extent=0.657, width=5.0 / 105, resolution=105),
+    "glyphs": StrokeFrame(extent=0.981, width=3.47 / 105, resolution=105),
+}
+_WORK_SIDE = 512  # photos are cleaned at this size at most: enough for strokes, quick for big scans
+_MIN_CONTRAST = 24  # grey levels between paper and ink below which an image counts as blank
+
+
+def stroke_frame(model) -> StrokeFrame | None:
+    """The stroke framing for a loaded model (checkpoints.LoadedModel): its training dataset's, or None when the
+    model was not trained on handwriting (images are then only resized)."""
+    config = getattr(model, "config", None)
+    name = getattr(getattr(config, "dataset", None), "name", None)
+    if model.spec.channels != 1 or model.spec.foreground not in ("dark", "light"):
+        return None
+    return STROKE_FRAMES.get(str(name)) if name else None
+
+
+def _otsu(values: np.ndarray) -> float:
+    """The grey level that best splits ``values`` (uint8-range) into two classes (Otsu's method)."""
+    hist = np.bincount(np.clip(values, 0, 255).astype(np.int64).ravel(), minlength=256).astype(np.float64)
+    weight = np.cumsum(hist)
+    mass = np.cumsum(hist * np.arange(256))
+    total, total_mass = weight[-1], mass[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mass * weight - mass * total) ** 2 / (weight * (total - weight))
+    between[~np.isfinite(between)] = -1
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return (best[0] + best[-1]) / 2 + 0.5  # the middle of a plateau (a two-tone image has a wide one)
+
+
+def _contrast(image: np.ndarray) -> float:
+    """Grey levels between the darkest and lightest places, lightly blurred so single noisy pixels do not count."""
+    from scipy import ndimage
+
+    blurred = ndimage.gaussian_filter(np.asarray(image, np.float64), 1.0)
+    return float(blurred.max() - blurred.min())
+
+
+def ink_mask(gray: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the strokes of a drawing, photo or scan (dark on light or light on dark), uint8 [H, W] in.
+
+    The paper is the majority of the pixels, so the strokes are on the other side of Otsu's threshold from the
+    median (a dark background is inverted). Uneven lighting is divided out by a background estimate (a
+    maximum filter wider than the strokes, blurred), then the ink is thresholded again and specks are dropped.
+    """
+    from PIL import Image, ImageFilter
+    from scipy import ndimage
+
+    gray = np.asarray(gray, dtype=np.uint8)
+    if gray.size == 0 or _contrast(gray) < _MIN_CONTRAST:
+        return np.zeros(gray.shape, bool)
+    if np.median(gray) < _otsu(gray):
+        gray = 255 - gray  # light strokes on a dark background
+    # Background: the paper's brightness everywhere, from a small copy (strokes are thinner than the filter).
+    height, width = gray.shape
+    scale = 64 / max(height, width)
+    small = Image.fromarray(gray).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                         Image.Resampling.BILINEAR)
+    background = small.filter(ImageFilter.MaxFilter(7)).filter(ImageFilter.GaussianBlur(2))
+    background = np.asarray(background.resize((width, height), Image.Resampling.BILINEAR), np.float64)
+    flat = np.rint(np.clip(gray / np.maximum(background, 1.0) * 255.0, 0, 255)).astype(np.uint8)
+    if _contrast(flat) < _MIN_CONTRAST:  # only the lighting varied
+        return np.zeros(gray.shape, bool)
+    threshold = _otsu(flat)
+    ink = flat < min(threshold, 255 - _MIN_CONTRAST / 2)
+    if ink.mean() > 0.5:  # no clear paper: not a drawing we can read
+        return np.zeros(gray.shape, bool)
+    labels, count = ndimage.label(ink, structure=np.ones((3, 3)))
+    if count:
+        sizes = np.bincount(labels.ravel())[1:]
+        # Specks (dust, paper grain, JPEG noise) are tiny next to the strokes; dots of a character are not.
+        keep = sizes >= max(4, 0.01 * sizes.max())
+        ink = keep[labels - 1] & (labels > 0)
+    return ink
+
+
+def _bounding_crop(ink: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(ink)
+    return ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """The typical width of the strokes of a bool mask, in pixels: the median, along the strokes' centre lines
+    (the ridges of the distance to the paper), of twice that distance less one."""
+    from scipy import ndimage
+
+    if not ink.any():
+        return 0.0
+    distance = ndimage.distance_transform_edt(np.pad(ink, 1))[1:-1, 1:-1]
+    ridge = ink & (distance >= ndimage.maximum_filter(distance, size=3))
+    return float(2 * np.median(distance[ridge]) - 1)
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return yy ** 2 + xx ** 2 <= radius ** 2
+
+
+def frame_strokes(gray: np.ndarray, frame: StrokeFrame, size: int) -> np.ndarray:
+    """uint8 [size, size], dark strokes on white framed as ``frame`` says: the ink of ``gray`` (any size, either
+    way round, see :func:`ink_mask`) cropped to its bounding box, scaled so its longer side is the frame's
+    extent, centred, thickened or thinned to the frame's stroke width at the frame's resolution, then resized
+    to ``size`` with antialiasing, as the training images were. A blank image comes back white."""
+    from PIL import Image
+    from scipy import ndimage
+
+    gray = np.asarray(gray, dtype=np.uint8)
+    height, width = gray.shape
+    if max(height, width) > _WORK_SIDE:
+        scale = _WORK_SIDE / max(height, width)
+        gray = np.asarray(Image.fromarray(gray).resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                                       Image.Resampling.BILINEAR, reducing_gap=3.0))
+    ink = ink_mask(gray)
+    side = frame.resolution
+    canvas = np.zeros((side, side), bool)
+    if ink.any():
+        target_extent, target_width = frame.extent * side, frame.width * side
+        crop = _bounding_crop(ink)
+        width = stroke_width(crop)
+        # The strokes' centre lines span (extent - width): scale those to the frame's, then set the width
+        # where the strokes are (so thin lines do not vanish when shrunk), then fit the box to the extent.
+        length = max(crop.shape) - width
+        scale = (target_extent - target_width) / length if length >= 1 else target_extent / max(crop.shape)
+        wanted = target_width / scale
+        radius = round((wanted - width) / 2)  # a disk of radius r changes the width by 2r
+        if radius > 0:
+            crop = ndimage.binary_dilation(np.pad(crop, radius), structure=_disk(radius))
+        elif radius < 0:
+            thinner = ndimage.binary_erosion(crop, structure=_disk(-radius))
+            # Thinning keeps about wanted / width of the ink; much less means it erased the thinner strokes.
+            if thinner.any() and thinner.sum() >= 0.5 * crop.sum() * wanted / width:
+                crop = _bounding_crop(thinner)
+        scale = target_extent / max(crop.shape)
+        new_h, new_w = (max(1, min(side, round(n * scale))) for n in crop.shape)
+        # Scaled as grey (antialiased when shrinking), then binary again like the dataset's drawings.
+        scaled = np.asarray(Image.fromarray(crop.astype(np.uint8) * 255).resize((new_w, new_h),
+                                                                               Image.Resampling.BILINEAR))
+        strokes = scaled >= 128
+        if not strokes.any():  # a speck of a drawing: keep its darkest pixels
+            strokes = scaled == scaled.max()
+        # Rounding (of the disk and of the binary resize) can leave the width a pixel or two off: one more step.
+        error = stroke_width(strokes) - target_width
+        if error >= 1.5:
+            thinner = ndimage.binary_erosion(strokes, structure=_disk(1))
+            strokes = thinner if thinner.sum() >= 0.5 * strokes.sum() * target_width / (target_width + error) \
+                else strokes
+        elif error <= -1.5:
+            strokes = ndimage.binary_dilation(strokes, structure=_disk(1))
+        top, left = (side - new_h) // 2, (side - new_w) // 2
+        canvas[top:top + new_h, left:left + new_w] = strokes
+    pixels = np.where(canvas, 0, 255).astype(np.uint8)
+    if size != side:
+        pixels = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
     return pixels
 
 
@@ -340,13 +528,13 @@ def _read_image(folder: Path, item: dict) -> TaskImage:
 
 # --- classification -----------------------------------------------------------------------------------------
 
-def preprocess(images: Sequence[TaskImage], spec: PreprocessSpec) -> tuple[np.ndarray, list[int],
-                                                                            list[tuple[str, str]]]:
+def preprocess(images: Sequence[TaskImage], spec: PreprocessSpec, frame: StrokeFrame | None = None
+               ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """uint8 [N, H, W, C] of the images that load, their indexes, and (label, reason) for the others."""
     arrays, kept, problems = [], [], []
     for index, image in enumerate(images):
         try:
-            arrays.append(image.load(spec))
+            arrays.append(image.load(spec, frame))
             kept.append(index)
         except ImageLoadError as exc:
             problems.append((image.label, exc.reason))
@@ -373,12 +561,12 @@ def classify(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = 
     """
     if any(c.descriptor is not None for c in task.classes):
         return classify_from_descriptors(model, task, seed, embeddings=embeddings)
-    algorithm, spec = model.algorithm, model.spec
+    algorithm, spec, frame = model.algorithm, model.spec, stroke_frame(model)
     device = getattr(algorithm, "device", torch.device("cpu"))
     problems: list[tuple[str, str]] = []
     support, labels, names = [], [], []
     for task_class in task.classes:
-        pixels, _, bad = preprocess(task_class.images, spec)
+        pixels, _, bad = preprocess(task_class.images, spec, frame)
         problems.extend(bad)
         if len(pixels) == 0:
             why = "it has no support images" if not task_class.images else "none of its images could be read"
@@ -387,7 +575,7 @@ def classify(model, task: Task, seed: int = DEFAULT_SEED, *, embeddings: bool = 
         support.append(pixels)
         labels.extend([len(names)] * len(pixels))
         names.append(task_class.name)
-    query_pixels, kept, bad = preprocess(task.queries, spec)
+    query_pixels, kept, bad = preprocess(task.queries, spec, frame)
     problems.extend(bad)
     if len(names) < 2:
         raise TaskError(f"add support images to at least two classes before classifying (classes with images: "
@@ -443,7 +631,7 @@ def classify_from_descriptors(model, task: Task, seed: int = DEFAULT_SEED, *, em
         rows = [space.vector(c.descriptor) for c in described]
     except WorkbenchError as exc:
         raise TaskError(str(exc), problems) from None
-    query_pixels, kept, bad = preprocess(task.queries, spec)
+    query_pixels, kept, bad = preprocess(task.queries, spec, stroke_frame(model))
     problems.extend(bad)
     names = [c.name for c in described]
     if len(names) < 2:

@@ -19,8 +19,8 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QFrame, QGr
                                QWidget)
 
 from workbench.core.errors import WorkbenchError
-from workbench.core.tryatask import (DEFAULT_SEED, Task, TaskImage, bundled_models, classify, descriptor_space_of,
-                                     expand_sources, pca_2d)
+from workbench.core.tryatask import (DEFAULT_DEMO, DEFAULT_SEED, Task, TaskImage, bundled_models, classify,
+                                     descriptor_space_of, expand_sources, pca_2d, stroke_frame)
 from workbench.gui.background import BackgroundTask
 from workbench.gui.sketchpad import SketchPad
 from workbench.gui.view_registry import register_view
@@ -51,9 +51,10 @@ def compute(progress, source: str, task: Task, seed: int, trace_steps: int) -> d
     with _MODEL_LOCK:
         model = _load_cached(source)  # a CheckpointError fails the job; the view shows its message
         previews = {}
+        frame = stroke_frame(model)  # the strokes as the model sees them, for the tooltips
         for image in [img for c in task.classes for img in c.images] + task.queries:
             try:
-                previews[id(image)] = (image, image.load(model.spec))  # the image too: ids get reused
+                previews[id(image)] = (image, image.load(model.spec, frame))  # the image too: ids get reused
             except (WorkbenchError, OSError):
                 pass
         progress(0, 1, "classifying")
@@ -636,6 +637,9 @@ class TryView(QWidget):
                 self.model_combo.addItem(f"Run: {label} ({record.algorithm}, {record.dataset})", record.path)
         if current:
             self.set_model(current, refresh=False)
+        else:  # first launch: the default demo, which needs no runs, data or network
+            index = self.model_combo.findData(DEFAULT_DEMO)
+            self.model_combo.setCurrentIndex(max(index, 0))
 
     def model_source(self) -> str | None:
         data = self.model_combo.currentData()

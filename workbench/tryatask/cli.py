@@ -12,15 +12,17 @@ EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench.core.tryatask import DEFAULT_SEED, DEMO_MODELS
+    from workbench.core.tryatask import DEFAULT_DEMO, DEFAULT_SEED, DEMO_MODELS
 
     parser = argparse.ArgumentParser(
         prog="workbench try",
         description="Adapt a trained model to a few labelled images (the support sets) and classify queries. "
-                    "Images are preprocessed exactly like the model's training data.")
+                    "Images are preprocessed exactly like the model's training data; for a model trained on "
+                    "handwriting, the strokes of drawings, photos and scans are found and centred and scaled like "
+                    "its training drawings.")
     parser.add_argument("model", metavar="RUN_OR_CHECKPOINT",
-                        help=f"Run id (or prefix), run name, run folder, .pt checkpoint, or a bundled model: demo, "
-                             f"{', '.join(DEMO_MODELS)}.")
+                        help=f"Run id (or prefix), run name, run folder, .pt checkpoint, or a bundled model: demo "
+                             f"(= {DEFAULT_DEMO}), {', '.join(DEMO_MODELS)}.")
     parser.add_argument("--support", nargs="+", required=True, metavar="NAME=DIR",
                         help="A class and its support images: a folder (every file in it) or one image file. "
                              "Repeat NAME=DIR for each class.")
