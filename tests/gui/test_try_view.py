@@ -86,7 +86,9 @@ def test_demo_model_is_preselected_and_waits_for_support(view, qtbot):
     assert offered == ["protonet-omniglot", "protonet-glyphs", "maml-glyphs"]
     assert view.task.class_names() == ["class 1", "class 2"]
     settle(qtbot, view)
+    # An empty task says what to do next, as a hint, not in the error colour.
     assert view.result is None and "at least two classes" in view.status.text()
+    assert "color" not in view.status.styleSheet()
 
 
 def test_drops_classify_fresh_glyphs_and_match_the_cli(view, qtbot, tmp_path, capsys):

@@ -875,7 +875,12 @@ class TryView(QWidget):
         names = self.result.classes if self.result else []
         for row in self.query_rows:
             row.show_prediction(by_index.get(row.index), names, preview_of(self.previews, row.image))
-        if output["error"]:
+        if output["error"] and self.task_is_empty():
+            # A fresh or cleared task is a starting point, not an error: say what to do next.
+            self.problems = []
+            self._show_status("Give at least two classes an image or two (drop, paste or draw them), then add "
+                              "queries: they are classified as you go.")
+        elif output["error"]:
             self.problems = []
             self._show_status(output["error"], error=True)
         else:
@@ -886,6 +891,10 @@ class TryView(QWidget):
             self._show_status(text, error=bool(self.problems))
         self._draw_plot(output)
         self.predictions_updated.emit(self.result)
+
+    def task_is_empty(self) -> bool:
+        """No support image in any class and no query."""
+        return not self.task.queries and not any(task_class.images for task_class in self.task.classes)
 
     def _on_failed(self, message: str, _details: str) -> None:
         # Old predictions would look like the new model's: clear them.
