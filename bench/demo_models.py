@@ -3,6 +3,7 @@ kinds of images people give it.
 
     python bench/demo_models.py frames                    # the stroke frames of STROKE_FRAMES, measured
     python bench/demo_models.py inputs --model demo       # accuracy on altered Omniglot drawings, framed or not
+    python bench/demo_models.py slim RUN/checkpoints/best.pt resources/demo/NAME.pt   # weights only, to bundle
 
 ``frames`` measures, on 600 random Omniglot background drawings (seed 0, 105 px, binary) and 116 glyph renders
 at 105 px, the longer side of the ink's bounding box and the stroke width (tryatask.stroke_width) as
@@ -175,6 +176,15 @@ def cmd_inputs(args) -> None:
         print(f"| {kind} | {cells[0]} | {cells[1]} |", flush=True)
 
 
+def cmd_slim(args) -> None:
+    from workbench.core.checkpoints import read_checkpoint, weights_only_payload
+    from workbench.core.fileio import atomic_write
+
+    slim = weights_only_payload(read_checkpoint(args.source))
+    atomic_write(args.target, lambda tmp: torch.save(slim, tmp))
+    print(f"{args.target}: {args.target.stat().st_size:,} bytes (from {args.source.stat().st_size:,})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA, help="Omniglot root (images_background, images_evaluation)")
@@ -187,8 +197,11 @@ def main() -> None:
     inputs.add_argument("--queries", type=int, default=3)
     inputs.add_argument("--seed", type=int, default=0)
     inputs.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    slim = sub.add_parser("slim", help="write a checkpoint without optimizer and RNG state, to bundle")
+    slim.add_argument("source", type=Path, help="a run's checkpoints/best.pt")
+    slim.add_argument("target", type=Path, help="e.g. resources/demo/NAME.pt")
     args = parser.parse_args()
-    cmd_frames(args) if args.command == "frames" else cmd_inputs(args)
+    {"frames": cmd_frames, "inputs": cmd_inputs, "slim": cmd_slim}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -297,3 +297,32 @@ def test_a_running_run_whose_process_died_is_marked_stopped():
     with pytest.raises(WorkbenchError, match="stop it before deleting"):
         store.delete(alive.id)
     store.delete(dead.id)
+
+
+def test_a_weights_only_copy_is_smaller_loads_alike_and_still_guards_its_weights(tmp_path):
+    from workbench.core.algorithms import get_algorithm
+    from workbench.core.algorithms.base import ModelSpec
+    from workbench.core.checkpoints import make_payload, weights_only_payload
+    from workbench.core.data.base import PreprocessSpec
+
+    run = RunStore().create(tiny_dataset_config())
+    cls = get_algorithm("protonet")
+    algorithm = cls(cls.build_hparams({"hidden": 8}), ModelSpec(1, 16, 3, 12))
+    algorithm.configure_optimizers(1e-3, 10)
+    sum(p.square().sum() for p in algorithm.encoder.parameters()).backward()
+    algorithm.optimizers[0].step()  # Adam now holds two moments per weight
+    payload = make_payload(algorithm, run.config, PreprocessSpec(16, 1, (0.5,), (0.5,)), step=5,
+                           best_val_accuracy=None)
+    full, slim = tmp_path / "full.pt", tmp_path / "slim.pt"
+    torch.save(payload, full)
+    torch.save(weights_only_payload(payload), slim)
+    assert slim.stat().st_size < 0.6 * full.stat().st_size
+    assert "optimizer" not in torch.load(slim, weights_only=True)
+    images = torch.rand(4, 1, 16, 16)
+    original, shipped = load_model(full), load_model(slim)
+    assert shipped.step == 5 and torch.equal(original.algorithm.embed(images), shipped.algorithm.embed(images))
+    tampered = torch.load(slim, weights_only=True)
+    next(iter(tampered["state"]["encoder"].values())).add_(1.0)
+    torch.save(tampered, slim)
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        load_model(slim)
