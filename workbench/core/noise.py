@@ -108,9 +108,8 @@ def make_noisy_problem(split: ClassSplit, num_classes: int, meta_per_class: int,
     if images_per_class and split.more_images is not None:
         drawn = max(0, held_out + images_per_class - min(len(by_class[c]) for c in chosen))
     parts: dict[str, list[torch.Tensor]] = {"train": [], "meta": [], "val": [], "test": []}
-    labels: dict[str, list[torch.Tensor]] = {name: [] for name in parts}
     train_per_class: list[torch.Tensor] = []
-    for new_label, class_id in enumerate(chosen):
+    for class_id in chosen:
         images = split.images[by_class[class_id]]
         if drawn:
             images = torch.cat([images, split.more_images(class_id, drawn)])
@@ -127,9 +126,9 @@ def make_noisy_problem(split: ClassSplit, num_classes: int, meta_per_class: int,
         train_per_class.append(rest[:images_per_class] if images_per_class else rest)
     kept = long_tail_counts([len(images) for images in train_per_class], imbalance)
     parts["train"] = [images[:count] for images, count in zip(train_per_class, kept)]
-    for name, chunks in parts.items():
-        labels[name] = torch.cat([torch.full((len(chunk),), label, dtype=torch.long)
-                                  for label, chunk in enumerate(chunks)])
+    # Each part lists its chunks class by class, so a chunk's position is its new label.
+    labels = {name: torch.cat([torch.full((len(chunk),), label, dtype=torch.long)
+                               for label, chunk in enumerate(chunks)]) for name, chunks in parts.items()}
     images = {name: torch.cat(chunks) for name, chunks in parts.items()}
     noisy_labels, noisy = corrupt_labels(labels["train"], num_classes, label_noise, noise_kind, seed + 1)
     return NoisyProblem([split.class_names[c] for c in chosen], images["train"], noisy_labels, labels["train"],

@@ -176,6 +176,7 @@ class WeightsView(QWidget):
         self._last_check = 0.0
         self._loaded_mtime: float | None = None
         self._follow_latest = True
+        self._best_index: int | None = None  # the history's best clean validation snapshot
         self._build()
         self.apply_theme(theme)
         self.show_explanation("No run is shown yet.")
@@ -497,7 +498,7 @@ class WeightsView(QWidget):
         # Headroom above the lines for the values written in the corner.
         self.means_plot.setYRange(0.0, max(0.05, 1.45 * (top or 1.0)), padding=0.02)
         self.means_plot.setXRange(0.0, max(1.0, float(steps[-1])), padding=0.02)
-        best = best_validation_index(history)
+        self._best_index = best = best_validation_index(history)
         self.best_line.setVisible(best is not None)
         if best is not None:
             self.best_line.setValue(float(steps[best]))
@@ -564,7 +565,7 @@ class WeightsView(QWidget):
             accuracy, samples = f"clean test accuracy <b>{100 * test:.1f}%</b>", "samples"
         self.means_text.setText(f"step {step:,}: clean {percent('clean_mean')}, noisy {percent('noisy_mean')}"
                                 + (f"\nnoisy / clean {noisy / clean:.2f}" if ratio else ""))
-        best = best_validation_index(history)
+        best = self._best_index  # found once per history, in _draw_means
         at_best = ""
         if best is not None:
             best_clean, best_noisy = float(history["clean_mean"][best]), float(history["noisy_mean"][best])

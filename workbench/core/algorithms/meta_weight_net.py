@@ -591,7 +591,8 @@ def history_report(history: dict[str, Any], classes: int, classification: bool =
                    if classification else {})}
 
     last = len(steps) - 1
-    weights = {key: at(last)[key] for key in ("clean_mean", "noisy_mean", "noisy_to_clean", "step")}
+    end = at(last)
+    weights = {key: end[key] for key in ("clean_mean", "noisy_mean", "noisy_to_clean", "step")}
     report: dict[str, Any] = {"weights": weights}
     validation = np.asarray(history.get("val_accuracy", []), np.float64)
     best = int(np.nanargmax(validation)) if validation.size == len(steps) and np.isfinite(validation).any() else None
